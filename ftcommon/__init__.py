@@ -1,0 +1,1 @@
+"""The one library every service may import: settings, gRPC runtime, storage, jobs."""

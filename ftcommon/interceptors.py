@@ -1,0 +1,126 @@
+"""Server interceptor: request id, access log, Prometheus metrics and error mapping for every RPC."""
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Histogram
+
+from ftcommon.errors import ServiceError
+from ftcommon.logs import log_fields, new_request_id, request_id_var
+
+REQUEST_ID_HEADER = "x-request-id"
+
+RPC_TOTAL = Counter("grpc_server_handled_total", "RPCs handled", ["service", "method", "code"])
+RPC_SECONDS = Histogram("grpc_server_handling_seconds", "RPC handling time", ["service", "method"])
+
+logger = logging.getLogger("ftcommon.rpc")
+
+
+def _request_id(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_HEADER and value:
+            return str(value)
+    return new_request_id()
+
+
+class ServerInterceptor(grpc.ServerInterceptor):
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler], details: Any
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        if handler is None:
+            return None
+        _, service, method = details.method.split("/") if details.method.count("/") == 2 else ("", "", "")
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap_unary(handler.unary_unary, service, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, service, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, service, method),
+                handler.request_deserializer,
+                handler.response_serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._wrap_stream(handler.stream_stream, service, method),
+            handler.request_deserializer,
+            handler.response_serializer,
+        )
+
+    def _wrap_unary(self, behaviour: Callable, service: str, method: str) -> Callable:
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Any:
+            token, started = self._begin(context)
+            code = grpc.StatusCode.OK
+            try:
+                return behaviour(request, context)
+            except Exception as exc:
+                code = _abort(exc, context)
+            finally:
+                self._end(token, started, service, method, code, context)
+
+        return wrapped
+
+    def _wrap_stream(self, behaviour: Callable, service: str, method: str) -> Callable:
+        def wrapped(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            token, started = self._begin(context)
+            code = grpc.StatusCode.OK
+            try:
+                yield from behaviour(request, context)
+            except Exception as exc:
+                code = _abort(exc, context)
+            finally:
+                self._end(token, started, service, method, code, context)
+
+        return wrapped
+
+    @staticmethod
+    def _begin(context: grpc.ServicerContext) -> tuple[Any, float]:
+        request_id = _request_id(context)
+        context.send_initial_metadata(((REQUEST_ID_HEADER, request_id),))
+        return request_id_var.set(request_id), time.perf_counter()
+
+    @staticmethod
+    def _end(
+        token: Any, started: float, service: str, method: str, code: grpc.StatusCode, context: Any
+    ) -> None:
+        elapsed = time.perf_counter() - started
+        if code == grpc.StatusCode.OK and context.code() is not None:
+            code = context.code()
+        RPC_TOTAL.labels(service, method, code.name).inc()
+        RPC_SECONDS.labels(service, method).observe(elapsed)
+        log_fields(
+            logger,
+            logging.INFO,
+            "rpc",
+            method=f"{service}/{method}",
+            code=code.name,
+            ms=round(elapsed * 1000, 1),
+        )
+        request_id_var.reset(token)
+
+
+def _abort(exc: Exception, context: grpc.ServicerContext) -> grpc.StatusCode:
+    """Turns an exception into a status; the caller never sees a stack trace."""
+    if isinstance(exc, ServiceError):
+        context.set_trailing_metadata(exc.trailing_metadata())
+        context.set_code(exc.code)
+        context.set_details(exc.details())
+        return exc.code
+    if context.code() not in (None, grpc.StatusCode.OK):
+        # context.abort() already set the status; grpc signals it with an exception.
+        return context.code()
+    logger.exception("internal error")
+    context.set_code(grpc.StatusCode.INTERNAL)
+    context.set_details(f"internal error (request id {request_id_var.get()})")
+    return grpc.StatusCode.INTERNAL

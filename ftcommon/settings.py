@@ -1,0 +1,46 @@
+"""Typed settings shared by every service; each service subclasses them with its own env prefix."""
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """What every gRPC service needs. Subclasses set `env_prefix`, e.g. FT_DATA_."""
+
+    model_config = SettingsConfigDict(env_prefix="FT_", extra="ignore")
+
+    data_dir: Path = Path("var")
+    # Empty means a SQLite file named after the service under data_dir.
+    database_url: str = ""
+    # Empty means data_dir/artifacts; an s3:// URL uses an S3-compatible bucket through fsspec.
+    artifact_store_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 0
+    metrics_port: int = 0  # 0: no Prometheus endpoint
+    max_workers: int = 16
+    shutdown_grace_seconds: float = 20.0
+    log_level: str = "INFO"
+
+    def resolved_database_url(self, service: str) -> str:
+        if self.database_url:
+            return self.database_url
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{(self.data_dir / f'{service}.db').resolve()}"
+
+    def resolved_artifact_store_url(self) -> str:
+        return self.artifact_store_url or str((self.data_dir / "artifacts").resolve())
+
+
+class ServiceAddresses(BaseSettings):
+    """Where each service listens, for clients (other services and the CLI)."""
+
+    model_config = SettingsConfigDict(env_prefix="FT_", extra="ignore")
+
+    data_address: str = "127.0.0.1:50051"
+    trainer_address: str = "127.0.0.1:50052"
+    eval_address: str = "127.0.0.1:50053"
+    inference_address: str = "127.0.0.1:50054"
+    gateway_url: str = "http://127.0.0.1:8000"
+    rpc_timeout_seconds: float = Field(30.0, gt=0)

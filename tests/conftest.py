@@ -1,0 +1,67 @@
+"""Shared fixtures: real gRPC servers on loopback over a temporary data root, the real default model."""
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from finetune.v1 import trainer_pb2, trainer_pb2_grpc
+from ftcommon.grpc_client import open_channel
+from ftcommon.grpc_server import RunningServer
+from services.trainer.config import DEFAULT_BASE_MODEL_NAME, TrainerSettings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_DIR = REPO_ROOT / "var" / "base_models" / DEFAULT_BASE_MODEL_NAME
+SHARED_DATASETS = REPO_ROOT.parent / "shared" / "datasets"
+LAMINI_DOCS = SHARED_DATASETS / "lamini_docs" / "lamini_docs.jsonl"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    if not (DEFAULT_MODEL_DIR / "config.json").exists():
+        pytest.fail(f"{DEFAULT_MODEL_DIR} is missing: run `make setup` first")
+    return DEFAULT_MODEL_DIR
+
+
+@pytest.fixture(scope="session")
+def lamini_docs() -> Path:
+    if not LAMINI_DOCS.exists():
+        pytest.skip(f"{LAMINI_DOCS} is absent (shared datasets not mounted)")
+    return LAMINI_DOCS
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data root for the session's services, as `./var` is for a real deployment."""
+    return tmp_path_factory.mktemp("var")
+
+
+@pytest.fixture(scope="session")
+def trainer_server(data_root: Path, default_model_dir: Path) -> Iterator[RunningServer]:
+    from services.trainer.server import build_server
+
+    settings = TrainerSettings(data_dir=data_root, port=0)
+    running = build_server(settings)
+    with open_channel(running.address) as channel:
+        trainer_pb2_grpc.TrainerServiceStub(channel).RegisterBaseModel(
+            trainer_pb2.RegisterBaseModelRequest(name=DEFAULT_BASE_MODEL_NAME, path=str(default_model_dir)),
+            timeout=120,
+        )
+    yield running
+    running.stop(grace=1)
+
+
+@pytest.fixture(scope="session")
+def trainer_channel(trainer_server: RunningServer) -> Iterator[grpc.Channel]:
+    with open_channel(trainer_server.address) as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def trainer_stub(trainer_channel: grpc.Channel) -> trainer_pb2_grpc.TrainerServiceStub:
+    return trainer_pb2_grpc.TrainerServiceStub(trainer_channel)
