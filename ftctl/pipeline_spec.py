@@ -1,0 +1,77 @@
+"""The declarative pipeline file: dataset, base model, preparation, hyperparameters, evaluation, promotion."""
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSpec(Strict):
+    path: Path
+    name: str
+    format: str = ""  # jsonl | json | csv | parquet; empty: detected
+    field_mapping: dict[str, str] = {}
+    strict: bool = False
+    redact_pii: bool = False
+
+
+class RefusalSpec(Strict):
+    domain: str
+    fraction: float = Field(0.15, ge=0, le=1)
+    text: str = ""
+
+
+class PrepareSpec(Strict):
+    template: str = "chat"  # chat | alpaca | question_answer
+    system_prompt: str = ""
+    max_seq_len: int = Field(512, gt=0)
+    truncation: str = "drop"
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    refusals: RefusalSpec | None = None
+
+
+class EvalSpec(Strict):
+    split: str = "test"
+    max_examples: int = Field(0, ge=0)
+    max_tokens: int = Field(96, gt=0)
+    benchmarks: list[dict[str, Any]] = []
+    promotion_rule: dict[str, Any] = {}
+
+
+class PipelineSpec(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    base_model: str
+    dataset: DatasetSpec
+    prepare: PrepareSpec = PrepareSpec()
+    # Keys are finetune.v1.Hyperparameters fields; unknown ones are rejected by name.
+    hyperparameters: dict[str, Any] = {}
+    eval: EvalSpec = EvalSpec()
+    promote_alias: str = "prod"
+
+
+class PipelineSpecError(ValueError):
+    pass
+
+
+def load_spec(path: Path) -> PipelineSpec:
+    """Reads and validates a pipeline file; errors name the field and the file."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise PipelineSpecError(f"{path}: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise PipelineSpecError(f"{path}: expected a mapping at the top level")
+    try:
+        spec = PipelineSpec.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise PipelineSpecError(f"{path}: {problems}") from exc
+    if not spec.dataset.path.is_absolute():
+        spec.dataset.path = (path.parent / spec.dataset.path).resolve()
+    return spec
