@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/constraints.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup install protos check-protos base-model test test-fast lint demo bench clean
+.PHONY: setup install protos check-protos base-model test test-fast lint docs demo bench clean
 
 setup: install protos base-model ## create .venv, install, generate stubs, convert and register the default base model
 
@@ -30,12 +30,16 @@ check-protos: install ## fail when the generated stubs differ from protos/
 base-model: protos ## convert the shipped GGUF base model and register it (skipped when already done)
 	$(PY) -m services.trainer.default_model
 
+docs: protos ## API reference from the protos and the gateway's OpenAPI schema
+	$(PY) scripts/gen_api_docs.py
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
 test: protos ## the whole suite: fast tests plus slow ones at tiny settings
 	$(VENV)/bin/ruff check .
+	$(PY) scripts/gen_protos.py --check
 	$(VENV)/bin/pytest -q
 
 test-fast: protos

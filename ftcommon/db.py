@@ -12,9 +12,20 @@ from datetime import UTC, datetime
 
 from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Connection, DateTime, MetaData, String, Table, create_engine, event, select
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    inspect,
+    select,
+)
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, ProgrammingError
 
 
 @dataclass(frozen=True)
@@ -56,7 +67,7 @@ class Database:
     def migrate(self) -> list[str]:
         """Applies pending migrations in order; safe to call from several processes at once."""
         applied: list[str] = []
-        self._versions.create(self.engine, checkfirst=True)
+        self._ensure_versions_table()
         for migration in self.migrations:
             try:
                 with self.engine.begin() as conn:
@@ -76,6 +87,14 @@ class Database:
                 # Another process recorded (and so applied) this revision first.
                 continue
         return applied
+
+    def _ensure_versions_table(self) -> None:
+        try:
+            self._versions.create(self.engine, checkfirst=True)
+        except (IntegrityError, ProgrammingError):
+            # PostgreSQL: a process migrating beside this one created it between the check and the CREATE.
+            if not inspect(self.engine).has_table(self._versions.name):
+                raise
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:

@@ -413,13 +413,16 @@ class JobStore:
         progress: float | None = None,
         metrics: dict[str, float] | None = None,
     ) -> int:
+        # Locking the job row serializes appends to its event log: on PostgreSQL, concurrent writers would
+        # otherwise read the same max(idx) and collide on the key. SQLite has one writer anyway.
+        current_progress = conn.execute(
+            select(self.jobs.c.progress).where(self.jobs.c.id == job_id).with_for_update()
+        ).scalar()
         last = conn.execute(
             select(func.max(self.events.c.idx)).where(self.events.c.job_id == job_id)
         ).scalar()
         if progress is None:
-            progress = (
-                conn.execute(select(self.jobs.c.progress).where(self.jobs.c.id == job_id)).scalar() or 0.0
-            )
+            progress = current_progress or 0.0
         index = (last or 0) + 1
         conn.execute(
             self.events.insert().values(

@@ -58,11 +58,21 @@ class LocalStack:
             "FT_DATA_PORT": str(self.ports.data),
             "FT_TRAINER_PORT": str(self.ports.trainer),
             "FT_EVAL_PORT": str(self.ports.eval),
-            "FT_INFERENCE_GRPC_PORT": str(self.ports.inference),
+            "FT_INFERENCE_PORT": str(self.ports.inference),
             "FT_INFERENCE_HTTP_PORT": str(self.ports.gateway),
         }
-        for prefix in ("FT_DATA_", "FT_TRAINER_", "FT_EVAL_", "FT_INFERENCE_"):
-            env[f"{prefix}DATA_DIR"] = str(self.data_root)
+        services = {
+            "DATA": addresses.data_address,
+            "TRAINER": addresses.trainer_address,
+            "EVAL": addresses.eval_address,
+            "INFERENCE": addresses.inference_address,
+        }
+        for service in services:
+            env[f"FT_{service}_DATA_DIR"] = str(self.data_root)
+            # Each service's own settings name the others it calls.
+            for other, address in services.items():
+                if other != service:
+                    env[f"FT_{service}_{other}_ADDRESS"] = address
         env.update(self.extra_env)
         return env
 
