@@ -3,14 +3,19 @@
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 
-from finetune.v1 import trainer_pb2, trainer_pb2_grpc
+from finetune.v1 import data_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from ftcommon.grpc_client import open_channel
 from ftcommon.grpc_server import RunningServer
 from services.trainer.config import DEFAULT_BASE_MODEL_NAME, TrainerSettings
+
+if TYPE_CHECKING:
+    from services.data.server import DataServer
+    from services.inference.server import InferenceServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = REPO_ROOT / "var" / "base_models" / DEFAULT_BASE_MODEL_NAME
@@ -65,3 +70,42 @@ def trainer_channel(trainer_server: RunningServer) -> Iterator[grpc.Channel]:
 @pytest.fixture(scope="session")
 def trainer_stub(trainer_channel: grpc.Channel) -> trainer_pb2_grpc.TrainerServiceStub:
     return trainer_pb2_grpc.TrainerServiceStub(trainer_channel)
+
+
+@pytest.fixture(scope="session")
+def data_server(data_root: Path, trainer_server: RunningServer) -> Iterator["DataServer"]:
+    """The data service on loopback over the shared data root; it reaches the trainer for base models."""
+    from services.data.config import DataSettings
+    from services.data.server import build_server
+
+    settings = DataSettings(
+        data_dir=data_root, port=0, trainer_address=trainer_server.address, job_poll_seconds=0.1
+    )
+    running = build_server(settings)
+    yield running
+    running.stop(grace=1)
+
+
+@pytest.fixture(scope="session")
+def data_stub(data_server: "DataServer") -> Iterator[data_pb2_grpc.DataServiceStub]:
+    with open_channel(data_server.address) as channel:
+        yield data_pb2_grpc.DataServiceStub(channel)
+
+
+@pytest.fixture(scope="session")
+def inference_server(data_root: Path, trainer_server: RunningServer) -> Iterator["InferenceServer"]:
+    """The gateway on loopback (gRPC and HTTP on free ports) with the transformers engine: it starts in seconds."""
+    from services.inference.config import InferenceSettings
+    from services.inference.server import build_server
+
+    settings = InferenceSettings(
+        data_dir=data_root,
+        port=0,
+        http_port=0,
+        trainer_address=trainer_server.address,
+        engine="transformers",
+        require_api_key=False,
+    )
+    running = build_server(settings)
+    yield running
+    running.stop(grace=1)

@@ -1,0 +1,332 @@
+"""Serving throughput, one run, same model, same prompts, greedy decoding:
+
+(a) the seed course's `inference()`: transformers `generate`, one request at a time;
+(b) our gateway over HTTP (`python -m services.inference.server`, engine from --engine);
+(c) vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`, fp32, eager).
+
+At concurrency 1, 8 and 32: generated tokens/s, p50/p95 latency and time to first token. (a) serves one
+request at a time, so its per-request service times are measured back to back and a burst of c requests
+is replayed through that single server: request i waits for the i-1 before it (its TTFT is its latency, it
+does not stream). Writes benchmarks/results/serve_throughput.json.
+
+    .venv/bin/python benchmarks/serve_throughput.py --quick
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from services.trainer.config import DEFAULT_BASE_MODEL_NAME  # noqa: E402
+
+MODEL_DIR = REPO / "var" / "base_models" / DEFAULT_BASE_MODEL_NAME
+RESULTS = REPO / "benchmarks" / "results" / "serve_throughput.json"
+QUESTIONS = [
+    "What is the capital of France?",
+    "Explain what a neural network is.",
+    "Give me three tips for writing clean code.",
+    "What does an API key protect?",
+    "Describe the water cycle.",
+    "Why is the sky blue?",
+    "What is fine-tuning of a language model?",
+    "Name a few uses of Python.",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarize(latencies: list[float], ttfts: list[float], tokens: int, wall: float) -> dict[str, float]:
+    return {
+        "requests": len(latencies),
+        "generated_tokens": tokens,
+        "tokens_per_second": round(tokens / wall, 2),
+        "p50_latency_s": round(percentile(latencies, 0.5), 3),
+        "p95_latency_s": round(percentile(latencies, 0.95), 3),
+        "p50_ttft_s": round(percentile(ttfts, 0.5), 3),
+        "p95_ttft_s": round(percentile(ttfts, 0.95), 3),
+        "wall_s": round(wall, 2),
+    }
+
+
+# (a) the seed course's inference(), one request at a time
+
+
+def seed_course_baseline(count: int, max_tokens: int, levels: list[int]) -> dict[str, dict[str, float]]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    model = AutoModelForCausalLM.from_pretrained(MODEL_DIR, dtype=torch.float32).eval()
+
+    def inference(text: str) -> tuple[str, int]:
+        # The course's function, with max_new_tokens so every system gets the same output budget.
+        input_ids = tokenizer.encode(text, return_tensors="pt", truncation=True, max_length=1000)
+        output = model.generate(input_ids=input_ids, max_new_tokens=max_tokens, do_sample=False)
+        answer = tokenizer.batch_decode(output, skip_special_tokens=True)[0][len(text) :]
+        return answer, output.shape[1] - input_ids.shape[1]
+
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+        )
+        for q in QUESTIONS
+    ]
+    inference(prompts[0])  # warm-up, as the servers get theirs
+    services: list[tuple[float, int]] = []
+    for index in range(count):
+        started = time.perf_counter()
+        _, generated = inference(prompts[index % len(prompts)])
+        services.append((time.perf_counter() - started, generated))
+    results = {}
+    for level in levels:
+        latencies, clock, tokens = [], 0.0, 0
+        for index in range(level):
+            seconds, generated = services[index % len(services)]
+            clock += seconds
+            latencies.append(clock)
+            tokens += generated
+        results[str(level)] = summarize(latencies, latencies, tokens, clock)
+    return results
+
+
+# (b) and (c): OpenAI-compatible servers under concurrent streaming load
+
+
+async def one_request(
+    client: httpx.AsyncClient, url: str, model: str, question: str, max_tokens: int
+) -> tuple:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": question}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    first = None
+    tokens = 0
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if first is None and any(c["delta"].get("content") for c in chunk["choices"]):
+                first = time.perf_counter() - started
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    latency = time.perf_counter() - started
+    return latency, first if first is not None else latency, tokens
+
+
+async def load(url: str, model: str, level: int, requests: int, max_tokens: int) -> dict[str, float]:
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for index in range(requests):
+        queue.put_nowait(QUESTIONS[index % len(QUESTIONS)])
+    outcomes: list[tuple] = []
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            question = queue.get_nowait()
+            outcomes.append(await one_request(client, url, model, question, max_tokens))
+
+    limits = httpx.Limits(max_connections=level + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        await one_request(client, url, model, QUESTIONS[0], 2)  # warm-up
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(level)))
+        wall = time.perf_counter() - started
+    return summarize([o[0] for o in outcomes], [o[1] for o in outcomes], sum(o[2] for o in outcomes), wall)
+
+
+def wait_ready(url: str, path: str, process: subprocess.Popen, timeout: float = 600) -> float:
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
+                return time.perf_counter() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def measure_server(
+    command: list[str], env: dict[str, str], url: str, ready_path: str, model: str, args: argparse.Namespace
+) -> dict:
+    log = open(Path(env["BENCH_LOG_DIR"]) / f"{model}.log", "w")  # noqa: SIM115 - lives as long as the process
+    process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        ready_s = wait_ready(url, ready_path, process)
+        levels = {}
+        for level in args.levels:
+            requests = max(level, args.min_requests)
+            levels[str(level)] = asyncio.run(load(url, model, level, requests, args.max_tokens))
+            print(f"  {model} c={level}: {levels[str(level)]}", flush=True)
+        return {"ready_s": round(ready_s, 1), "levels": levels}
+    finally:
+        process.terminate()
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def start_trainer(data_dir: Path) -> object:
+    from finetune.v1 import trainer_pb2, trainer_pb2_grpc
+    from ftcommon.grpc_client import open_channel
+    from services.trainer.config import TrainerSettings
+    from services.trainer.server import build_server
+
+    running = build_server(TrainerSettings(data_dir=data_dir, port=0))
+    with open_channel(running.address) as channel:
+        trainer_pb2_grpc.TrainerServiceStub(channel).RegisterBaseModel(
+            trainer_pb2.RegisterBaseModelRequest(name=DEFAULT_BASE_MODEL_NAME, path=str(MODEL_DIR)),
+            timeout=300,
+        )
+    return running
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="16 new tokens, fewer requests")
+    parser.add_argument(
+        "--engine", default="vllm", choices=["vllm", "transformers"], help="the gateway's engine"
+    )
+    parser.add_argument("--skip", nargs="*", default=[], choices=["seed", "gateway", "vllm"])
+    args = parser.parse_args()
+    args.levels = [1, 8, 32]
+    args.max_tokens = 16 if args.quick else 64
+    args.min_requests = 4 if args.quick else 32
+    baseline_requests = 8 if args.quick else 32
+
+    work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    base_env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_CPU_NUM_OF_RESERVED_CPU": "0",
+        "VLLM_CPU_KVCACHE_SPACE": "2",
+        "VLLM_CACHE_ROOT": str(work / "vllm-cache"),
+        "TORCHINDUCTOR_CACHE_DIR": str(work / "inductor"),
+        "TMPDIR": str(work),
+        "BENCH_LOG_DIR": str(work),
+    }
+    report: dict = {
+        "model": DEFAULT_BASE_MODEL_NAME,
+        "max_tokens": args.max_tokens,
+        "decoding": "greedy",
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "quick": args.quick,
+        "systems": {},
+    }
+    if "seed" not in args.skip:
+        print("(a) seed course inference(), one at a time", flush=True)
+        report["systems"]["seed_inference"] = {
+            "levels": seed_course_baseline(baseline_requests, args.max_tokens, args.levels)
+        }
+        print(f"  {report['systems']['seed_inference']}", flush=True)
+    if "gateway" not in args.skip:
+        print(f"(b) our gateway, engine {args.engine}", flush=True)
+        trainer = start_trainer(work / "var")
+        http_port = free_port()
+        env = {
+            **base_env,
+            "FT_INFERENCE_DATA_DIR": str(work / "var"),
+            "FT_INFERENCE_HTTP_PORT": str(http_port),
+            "FT_INFERENCE_PORT": str(free_port()),
+            "FT_INFERENCE_TRAINER_ADDRESS": trainer.address,
+            "FT_INFERENCE_ENGINE": args.engine,
+            "FT_INFERENCE_REQUIRE_API_KEY": "false",
+            "FT_INFERENCE_MAX_MODEL_LEN": "1024",
+            "FT_INFERENCE_CACHE_DIR": str(work / "gateway-cache"),
+            "FT_INFERENCE_LOG_LEVEL": "WARNING",
+        }
+        url = f"http://127.0.0.1:{http_port}"
+        command = [sys.executable, "-m", "services.inference.server"]
+        report["systems"]["gateway"] = {
+            "engine": args.engine,
+            **measure_server(command, env, url, "/readyz", "prod", args),
+        }
+        trainer.stop(grace=1)
+    if "vllm" not in args.skip:
+        print("(c) vLLM's OpenAI server", flush=True)
+        port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(MODEL_DIR),
+            "--served-model-name",
+            "vllm-direct",
+            "--max-model-len",
+            "1024",
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ]
+        report["systems"]["vllm_server"] = measure_server(
+            command, base_env, f"http://127.0.0.1:{port}", "/health", "vllm-direct", args
+        )
+    report["ratios"] = ratios(report["systems"], args.levels)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report["ratios"], indent=2))
+    print(f"wrote {RESULTS}")
+
+
+def ratios(systems: dict, levels: list[int]) -> dict[str, dict[str, float]]:
+    """Throughput of the gateway over the baseline, and its cost against vLLM's own server, per level."""
+    out: dict[str, dict[str, float]] = {}
+    for level in map(str, levels):
+        row: dict[str, float] = {}
+        gateway = systems.get("gateway", {}).get("levels", {}).get(level)
+        seed = systems.get("seed_inference", {}).get("levels", {}).get(level)
+        direct = systems.get("vllm_server", {}).get("levels", {}).get(level)
+        if gateway and seed:
+            row["gateway_vs_seed_throughput"] = round(
+                gateway["tokens_per_second"] / seed["tokens_per_second"], 2
+            )
+        if gateway and direct:
+            row["gateway_vs_vllm_throughput"] = round(
+                gateway["tokens_per_second"] / direct["tokens_per_second"], 3
+            )
+            row["gateway_vs_vllm_p50_latency"] = round(gateway["p50_latency_s"] / direct["p50_latency_s"], 3)
+        out[level] = row
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The FastAPI application: routers, OpenAI-shaped errors, CORS (closed unless configured) and one ASGI
+middleware for request ids, the body size limit, metrics and access logs (never prompts or answers)."""
+
+import logging
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ftcommon.interceptors import REQUEST_ID_HEADER
+from ftcommon.logs import log_fields, new_request_id, request_id_var
+from services.inference import metrics
+from services.inference.errors import error_response, install_error_handlers, internal_error_response
+from services.inference.routers import chat, completions, health, models
+from services.inference.state import GatewayState
+
+access_logger = logging.getLogger("services.inference.access")
+logger = logging.getLogger(__name__)
+
+
+class GatewayMiddleware:
+    def __init__(self, app: ASGIApp, max_request_bytes: int) -> None:
+        self.app = app
+        self.max_request_bytes = max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = headers.get(REQUEST_ID_HEADER) or new_request_id()
+        token = request_id_var.set(request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (REQUEST_ID_HEADER.encode(), request_id.encode()),
+                ]
+            await send(message)
+
+        try:
+            body = await self._read_limited(receive)
+            if body is None:
+                response = error_response(
+                    413,
+                    f"The request body is larger than {self.max_request_bytes} bytes.",
+                    "invalid_request_error",
+                    code="request_too_large",
+                )
+                await response(scope, receive, send_with_id)
+                return
+            await self.app(scope, _replay(body, receive), send_with_id)
+        finally:
+            route = scope.get("route")
+            route_path = getattr(route, "path", "unmatched")
+            elapsed = time.perf_counter() - started
+            metrics.HTTP_REQUESTS.labels(route_path, str(status)).inc()
+            metrics.HTTP_LATENCY.labels(route_path).observe(elapsed)
+            state = scope.get("state", {})
+            log_fields(
+                access_logger,
+                logging.INFO,
+                "http",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                ms=round(elapsed * 1000, 1),
+                key_id=state.get("api_key_id", ""),
+            )
+            request_id_var.reset(token)
+
+    async def _read_limited(self, receive: Receive) -> bytes | None:
+        """The whole body, or None when it passes the limit (read no further)."""
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return b"".join(chunks)
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_request_bytes:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """Hands the buffered body to the app, then the real channel (so disconnects still arrive)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def create_app(state: GatewayState) -> FastAPI:
+    app = FastAPI(title="finetune-platform inference gateway", docs_url=None, redoc_url=None)
+    app.state.gateway = state
+    install_error_handlers(app)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        logger.error("internal error", exc_info=exc)
+        return internal_error_response()
+
+    for router in (chat.router, completions.router, models.router, health.router):
+        app.include_router(router)
+    if state.settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=state.settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(GatewayMiddleware, max_request_bytes=state.settings.max_request_bytes)
+    return app

@@ -1,0 +1,25 @@
+"""Prometheus metrics of the gateway, on the process's default registry beside the gRPC ones."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+HTTP_REQUESTS = Counter("gateway_http_requests_total", "HTTP requests", ["route", "status"])
+HTTP_LATENCY = Histogram(
+    "gateway_http_request_seconds",
+    "HTTP request latency, to the last byte",
+    ["route"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160),
+)
+TIME_TO_FIRST_TOKEN = Histogram(
+    "gateway_time_to_first_token_seconds",
+    "From admission to the first generated text",
+    ["model"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40),
+)
+GENERATED_TOKENS = Counter("gateway_generated_tokens_total", "Tokens generated", ["model"])
+PROMPT_TOKENS = Counter("gateway_prompt_tokens_total", "Prompt tokens processed", ["model"])
+QUEUE_DEPTH = Gauge("gateway_queue_depth", "Admitted requests still waiting for their first token")
+IN_FLIGHT = Gauge("gateway_requests_in_flight", "Admitted generation requests, running or waiting")
+LOADED_MODEL = Gauge(
+    "gateway_loaded_model", "1 for each model loaded in an engine", ["model_id", "name", "engine"]
+)
+REJECTED = Counter("gateway_rejected_total", "Requests refused before generation", ["reason"])

@@ -1,0 +1,287 @@
+"""Which engines are loaded and which one answers which model name.
+
+Models are resolved through the trainer's registry (ids, names, aliases), fetched from the artifact store and
+verified against the registry's sha256, then loaded and warmed up before any request can reach them. A thread
+follows WatchAliases: when the served alias moves, the new model loads beside the old one, traffic switches in
+one assignment, and the old engine is freed once its last in-flight request has finished.
+"""
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from finetune.v1 import trainer_pb2, trainer_pb2_grpc
+from ftcommon.artifacts import ArtifactIntegrityError, ArtifactStore
+from ftcommon.errors import NotFound, Unavailable
+from ftcommon.logs import log_fields
+from services.inference import metrics
+from services.inference.config import InferenceSettings
+from services.inference.engine import load_engine
+from services.inference.engine.base import EngineClient, EngineModel, SamplingOptions
+
+logger = logging.getLogger(__name__)
+
+_WATCH_RECONNECT_SECONDS = 2.0
+_WATCH_STREAM_SECONDS = 600.0
+
+
+@dataclass
+class ServedModel:
+    model_id: str
+    name: str
+    chat_template: str
+    max_context: int
+    tokenizer: PreTrainedTokenizerBase
+    engine: EngineClient
+    loaded_at: int = field(default_factory=lambda: int(time.time()))
+    in_flight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Lease:
+    """Keeps a served model's engine alive while a request uses it; release() is idempotent."""
+
+    def __init__(self, served: ServedModel) -> None:
+        self.served = served
+        self._released = False
+        served.in_flight += 1
+        served.idle.clear()
+
+    def release(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        self.served.in_flight -= 1
+        if self.served.in_flight == 0:
+            self.served.idle.set()
+
+
+class ModelManager:
+    def __init__(
+        self, settings: InferenceSettings, trainer: trainer_pb2_grpc.TrainerServiceStub, store: ArtifactStore
+    ) -> None:
+        self.settings = settings
+        self.trainer = trainer
+        self.store = store
+        self.default: ServedModel | None = None
+        self._loaded: OrderedDict[str, ServedModel] = OrderedDict()  # model id -> model, least recent first
+        self._aliases: dict[str, str] = {}  # alias -> model id, as WatchAliases reports them
+        self._load_locks: dict[str, asyncio.Lock] = {}
+        self._retiring: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch_call: grpc.Future | None = None
+        self._stopping = threading.Event()
+
+    # Life cycle
+
+    async def start(self) -> None:
+        """Loads the default model, then follows alias changes."""
+        self._loop = asyncio.get_running_loop()
+        record = await self._resolve_default()
+        self.default = await self._get_or_load(record)
+        threading.Thread(target=self._watch_aliases, name="alias-watch", daemon=True).start()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._watch_call is not None:
+            self._watch_call.cancel()
+        for served in list(self._loaded.values()):
+            await served.engine.shutdown()
+            self._forget(served)
+        self._loaded.clear()
+        self.default = None
+
+    @property
+    def ready(self) -> bool:
+        return self.default is not None
+
+    def served_models(self) -> list[ServedModel]:
+        return list(self._loaded.values())
+
+    # Requests
+
+    async def lease(self, ref: str | None) -> Lease:
+        """The model a request names (empty: the default), loading it on first use."""
+        served = await self._find(ref)
+        self._loaded.move_to_end(served.model_id, last=True)
+        return Lease(served)
+
+    async def _find(self, ref: str | None) -> ServedModel:
+        if not ref or ref == self.settings.model:
+            if self.default is None:
+                raise Unavailable("no model is loaded yet")
+            return self.default
+        for served in self._loaded.values():
+            if ref in (served.model_id, served.name):
+                return served
+        alias_target = self._aliases.get(ref)
+        if alias_target in self._loaded:
+            return self._loaded[alias_target]
+        record = await self._get_model(ref)
+        return await self._get_or_load(record)
+
+    # Loading
+
+    async def _resolve_default(self) -> trainer_pb2.Model:
+        try:
+            return await self._get_model(self.settings.model)
+        except NotFound:
+            log_fields(
+                logger,
+                logging.INFO,
+                "served alias not set; serving the fallback model",
+                alias=self.settings.model,
+                fallback=self.settings.fallback_model,
+            )
+            return await self._get_model(self.settings.fallback_model)
+
+    async def _get_model(self, ref: str) -> trainer_pb2.Model:
+        try:
+            return await asyncio.to_thread(
+                self.trainer.GetModel,
+                trainer_pb2.GetModelRequest(name=ref),
+                timeout=self.settings.rpc_timeout_seconds,
+            )
+        except grpc.RpcError as err:
+            if err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise NotFound(f"the model '{ref}' does not exist", field="model") from None
+            raise Unavailable(f"the model registry is unreachable: {err.code().name}") from None
+
+    async def _get_or_load(self, record: trainer_pb2.Model) -> ServedModel:
+        lock = self._load_locks.setdefault(record.id, asyncio.Lock())
+        async with lock:
+            if record.id in self._loaded:
+                return self._loaded[record.id]
+            served = await self._load(record)
+            self._loaded[record.id] = served
+            self._evict_beyond_capacity()
+            return served
+
+    async def _load(self, record: trainer_pb2.Model) -> ServedModel:
+        log_fields(logger, logging.INFO, "loading model", model_id=record.id, model_name=record.name)
+        folder = await asyncio.to_thread(self._fetch_verified, record)
+        tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, folder)
+        max_context = record.max_context
+        if self.settings.max_model_len:
+            max_context = min(max_context, self.settings.max_model_len)
+        engine_model = EngineModel(
+            model_id=record.id,
+            name=record.name,
+            folder=folder,
+            max_context=max_context,
+            stop_token_ids=_stop_token_ids(tokenizer, record.eos_token, folder),
+        )
+        engine = await load_engine(self.settings, engine_model)
+        try:
+            await _warm_up(engine, tokenizer)
+        except Exception:
+            await engine.shutdown()
+            raise
+        metrics.LOADED_MODEL.labels(record.id, record.name, engine.name).set(1)
+        log_fields(logger, logging.INFO, "model loaded", model_id=record.id, engine=engine.name)
+        return ServedModel(record.id, record.name, record.chat_template, max_context, tokenizer, engine)
+
+    def _fetch_verified(self, record: trainer_pb2.Model) -> Path:
+        if self.store.manifest(record.artifact.uri)["sha256"] != record.artifact.sha256:
+            raise ArtifactIntegrityError(f"{record.artifact.uri} is not the tree the registry recorded")
+        return self.store.local_dir(record.artifact.uri, verify=True)
+
+    # Retiring
+
+    def _evict_beyond_capacity(self) -> None:
+        while len(self._loaded) > self.settings.max_loaded_models:
+            victim = next((m for m in self._loaded.values() if m is not self.default), None)
+            if victim is None:
+                return
+            self._retire(victim)
+
+    def _retire(self, served: ServedModel) -> None:
+        """No new request finds it from now on; its engine stops after the last one in flight."""
+        self._loaded.pop(served.model_id, None)
+
+        async def drain_then_stop() -> None:
+            if served.in_flight:
+                await served.idle.wait()
+            await served.engine.shutdown()
+            self._forget(served)
+            log_fields(logger, logging.INFO, "model unloaded", model_id=served.model_id)
+
+        task = asyncio.get_running_loop().create_task(drain_then_stop())
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    @staticmethod
+    def _forget(served: ServedModel) -> None:
+        try:
+            metrics.LOADED_MODEL.remove(served.model_id, served.name, served.engine.name)
+        except KeyError:
+            pass
+
+    # Alias following
+
+    def _watch_aliases(self) -> None:
+        """Runs in its own thread: the stream is a blocking gRPC iterator. Reconnects until stopped."""
+        while not self._stopping.is_set():
+            try:
+                self._watch_call = self.trainer.WatchAliases(
+                    trainer_pb2.WatchAliasesRequest(), timeout=_WATCH_STREAM_SECONDS
+                )
+                for alias in self._watch_call:
+                    future = asyncio.run_coroutine_threadsafe(self._on_alias(alias), self._loop)
+                    future.result()
+            except grpc.RpcError as err:
+                if self._stopping.is_set():
+                    return
+                if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                    log_fields(logger, logging.WARNING, "alias watch interrupted", code=err.code().name)
+            except Exception:
+                logger.exception("switching to a new model failed; still serving the previous one")
+            self._stopping.wait(_WATCH_RECONNECT_SECONDS)
+
+    async def _on_alias(self, alias: trainer_pb2.Alias) -> None:
+        self._aliases[alias.alias] = alias.model_id
+        if alias.alias != self.settings.model or self.default is None:
+            return
+        if alias.model_id == self.default.model_id:
+            return
+        record = await self._get_model(alias.model_id)
+        replacement = await self._get_or_load(record)
+        previous, self.default = self.default, replacement
+        log_fields(
+            logger,
+            logging.INFO,
+            "switched served model",
+            alias=alias.alias,
+            model_id=replacement.model_id,
+            previous=previous.model_id,
+        )
+        if previous.model_id in self._loaded:
+            self._retire(previous)
+
+
+def _stop_token_ids(tokenizer: PreTrainedTokenizerBase, eos_token: str, folder: Path) -> tuple[int, ...]:
+    """The registry's end-of-turn token first, then any other eos id the folder's generation config names."""
+    ids = [tokenizer.convert_tokens_to_ids(eos_token or tokenizer.eos_token)]
+    generation_config = folder / "generation_config.json"
+    if generation_config.exists():
+        configured = json.loads(generation_config.read_text()).get("eos_token_id")
+        for token_id in configured if isinstance(configured, list) else [configured]:
+            if isinstance(token_id, int) and token_id not in ids:
+                ids.append(token_id)
+    return tuple(ids)
+
+
+async def _warm_up(engine: EngineClient, tokenizer: PreTrainedTokenizerBase) -> None:
+    """One token through the whole path, so the first real request is not the one that finds a broken
+    engine (or pays the first forward pass's set-up)."""
+    prompt = tokenizer("Hello", add_special_tokens=False)["input_ids"]
+    async for _ in engine.generate(prompt, SamplingOptions(max_tokens=1, temperature=0.0), "warm-up"):
+        pass

@@ -1,0 +1,47 @@
+"""Everything the HTTP routers reach through `request.app.state.gateway`."""
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from services.inference.auth import KeyStore, RateLimiter
+from services.inference.config import InferenceSettings
+from services.inference.model_manager import ModelManager
+from services.inference.serving_base import GenerationService
+from services.inference.serving_chat import OpenAIServingChat
+from services.inference.serving_completion import OpenAIServingCompletion
+from services.inference.serving_models import OpenAIServingModels
+
+
+@dataclass
+class GatewayState:
+    settings: InferenceSettings
+    manager: ModelManager
+    core: GenerationService
+    chat: OpenAIServingChat
+    completion: OpenAIServingCompletion
+    models: OpenAIServingModels
+    keys: KeyStore
+    limiter: RateLimiter
+
+    @classmethod
+    def build(cls, settings: InferenceSettings, manager: ModelManager, keys: KeyStore) -> "GatewayState":
+        core = GenerationService(settings, manager)
+        return cls(
+            settings=settings,
+            manager=manager,
+            core=core,
+            chat=OpenAIServingChat(core),
+            completion=OpenAIServingCompletion(core),
+            models=OpenAIServingModels(settings, manager),
+            keys=keys,
+            limiter=RateLimiter(),
+        )
+
+
+def gateway(request: Request) -> GatewayState:
+    return request.app.state.gateway
+
+
+Gateway = Annotated[GatewayState, Depends(gateway)]

@@ -1,0 +1,119 @@
+"""Hot swap: moving the served alias while requests stream loses none of them, and new requests get the new
+model. Plus the `ftctl keys` commands against the gateway's database."""
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from typer.testing import CliRunner
+
+from finetune.v1 import trainer_pb2
+from services.inference.config import InferenceSettings
+from services.inference.server import InferenceServer, build_server, open_key_store
+from services.trainer.config import DEFAULT_BASE_MODEL_NAME
+
+ALIAS = "swap-test-prod"
+COPY_NAME = "smollm2-135m-instruct-copy"  # the same folder under a second name: a second model, cheaply
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    data_root: Path, trainer_server, trainer_stub, default_model_dir: Path
+) -> Iterator[InferenceServer]:
+    trainer_stub.RegisterBaseModel(
+        trainer_pb2.RegisterBaseModelRequest(name=COPY_NAME, path=str(default_model_dir)), timeout=120
+    )
+    trainer_stub.SetAlias(trainer_pb2.SetAliasRequest(alias=ALIAS, model=DEFAULT_BASE_MODEL_NAME))
+    settings = InferenceSettings(
+        data_dir=data_root,
+        port=0,
+        http_port=0,
+        engine="transformers",
+        trainer_address=trainer_server.address,
+        model=ALIAS,
+        max_model_len=512,
+        require_api_key=False,
+    )
+    server = build_server(settings)
+    yield server
+    server.stop(grace=1)
+
+
+def test_alias_switch_keeps_requests_in_flight_and_routes_new_ones(gateway, trainer_stub):
+    client = openai.OpenAI(base_url=f"{gateway.http_url}/v1", api_key="unused", max_retries=0, timeout=300)
+    results: list[tuple[str, str | None]] = []
+    errors: list[BaseException] = []
+
+    def stream_one(index: int) -> None:
+        try:
+            stream = client.chat.completions.create(
+                model=ALIAS,
+                messages=[{"role": "user", "content": f"Count from {index} to {index + 20}."}],
+                max_tokens=24,
+                temperature=0,
+                stream=True,
+            )
+            model, finish = "", None
+            for chunk in stream:
+                model = chunk.model
+                for choice in chunk.choices:
+                    finish = choice.finish_reason or finish
+            results.append((model, finish))
+        except BaseException as exc:  # collected: the assertion below names it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=stream_one, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)  # the streams are running on the first model
+    trainer_stub.SetAlias(trainer_pb2.SetAliasRequest(alias=ALIAS, model=COPY_NAME))
+
+    deadline = time.monotonic() + 120
+    served_by = ""
+    while time.monotonic() < deadline:
+        answer = client.chat.completions.create(
+            model=ALIAS, messages=[{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0
+        )
+        served_by = answer.model
+        if served_by == COPY_NAME:
+            break
+        time.sleep(0.5)
+    for thread in threads:
+        thread.join()
+
+    assert not errors, errors
+    assert len(results) == 4 and all(finish in ("stop", "length") for _, finish in results)
+    assert all(model == DEFAULT_BASE_MODEL_NAME for model, _ in results)
+    assert served_by == COPY_NAME
+    # The previous engine is drained and freed once its streams are done.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        names = {m.name for m in gateway.state.manager.served_models()}
+        if names == {COPY_NAME}:
+            break
+        time.sleep(0.2)
+    assert names == {COPY_NAME}
+
+
+def test_ftctl_keys_create_list_revoke(tmp_path, monkeypatch):
+    from ftctl.keys import app
+
+    monkeypatch.setenv("FT_INFERENCE_DATA_DIR", str(tmp_path))
+    runner = CliRunner()
+    created = runner.invoke(app, ["create", "--name", "ci", "--rate-limit", "5", "--json"])
+    assert created.exit_code == 0, created.output
+    key = json.loads(created.stdout)
+    store = open_key_store(InferenceSettings(data_dir=tmp_path))
+    assert store.authenticate(key["secret"]).id == key["id"]
+
+    listed = json.loads(runner.invoke(app, ["list", "--json"]).stdout)
+    assert [(k["id"], k["rate_limit_per_minute"]) for k in listed] == [(key["id"], 5)]
+    assert key["secret"] not in json.dumps(listed)
+
+    assert runner.invoke(app, ["revoke", key["id"]]).exit_code == 0
+    assert store.authenticate(key["secret"]) is None
+    assert runner.invoke(app, ["revoke", "key-missing"]).exit_code == 1
