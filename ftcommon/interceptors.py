@@ -65,7 +65,11 @@ class ServerInterceptor(grpc.ServerInterceptor):
             try:
                 return behaviour(request, context)
             except Exception as exc:
-                code = _abort(exc, context)
+                code, details = _status(exc, context)
+                if details is None:
+                    raise
+                # A unary call must end by aborting: returning None would make grpc try to serialize it.
+                context.abort(code, details)
             finally:
                 self._end(token, started, service, method, code, context)
 
@@ -78,7 +82,10 @@ class ServerInterceptor(grpc.ServerInterceptor):
             try:
                 yield from behaviour(request, context)
             except Exception as exc:
-                code = _abort(exc, context)
+                code, details = _status(exc, context)
+                if details is not None:
+                    context.set_code(code)
+                    context.set_details(details)
             finally:
                 self._end(token, started, service, method, code, context)
 
@@ -110,17 +117,13 @@ class ServerInterceptor(grpc.ServerInterceptor):
         request_id_var.reset(token)
 
 
-def _abort(exc: Exception, context: grpc.ServicerContext) -> grpc.StatusCode:
-    """Turns an exception into a status; the caller never sees a stack trace."""
+def _status(exc: Exception, context: grpc.ServicerContext) -> tuple[grpc.StatusCode, str | None]:
+    """Turns an exception into a status and its details; the caller never sees a stack trace.
+    Details are None when the servicer already aborted (grpc signals that with an exception)."""
     if isinstance(exc, ServiceError):
         context.set_trailing_metadata(exc.trailing_metadata())
-        context.set_code(exc.code)
-        context.set_details(exc.details())
-        return exc.code
+        return exc.code, exc.details()
     if context.code() not in (None, grpc.StatusCode.OK):
-        # context.abort() already set the status; grpc signals it with an exception.
-        return context.code()
+        return context.code(), None
     logger.exception("internal error")
-    context.set_code(grpc.StatusCode.INTERNAL)
-    context.set_details(f"internal error (request id {request_id_var.get()})")
-    return grpc.StatusCode.INTERNAL
+    return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id_var.get()})"

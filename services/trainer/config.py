@@ -1,4 +1,4 @@
-"""The trainer service's settings (env prefix FT_TRAINER_)."""
+"""The trainer service's settings (env prefix FT_TRAINER_), shared by the server, workers and job processes."""
 
 from pydantic_settings import SettingsConfigDict
 
@@ -14,3 +14,14 @@ class TrainerSettings(ServiceSettings):
     # Local folders RegisterBaseModel may read; empty allows any local folder (single-user default).
     model_roots: list[str] = []
     alias_poll_seconds: float = 0.5
+    # Where the data service listens (prepared versions); empty: FT_DATA_ADDRESS or its default.
+    data_address: str = ""
+    data_timeout_seconds: float = 30.0
+    # Workers: how often they look for jobs and heartbeat, and when a silent worker's job is requeued.
+    worker_poll_seconds: float = 1.0
+    heartbeat_seconds: float = 2.0
+    stale_after_seconds: float = 30.0
+    # Seconds a cancelled job process gets to exit on SIGTERM before SIGKILL.
+    cancel_grace_seconds: float = 10.0
+    # Threads per training process; 0 leaves torch's default (all cores).
+    torch_threads: int = 0

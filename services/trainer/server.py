@@ -5,10 +5,12 @@ from ftcommon.artifacts import ArtifactStore
 from ftcommon.db import Database
 from ftcommon.grpc_server import RunningServer, serve_until_signalled, start_server
 from ftcommon.logs import configure_logging
+from ftcommon.settings import ServiceAddresses
 from services.trainer import tables
 from services.trainer.config import TrainerSettings
+from services.trainer.job_queue import job_store
 from services.trainer.registry import ModelRegistry
-from services.trainer.servicer import RegistryServicer
+from services.trainer.servicer import TrainerServicer
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["TrainerService"].full_name
 
@@ -17,7 +19,8 @@ def build_server(settings: TrainerSettings) -> RunningServer:
     db = Database(settings.resolved_database_url("trainer"), tables.metadata, tables.MIGRATIONS)
     db.migrate()
     registry = ModelRegistry(db, ArtifactStore(settings.resolved_artifact_store_url()))
-    servicer = RegistryServicer(settings, registry)
+    data_address = settings.data_address or ServiceAddresses().data_address
+    servicer = TrainerServicer(settings, registry, db, job_store(db), data_address)
     return start_server(
         settings, [(trainer_pb2_grpc.add_TrainerServiceServicer_to_server, servicer, SERVICE_NAME)]
     )

@@ -1,16 +1,25 @@
-"""gRPC TrainerService: the model registry part. Jobs are added by the training-execution work."""
+"""gRPC TrainerService: the model registry and training jobs (run by workers, see worker.py)."""
 
+import json
 import time
 from pathlib import Path
 
 import grpc
+from sqlalchemy import and_, select
 
 from finetune.v1 import trainer_pb2, trainer_pb2_grpc
+from ftcommon.db import Database
 from ftcommon.errors import InvalidArgument
+from ftcommon.jobs import EventKind, Job, JobState, JobStore
 from ftcommon.pagination import next_page_token, page_bounds
-from ftcommon.protoconv import artifact_ref, timestamp
+from ftcommon.protoconv import artifact_ref, job_event, job_status, timestamp
+from services.trainer import tables
+from services.trainer.checkpoints import list_checkpoints
 from services.trainer.config import TrainerSettings
-from services.trainer.registry import BASE, AliasRecord, ModelRecord, ModelRegistry
+from services.trainer.hyperparameters import Hyperparameters, from_proto
+from services.trainer.job_queue import JOB_KIND
+from services.trainer.prepared_versions import resolve_prepared_version
+from services.trainer.registry import ADAPTER, BASE, AliasRecord, ModelRecord, ModelRegistry
 
 
 def model_message(record: ModelRecord) -> trainer_pb2.Model:
@@ -92,3 +101,130 @@ class RegistryServicer(trainer_pb2_grpc.TrainerServiceServicer):
                 revision = max(revision, record.revision)
                 yield alias_message(record)
             time.sleep(self.settings.alias_poll_seconds)
+
+
+class TrainerServicer(RegistryServicer):
+    """Adds training jobs to the registry RPCs. Jobs only queue here; workers run them."""
+
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        registry: ModelRegistry,
+        db: Database,
+        store: JobStore,
+        data_address: str,
+    ) -> None:
+        super().__init__(settings, registry)
+        self.db = db
+        self.store = store
+        self.data_address = data_address
+
+    def CreateJob(self, request, context):  # noqa: N802
+        if not request.base_model:
+            raise InvalidArgument("is required", field="base_model")
+        if request.idempotency_key:
+            existing = self.store.find_by_idempotency_key(request.idempotency_key)
+            if existing:
+                return self._job_message(existing)
+        hyperparameters = from_proto(request.hyperparameters)
+        base = self.registry.get(request.base_model)
+        if base.kind == ADAPTER:
+            # Base and merged models are complete model folders; an adapter needs its base to load.
+            raise InvalidArgument(f"'{request.base_model}' is an adapter, not a model", field="base_model")
+        version = resolve_prepared_version(
+            self.data_address, request.prepared_version_id, self.settings.data_timeout_seconds
+        )
+        if version.base_model_id and version.base_model_id != base.id:
+            raise InvalidArgument(
+                f"was tokenized for model {version.base_model_id}, not {base.id}; prepare it for this model",
+                field="prepared_version_id",
+            )
+        payload = {
+            "base_model_id": base.id,
+            "base_model_name": base.name,
+            "base_model_uri": base.artifact.uri,
+            "prepared_version_id": version.id,
+            "prepared_uri": version.artifact_uri,
+            "hyperparameters": hyperparameters.model_dump(),
+            "display_name": request.display_name,
+        }
+        job = self.store.create(JOB_KIND, payload, request.idempotency_key or None)
+        return self._job_message(job)
+
+    def GetJob(self, request, context):  # noqa: N802
+        return self._job_message(self._get(request.id))
+
+    def ListJobs(self, request, context):  # noqa: N802
+        offset, limit = page_bounds(request.page.page_size, request.page.page_token)
+        state = JobState(request.state) if request.state else None
+        jobs = self.store.list_jobs(state, offset, limit, kind=JOB_KIND)
+        return trainer_pb2.ListJobsResponse(
+            jobs=[self._job_message(j) for j in jobs],
+            next_page_token=next_page_token(offset, limit, len(jobs)),
+        )
+
+    def CancelJob(self, request, context):  # noqa: N802
+        self._get(request.id)
+        return self._job_message(self.store.request_cancel(request.id))
+
+    def WatchJob(self, request, context: grpc.ServicerContext):  # noqa: N802
+        self._get(request.id)
+        if request.after_index < 0:
+            raise InvalidArgument("must not be negative", field="after_index")
+        for event in self.store.watch(request.id, request.after_index, context.is_active):
+            yield job_event(event)
+
+    def ListCheckpoints(self, request, context):  # noqa: N802
+        self._get(request.id)
+        return trainer_pb2.ListCheckpointsResponse(
+            checkpoints=[
+                trainer_pb2.Checkpoint(
+                    id=c.id,
+                    job_id=c.job_id,
+                    step=c.step,
+                    artifact=artifact_ref(c.artifact),
+                    created_at=timestamp(c.created_at),
+                )
+                for c in list_checkpoints(self.db, request.id)
+            ]
+        )
+
+    # Internals
+
+    def _get(self, job_id: str) -> Job:
+        if not job_id:
+            raise InvalidArgument("is required", field="id")
+        job = self.store.get(job_id)
+        if job.kind != JOB_KIND:
+            raise InvalidArgument(f"{job_id} is not a training job", field="id")
+        return job
+
+    def _job_message(self, job: Job) -> trainer_pb2.TrainingJob:
+        payload = job.payload
+        progress = self._latest_train_step(job.id)
+        metrics = {k: v for k, v in progress.items() if k not in ("step", "total_steps")}
+        metrics.update(job.result.get("metrics", {}))
+        return trainer_pb2.TrainingJob(
+            status=job_status(job),
+            base_model_id=payload["base_model_id"],
+            prepared_version_id=payload["prepared_version_id"],
+            hyperparameters=Hyperparameters.model_validate(payload["hyperparameters"]).to_proto(),
+            display_name=payload.get("display_name", ""),
+            step=int(job.result.get("step", progress.get("step", 0))),
+            total_steps=int(job.result.get("total_steps", progress.get("total_steps", 0))),
+            metrics=metrics,
+            adapter_model_id=job.result.get("adapter_model_id", ""),
+            merged_model_id=job.result.get("merged_model_id", ""),
+        )
+
+    def _latest_train_step(self, job_id: str) -> dict[str, float]:
+        events = tables.job_events
+        query = (
+            select(events.c.metrics)
+            .where(and_(events.c.job_id == job_id, events.c.kind == int(EventKind.TRAIN_STEP)))
+            .order_by(events.c.idx.desc())
+            .limit(1)
+        )
+        with self.db.begin() as conn:
+            row = conn.execute(query).scalar()
+        return json.loads(row) if row else {}

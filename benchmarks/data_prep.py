@@ -1,0 +1,168 @@
+"""Data prep throughput: our PrepareDataset against the seed course's `datasets.map(batch_size=1)`.
+
+Both run in this process, on the same machine, over the lamini_docs rows repeated to --rows rows.
+The baseline is the seed course's tokenize function as written there: question + answer concatenated,
+tokenized once with padding to find the length and again with truncation to it, one example per map call.
+Ours is the real data service (and a real trainer service for the base model's tokenizer) over gRPC:
+PrepareDataset timed from the request to the succeeded job, which includes the chat template, label
+masking, the duplicate-aware split, writing the files and publishing the artifact.
+
+Two datasets are measured, because repetition flatters us: "repeated" is lamini_docs repeated as the
+issue asks (exact copies, which our prepare tokenizes once per distinct text), "distinct" gives every
+copy its own question (" (copy k)" appended), so every row must be tokenized.
+Writes benchmarks/results/data_prep.json.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+LAMINI_DOCS = REPO_ROOT.parent / "shared" / "datasets" / "lamini_docs" / "lamini_docs.jsonl"
+MODEL_DIR = REPO_ROOT / "var" / "base_models" / "smollm2-135m-instruct"
+RESULT = REPO_ROOT / "benchmarks" / "results" / "data_prep.json"
+
+
+def lamini_rows(count: int, distinct: bool) -> list[dict[str, str]]:
+    source = [json.loads(line) for line in LAMINI_DOCS.read_text().splitlines() if line.strip()]
+    rows = []
+    for index in range(count):
+        row = dict(source[index % len(source)])
+        copy = index // len(source)
+        if distinct and copy:
+            row["question"] = f"{row['question']} (copy {copy})"
+        rows.append(row)
+    return rows
+
+
+def seed_course_baseline(rows: list[dict[str, str]], cache_dir: Path) -> float:
+    """Seconds for the seed course's tokenization of `rows`."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    tokenizer.pad_token = tokenizer.eos_token
+
+    def tokenize_function(examples: dict[str, list[str]]) -> dict:
+        text = examples["question"][0] + examples["answer"][0]
+        tokenized_inputs = tokenizer(text, return_tensors="np", padding=True)
+        max_length = min(tokenized_inputs["input_ids"].shape[1], 2048)
+        tokenizer.truncation_side = "left"
+        return tokenizer(text, return_tensors="np", truncation=True, max_length=max_length)
+
+    dataset = datasets.Dataset.from_list(rows)
+    datasets.disable_progress_bars()
+    started = time.perf_counter()
+    dataset.map(
+        tokenize_function,
+        batched=True,
+        batch_size=1,
+        drop_last_batch=True,
+        load_from_cache_file=False,
+        cache_file_name=str(cache_dir / "baseline.arrow"),
+    )
+    return time.perf_counter() - started
+
+
+def ours(rows: list[dict[str, str]], data_stub, trainer_address: str) -> dict[str, float]:
+    """Seconds to ingest (upload + validation report) and to prepare `rows` through the data service."""
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from data_fixtures import jsonl, upload, wait_for_job
+
+    from finetune.v1 import common_pb2, data_pb2
+
+    data = jsonl(rows)
+    started = time.perf_counter()
+    dataset = upload(data_stub, data, "lamini_bench.jsonl")
+    ingested = time.perf_counter()
+    job = data_stub.PrepareDataset(
+        data_pb2.PrepareDatasetRequest(
+            dataset_id=dataset.id, base_model="smollm2-135m-instruct", max_seq_len=2048, seed=1
+        )
+    )
+    done = wait_for_job(data_stub, job.status.id, timeout=3600)
+    prepared = time.perf_counter()
+    assert done.status.state == common_pb2.JOB_STATE_SUCCEEDED, done.status.error
+    version = data_stub.GetPreparedVersion(data_pb2.GetPreparedVersionRequest(id=done.prepared_version_id))
+    examples = sum(stats.examples for stats in version.split_stats.values())
+    return {
+        "ingest_seconds": round(ingested - started, 3),
+        "prepare_seconds": round(prepared - ingested, 3),
+        "examples_written": examples,
+        "dropped_too_long": version.dropped_too_long,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    args, _ = parser.parse_known_args()  # make bench passes the same extra arguments to every benchmark
+    if not LAMINI_DOCS.exists():
+        print(f"skipped: {LAMINI_DOCS} is absent")
+        return 0
+
+    from finetune.v1 import data_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+    from ftcommon.grpc_client import open_channel
+    from services.data.config import DataSettings
+    from services.data.server import build_server as build_data_server
+    from services.trainer.config import TrainerSettings
+    from services.trainer.server import build_server as build_trainer_server
+
+    results: dict[str, object] = {
+        "rows": args.rows,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "baseline": "seed course: datasets.map(tokenize_function, batched=True, batch_size=1), one example a call",
+        "command": f"python benchmarks/data_prep.py --rows {args.rows}",
+    }
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        trainer = build_trainer_server(TrainerSettings(data_dir=root, port=0))
+        with open_channel(trainer.address) as channel:
+            trainer_pb2_grpc.TrainerServiceStub(channel).RegisterBaseModel(
+                trainer_pb2.RegisterBaseModelRequest(name="smollm2-135m-instruct", path=str(MODEL_DIR)),
+                timeout=600,
+            )
+        data = build_data_server(DataSettings(data_dir=root, port=0, trainer_address=trainer.address))
+        try:
+            with open_channel(data.address, 600) as channel:
+                stub = data_pb2_grpc.DataServiceStub(channel)
+                for variant in ("repeated", "distinct"):
+                    rows = lamini_rows(args.rows, distinct=variant == "distinct")
+                    measured = ours(rows, stub, trainer.address)
+                    baseline_seconds = seed_course_baseline(rows, root)
+                    ours_rate = args.rows / measured["prepare_seconds"]
+                    baseline_rate = args.rows / baseline_seconds
+                    results[variant] = {
+                        **measured,
+                        "baseline_seconds": round(baseline_seconds, 3),
+                        "ours_rows_per_second": round(ours_rate, 1),
+                        "baseline_rows_per_second": round(baseline_rate, 1),
+                        "speedup": round(ours_rate / baseline_rate, 2),
+                    }
+                    print(variant, json.dumps(results[variant]), flush=True)
+        finally:
+            data.stop(grace=1)
+            trainer.stop(grace=1)
+    results["target_speedup"] = 20
+    RESULT.parent.mkdir(parents=True, exist_ok=True)
+    RESULT.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {RESULT.relative_to(REPO_ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""`ftctl data`: upload, register, inspect and prepare datasets on the data service."""
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from finetune.v1 import common_pb2, data_pb2, data_pb2_grpc
+from ftctl.common import (
+    JSON_OPTION,
+    STATE_NAMES,
+    addresses,
+    console,
+    follow_job,
+    print_json,
+    print_table,
+    rpc_errors,
+    stub,
+)
+
+app = typer.Typer(no_args_is_help=True)
+
+CHUNK_BYTES = 1024 * 1024
+FORMATS = {
+    name.removeprefix("DATASET_FORMAT_").lower(): value for name, value in data_pb2.DatasetFormat.items()
+}
+SCHEMAS = {
+    name.removeprefix("DATASET_SCHEMA_").lower(): value for name, value in data_pb2.DatasetSchema.items()
+}
+TEMPLATES = {
+    name.removeprefix("PROMPT_TEMPLATE_").lower(): value for name, value in data_pb2.PromptTemplate.items()
+}
+TRUNCATIONS = {
+    name.removeprefix("TRUNCATION_POLICY_").lower(): value
+    for name, value in data_pb2.TruncationPolicy.items()
+}
+for choices in (FORMATS, SCHEMAS, TEMPLATES, TRUNCATIONS):
+    choices.pop("unspecified")
+
+
+def _data_stub() -> data_pb2_grpc.DataServiceStub:
+    return stub(data_pb2_grpc.DataServiceStub, addresses().data_address)
+
+
+def _choice(value: str | None, choices: dict[str, int], option: str) -> int:
+    if value is None:
+        return 0
+    if value.lower() not in choices:
+        raise typer.BadParameter(f"choose one of {', '.join(choices)}", param_hint=option)
+    return choices[value.lower()]
+
+
+def _mapping(pairs: list[str]) -> dict[str, str]:
+    mapping = {}
+    for pair in pairs:
+        ours, sep, theirs = pair.partition("=")
+        if not sep or not ours or not theirs:
+            raise typer.BadParameter(f"'{pair}' is not field=column", param_hint="--map")
+        mapping[ours.strip()] = theirs.strip()
+    return mapping
+
+
+def _options(
+    name: str, file_format: str | None, schema: str | None, mapping: list[str], strict: bool, redact_pii: bool
+) -> data_pb2.IngestOptions:
+    return data_pb2.IngestOptions(
+        name=name,
+        format=_choice(file_format, FORMATS, "--format"),
+        schema=_choice(schema, SCHEMAS, "--schema"),
+        field_mapping=_mapping(mapping),
+        strict=strict,
+        redact_pii=redact_pii,
+    )
+
+
+def _print_dataset(dataset: data_pb2.Dataset, show_json: bool) -> None:
+    if show_json:
+        print_json(dataset)
+        return
+    counts = dataset.counts
+    print_table(
+        f"dataset {dataset.id}",
+        ["name", "format", "schema", "rows", "kept", "rejected", "exact dup", "near dup", "pii"],
+        [
+            [
+                dataset.name,
+                data_pb2.DatasetFormat.Name(dataset.format).removeprefix("DATASET_FORMAT_").lower(),
+                data_pb2.DatasetSchema.Name(dataset.schema).removeprefix("DATASET_SCHEMA_").lower(),
+                counts.rows_total,
+                counts.rows_kept,
+                counts.rows_rejected,
+                counts.exact_duplicates,
+                counts.near_duplicates,
+                counts.pii_found,
+            ]
+        ],
+    )
+
+
+NAME = typer.Option("", "--name", help="Dataset name (default: the file name).")
+FORMAT = typer.Option(None, "--format", help=f"File format: {', '.join(FORMATS)} (default: detected).")
+SCHEMA = typer.Option(None, "--schema", help=f"Schema: {', '.join(SCHEMAS)} (default: detected).")
+MAP = typer.Option([], "--map", help="Our field=the file's column, e.g. --map question=q (repeatable).")
+STRICT = typer.Option(False, "--strict", help="Reject the whole file when any row is bad.")
+REDACT = typer.Option(
+    False, "--redact-pii", help="Replace emails, phone numbers and API keys with placeholders."
+)
+
+
+@app.command()
+def upload(
+    path: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="The file to upload."),
+    name: str = NAME,
+    file_format: str | None = FORMAT,
+    schema: str | None = SCHEMA,
+    mapping: list[str] = MAP,
+    strict: bool = STRICT,
+    redact_pii: bool = REDACT,
+    show_json: bool = JSON_OPTION,
+) -> None:
+    """Upload a JSONL, JSON, CSV or Parquet file; it is validated and stored with a report."""
+    options = _options(name, file_format, schema, mapping, strict, redact_pii)
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK_BYTES):
+            digest.update(block)
+    metadata = data_pb2.UploadMetadata(
+        options=options, filename=path.name, size_bytes=size, sha256=digest.hexdigest()
+    )
+    with Progress(
+        "[bold]uploading",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=console,
+        disable=show_json,
+    ) as progress:
+        task = progress.add_task("upload", total=size)
+
+        def requests() -> Iterator[data_pb2.UploadDatasetRequest]:
+            # gRPC pulls the next chunk when it can send it, so the bar follows the bytes on the wire.
+            yield data_pb2.UploadDatasetRequest(metadata=metadata)
+            with open(path, "rb") as handle:
+                while chunk := handle.read(CHUNK_BYTES):
+                    yield data_pb2.UploadDatasetRequest(chunk=chunk)
+                    progress.advance(task, len(chunk))
+
+        with rpc_errors():
+            dataset = _data_stub().UploadDataset(requests(), timeout=600)
+    _print_dataset(dataset, show_json)
+
+
+@app.command()
+def register(
+    source: str = typer.Argument(..., help="A path under the service's allowed roots, or a URL it can read."),
+    name: str = NAME,
+    file_format: str | None = FORMAT,
+    schema: str | None = SCHEMA,
+    mapping: list[str] = MAP,
+    strict: bool = STRICT,
+    redact_pii: bool = REDACT,
+    show_json: bool = JSON_OPTION,
+) -> None:
+    """Register a file the data service reads itself (no upload)."""
+    request = data_pb2.RegisterDatasetRequest(
+        source=source, options=_options(name, file_format, schema, mapping, strict, redact_pii)
+    )
+    with rpc_errors():
+        dataset = _data_stub().RegisterDataset(request, timeout=600)
+    _print_dataset(dataset, show_json)
+
+
+@app.command("list")
+def list_datasets(
+    page_size: int = typer.Option(50, "--page-size", help="Datasets per page."),
+    page_token: str = typer.Option("", "--page-token", help="Token from the previous page."),
+    show_json: bool = JSON_OPTION,
+) -> None:
+    """List datasets, newest first."""
+    with rpc_errors():
+        response = _data_stub().ListDatasets(
+            data_pb2.ListDatasetsRequest(
+                page=common_pb2.PageRequest(page_size=page_size, page_token=page_token)
+            )
+        )
+    if show_json:
+        print_json(response)
+        return
+    print_table(
+        "datasets",
+        ["id", "name", "schema", "kept", "rejected", "created"],
+        [
+            [
+                d.id,
+                d.name,
+                data_pb2.DatasetSchema.Name(d.schema).removeprefix("DATASET_SCHEMA_").lower(),
+                d.counts.rows_kept,
+                d.counts.rows_rejected,
+                d.created_at.ToDatetime().isoformat(timespec="seconds"),
+            ]
+            for d in response.datasets
+        ],
+    )
+    if response.next_page_token:
+        console.print(f"more: --page-token {response.next_page_token}")
+
+
+@app.command()
+def show(dataset_id: str = typer.Argument(...), show_json: bool = JSON_OPTION) -> None:
+    """One dataset's summary."""
+    with rpc_errors():
+        dataset = _data_stub().GetDataset(data_pb2.GetDatasetRequest(id=dataset_id))
+    _print_dataset(dataset, show_json)
+
+
+@app.command()
+def report(
+    dataset_id: str = typer.Argument(...),
+    limit: int = typer.Option(50, "--limit", help="Rows of each list to show (tables only)."),
+    show_json: bool = JSON_OPTION,
+) -> None:
+    """The validation report: rejected rows with line and reason, duplicates, PII."""
+    with rpc_errors():
+        result = _data_stub().GetValidationReport(data_pb2.GetDatasetRequest(id=dataset_id))
+    if show_json:
+        print_json(result)
+        return
+    counts = result.counts
+    print_table(
+        f"report {dataset_id}",
+        ["rows", "kept", "rejected", "exact dup", "near dup", "empty fields", "pii"],
+        [
+            [
+                counts.rows_total,
+                counts.rows_kept,
+                counts.rows_rejected,
+                counts.exact_duplicates,
+                counts.near_duplicates,
+                counts.empty_fields,
+                counts.pii_found,
+            ]
+        ],
+    )
+    if result.rejected:
+        print_table(
+            "rejected rows",
+            ["line", "field", "reason"],
+            [[r.line, r.field, r.reason] for r in result.rejected[:limit]],
+        )
+    if result.duplicates:
+        print_table(
+            "duplicates",
+            ["lines", "kind", "similarity"],
+            [
+                [", ".join(map(str, d.lines)), "exact" if d.exact else "near", f"{d.similarity:.2f}"]
+                for d in result.duplicates[:limit]
+            ],
+        )
+    if result.pii:
+        print_table(
+            "pii",
+            ["line", "kind", "field", "redacted"],
+            [[p.line, p.kind, p.field, p.redacted] for p in result.pii[:limit]],
+        )
+
+
+@app.command()
+def preview(
+    dataset_id: str = typer.Argument(...),
+    offset: int = typer.Option(0, "--offset"),
+    limit: int = typer.Option(10, "--limit"),
+    show_json: bool = JSON_OPTION,
+) -> None:
+    """Kept rows as conversations."""
+    with rpc_errors():
+        response = _data_stub().PreviewDataset(
+            data_pb2.PreviewDatasetRequest(id=dataset_id, offset=offset, limit=limit)
+        )
+    if show_json:
+        print_json(response)
+        return
+    print_table(
+        f"{dataset_id}: rows {offset + 1}-{offset + len(response.rows)} of {response.total}",
+        ["line", "role", "content"],
+        [[row.source_line, m.role, m.content[:200]] for row in response.rows for m in row.messages],
+    )
+
+
+@app.command()
+def delete(dataset_id: str = typer.Argument(...), show_json: bool = JSON_OPTION) -> None:
+    """Delete a dataset (its prepared versions stay)."""
+    with rpc_errors():
+        _data_stub().DeleteDataset(data_pb2.DeleteDatasetRequest(id=dataset_id))
+    if show_json:
+        print_json({"deleted": dataset_id})
+    else:
+        console.print(f"deleted {dataset_id}")
+
+
+def _split(value: str) -> data_pb2.SplitFractions:
+    try:
+        train, validation, test = (float(part) for part in value.split(","))
+    except ValueError:
+        raise typer.BadParameter("give three fractions, e.g. 0.9,0.05,0.05", param_hint="--split") from None
+    return data_pb2.SplitFractions(train=train, validation=validation, test=test)
+
+
+def _print_version(version: data_pb2.PreparedVersion, show_json: bool) -> None:
+    if show_json:
+        print_json(version)
+        return
+    print_table(
+        f"prepared version {version.id} (dropped too long {version.dropped_too_long}, "
+        f"truncated {version.truncated}, refusal rows {version.refusal_rows})",
+        ["split", "examples", "tokens", "trained tokens", "mean", "median", "p95", "max"],
+        [
+            [name, s.examples, s.total_tokens, s.trained_tokens, f"{s.mean:.1f}", s.median, s.p95, s.max]
+            for name, s in sorted(version.split_stats.items())
+        ],
+    )
+
+
+@app.command()
+def prepare(
+    dataset_id: str = typer.Argument(...),
+    base_model: str = typer.Option(..., "--base-model", help="Registry name, id or alias of the base model."),
+    template: str | None = typer.Option(
+        None,
+        "--template",
+        help=f"Prompt template: {', '.join(TEMPLATES)} (default: the model's chat template).",
+    ),
+    system_prompt: str = typer.Option("", "--system-prompt", help="Added as the first message of every row."),
+    max_seq_len: int = typer.Option(0, "--max-seq-len", help="Longest example in tokens (default 2048)."),
+    truncation: str | None = typer.Option(
+        None, "--truncation", help=f"Longer examples: {', '.join(TRUNCATIONS)} (default: drop)."
+    ),
+    split: str = typer.Option("0.9,0.05,0.05", "--split", help="train,validation,test fractions."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the split and of the refusal questions."),
+    refusal_domain: str = typer.Option(
+        "",
+        "--refusal-domain",
+        help="Teach refusing off-topic questions: 'Let's keep the discussion relevant to D.'",
+    ),
+    refusal_fraction: float = typer.Option(
+        0.0,
+        "--refusal-fraction",
+        help="Refusal rows as a fraction of the kept rows; 0.15 (with a domain) is a good start: it adds "
+        "many distinct off-topic questions, enough for the model to learn to refuse.",
+    ),
+    refusal_text: str = typer.Option(
+        "", "--refusal-text", help="A fixed refusal answer instead of the default."
+    ),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the job's progress until it ends."),
+    show_json: bool = JSON_OPTION,
+) -> None:
+    """Template, tokenize, mask and split a dataset into an immutable prepared version (a job)."""
+    request = data_pb2.PrepareDatasetRequest(
+        dataset_id=dataset_id,
+        base_model=base_model,
+        template=_choice(template, TEMPLATES, "--template"),
+        system_prompt=system_prompt,
+        max_seq_len=max_seq_len,
+        truncation=_choice(truncation, TRUNCATIONS, "--truncation"),
+        split=_split(split),
+        seed=seed,
+        refusals=data_pb2.RefusalOptions(
+            domain=refusal_domain, fraction=refusal_fraction, refusal_text=refusal_text
+        ),
+    )
+    client = _data_stub()
+    with rpc_errors():
+        job = client.PrepareDataset(request)
+        if not wait:
+            if show_json:
+                print_json(job)
+            else:
+                console.print(f"queued prepare job {job.status.id}")
+            return
+        events = client.WatchPrepareJob(common_pb2.WatchRequest(id=job.status.id), timeout=24 * 3600)
+        final = follow_job(events, f"preparing {dataset_id}", show_json=show_json)
+        job = client.GetPrepareJob(data_pb2.GetPrepareJobRequest(id=job.status.id))
+        if final != common_pb2.JOB_STATE_SUCCEEDED:
+            console.print(
+                f"[red]prepare job {job.status.id} {STATE_NAMES.get(final, '')}[/red]: {job.status.error}"
+            )
+            raise typer.Exit(1)
+        version = client.GetPreparedVersion(data_pb2.GetPreparedVersionRequest(id=job.prepared_version_id))
+    _print_version(version, show_json)

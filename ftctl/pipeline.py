@@ -1,0 +1,327 @@
+"""`ftctl pipeline run FILE`: upload, prepare, train, evaluate and promote from one declarative file.
+
+Every step records what it produced in a state file and is idempotent: a re-run after a failure or a
+kill skips finished steps and re-attaches to a job still running (idempotency keys make the services
+return the same job). The exit status is 0 only when the model was promoted, so CI can gate on it.
+"""
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import typer
+from google.protobuf.json_format import ParseDict, ParseError
+
+from finetune.v1 import (
+    common_pb2,
+    data_pb2,
+    data_pb2_grpc,
+    eval_pb2,
+    eval_pb2_grpc,
+    inference_pb2,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
+from ftcommon.ids import sha256_file, sha256_json
+from ftcommon.settings import ServiceAddresses
+from ftctl.common import console, follow_job, rpc_errors, stub
+from ftctl.pipeline_spec import PipelineSpec, PipelineSpecError, load_spec
+
+app = typer.Typer(no_args_is_help=True)
+
+UPLOAD_CHUNK_BYTES = 1 << 20
+WATCH_TIMEOUT_SECONDS = 6 * 3600
+FORMATS = {
+    "": data_pb2.DATASET_FORMAT_UNSPECIFIED,
+    "jsonl": data_pb2.DATASET_FORMAT_JSONL,
+    "json": data_pb2.DATASET_FORMAT_JSON,
+    "csv": data_pb2.DATASET_FORMAT_CSV,
+    "parquet": data_pb2.DATASET_FORMAT_PARQUET,
+}
+TEMPLATES = {
+    "chat": data_pb2.PROMPT_TEMPLATE_CHAT,
+    "alpaca": data_pb2.PROMPT_TEMPLATE_ALPACA,
+    "question_answer": data_pb2.PROMPT_TEMPLATE_QUESTION_ANSWER,
+}
+TRUNCATION = {"drop": data_pb2.TRUNCATION_POLICY_DROP, "truncate": data_pb2.TRUNCATION_POLICY_TRUNCATE}
+
+
+class PipelineFailed(Exception):
+    pass
+
+
+@dataclass
+class PipelineState:
+    """What each finished step produced; the file is rewritten atomically after every step."""
+
+    spec_sha256: str = ""
+    dataset_sha256: str = ""
+    dataset_id: str = ""
+    prepared_version_id: str = ""
+    train_job_id: str = ""
+    train_attempt: int = 0
+    merged_model_id: str = ""
+    eval_run_id: str = ""
+    eval_attempt: int = 0
+    verdict: str = ""
+    verdict_reasons: tuple[str, ...] = ()
+    promoted_alias: str = ""
+
+    @classmethod
+    def load(cls, path: Path) -> "PipelineState":
+        if not path.exists():
+            return cls()
+        raw = json.loads(path.read_text())
+        raw["verdict_reasons"] = tuple(raw.get("verdict_reasons", ()))
+        return cls(**raw)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, path)
+
+
+@dataclass
+class PipelineResult:
+    state: PipelineState
+    report_html_path: Path | None
+
+    @property
+    def promoted(self) -> bool:
+        return bool(self.state.promoted_alias)
+
+
+class PipelineRunner:
+    def __init__(self, spec: PipelineSpec, state_path: Path, addresses: ServiceAddresses) -> None:
+        self.spec = spec
+        self.state_path = state_path
+        self.state = PipelineState.load(state_path)
+        self.data = stub(data_pb2_grpc.DataServiceStub, addresses.data_address)
+        self.trainer = stub(trainer_pb2_grpc.TrainerServiceStub, addresses.trainer_address)
+        self.eval = stub(eval_pb2_grpc.EvalServiceStub, addresses.eval_address)
+
+    def run(self) -> PipelineResult:
+        self._forget_outdated_steps()
+        self.upload()
+        self.prepare()
+        self.train()
+        self.evaluate()
+        self.promote()
+        return PipelineResult(self.state, self.save_report())
+
+    # Steps
+
+    def upload(self) -> None:
+        if self.state.dataset_id and self._exists(self.data.GetDataset, data_pb2.GetDatasetRequest):
+            console.print(f"[green]✓[/green] dataset {self.state.dataset_id} (already uploaded)")
+            return
+        path = self.spec.dataset.path
+        options = data_pb2.IngestOptions(
+            name=self.spec.dataset.name,
+            format=FORMATS[self.spec.dataset.format],
+            field_mapping=self.spec.dataset.field_mapping,
+            strict=self.spec.dataset.strict,
+            redact_pii=self.spec.dataset.redact_pii,
+        )
+        metadata = data_pb2.UploadMetadata(
+            options=options,
+            filename=path.name,
+            size_bytes=path.stat().st_size,
+            sha256=self.state.dataset_sha256,
+        )
+        dataset = self.data.UploadDataset(_upload_chunks(metadata, path), timeout=600)
+        self.state.dataset_id = dataset.id
+        self._save()
+        counts = dataset.counts
+        console.print(
+            f"[green]✓[/green] dataset {dataset.id}: {counts.rows_kept} rows kept, {counts.rows_rejected} rejected"
+        )
+
+    def prepare(self) -> None:
+        if self.state.prepared_version_id:
+            console.print(
+                f"[green]✓[/green] prepared version {self.state.prepared_version_id} (already prepared)"
+            )
+            return
+        spec = self.spec.prepare
+        train, validation, test = spec.split
+        request = data_pb2.PrepareDatasetRequest(
+            dataset_id=self.state.dataset_id,
+            base_model=self.spec.base_model,
+            template=TEMPLATES[spec.template],
+            system_prompt=spec.system_prompt,
+            max_seq_len=spec.max_seq_len,
+            truncation=TRUNCATION[spec.truncation],
+            split=data_pb2.SplitFractions(train=train, validation=validation, test=test),
+            seed=spec.seed,
+        )
+        if spec.refusals:
+            request.refusals.CopyFrom(
+                data_pb2.RefusalOptions(
+                    domain=spec.refusals.domain,
+                    fraction=spec.refusals.fraction,
+                    refusal_text=spec.refusals.text,
+                )
+            )
+        job = self.data.PrepareDataset(request)
+        self._follow(self.data.WatchPrepareJob, job.status.id, "prepare")
+        job = self.data.GetPrepareJob(data_pb2.GetPrepareJobRequest(id=job.status.id))
+        self._require_success(job.status, "prepare")
+        self.state.prepared_version_id = job.prepared_version_id
+        self._save()
+
+    def train(self) -> None:
+        if self.state.merged_model_id:
+            console.print(f"[green]✓[/green] merged model {self.state.merged_model_id} (already trained)")
+            return
+        try:
+            hyperparameters = ParseDict(self.spec.hyperparameters, trainer_pb2.Hyperparameters())
+        except ParseError as exc:
+            raise PipelineFailed(f"hyperparameters: {exc}") from exc
+        if self.state.train_job_id:
+            previous = self.trainer.GetJob(trainer_pb2.GetJobRequest(id=self.state.train_job_id))
+            if previous.status.state in (common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED):
+                self.state.train_attempt += 1  # a fresh key: the failed job stays as it was
+        key = (
+            f"pipeline:{self.spec.name}:{self.state.prepared_version_id}:"
+            + sha256_json(self.spec.hyperparameters)[:16]
+            + f":{self.state.train_attempt}"
+        )
+        job = self.trainer.CreateJob(
+            trainer_pb2.CreateJobRequest(
+                base_model=self.spec.base_model,
+                prepared_version_id=self.state.prepared_version_id,
+                hyperparameters=hyperparameters,
+                idempotency_key=key,
+                display_name=self.spec.name,
+            )
+        )
+        self.state.train_job_id = job.status.id
+        self._save()
+        self._follow(self.trainer.WatchJob, job.status.id, "train")
+        job = self.trainer.GetJob(trainer_pb2.GetJobRequest(id=job.status.id))
+        self._require_success(job.status, "train")
+        self.state.merged_model_id = job.merged_model_id
+        self._save()
+
+    def evaluate(self) -> None:
+        if self.state.verdict:
+            console.print(f"[green]✓[/green] evaluation {self.state.eval_run_id}: {self.state.verdict}")
+            return
+        spec = self.spec.eval
+        if self.state.eval_run_id:
+            previous = self.eval.GetRun(eval_pb2.GetRunRequest(id=self.state.eval_run_id))
+            if previous.status.state in (common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED):
+                self.state.eval_attempt += 1
+        request = eval_pb2.CreateRunRequest(
+            models=[self.spec.base_model, self.state.merged_model_id],
+            data=eval_pb2.EvalData(prepared_version_id=self.state.prepared_version_id, split=spec.split),
+            max_examples=spec.max_examples,
+            generation=inference_pb2.SamplingParams(max_tokens=spec.max_tokens, temperature=0.0),
+            seed=self.spec.prepare.seed,
+            benchmarks=[ParseDict(b, eval_pb2.BenchmarkSpec()) for b in spec.benchmarks],
+            promotion_rule=ParseDict(spec.promotion_rule, eval_pb2.PromotionRule()),
+            idempotency_key=f"pipeline:{self.spec.name}:{self.state.merged_model_id}:{self.state.eval_attempt}",
+        )
+        if self.spec.prepare.refusals and self.spec.prepare.refusals.text:
+            request.refusal_text = self.spec.prepare.refusals.text
+        run = self.eval.CreateRun(request)
+        self.state.eval_run_id = run.status.id
+        self._save()
+        self._follow(self.eval.WatchRun, run.status.id, "evaluate")
+        run = self.eval.GetRun(eval_pb2.GetRunRequest(id=run.status.id))
+        self._require_success(run.status, "evaluate")
+        self.state.verdict = eval_pb2.Verdict.Name(run.verdict).removeprefix("VERDICT_").lower()
+        self.state.verdict_reasons = tuple(run.verdict_reasons)
+        self._save()
+
+    def promote(self) -> None:
+        if self.state.verdict != "pass":
+            console.print(f"[yellow]not promoted[/yellow]: {'; '.join(self.state.verdict_reasons)}")
+            return
+        self.trainer.SetAlias(
+            trainer_pb2.SetAliasRequest(alias=self.spec.promote_alias, model=self.state.merged_model_id)
+        )
+        self.state.promoted_alias = self.spec.promote_alias
+        self._save()
+        console.print(
+            f"[green]✓[/green] promoted {self.state.merged_model_id} to '{self.spec.promote_alias}'"
+        )
+
+    # Internals
+
+    def _forget_outdated_steps(self) -> None:
+        """A changed pipeline file or dataset invalidates what the old one produced."""
+        spec_sha = sha256_json(self.spec.model_dump(mode="json"))
+        dataset_sha = sha256_file(self.spec.dataset.path)
+        if (self.state.spec_sha256, self.state.dataset_sha256) != (spec_sha, dataset_sha):
+            self.state = PipelineState(spec_sha256=spec_sha, dataset_sha256=dataset_sha)
+            self._save()
+
+    def _exists(self, method: Any, request_type: Any) -> bool:
+        try:
+            method(request_type(id=self.state.dataset_id))
+            return True
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
+
+    def _follow(self, watch: Any, job_id: str, step: str) -> None:
+        events = watch(common_pb2.WatchRequest(id=job_id), timeout=WATCH_TIMEOUT_SECONDS)
+        follow_job(events, f"{step} {job_id}")
+
+    @staticmethod
+    def _require_success(status: common_pb2.JobStatus, step: str) -> None:
+        if status.state != common_pb2.JOB_STATE_SUCCEEDED:
+            state = common_pb2.JobState.Name(status.state).removeprefix("JOB_STATE_").lower()
+            raise PipelineFailed(f"{step} job {status.id} {state}: {status.error or 'no error message'}")
+
+    def save_report(self) -> Path | None:
+        if not self.state.eval_run_id:
+            return None
+        report = self.eval.GetReport(eval_pb2.GetRunRequest(id=self.state.eval_run_id))
+        path = self.state_path.with_name(f"{self.spec.name}-report.html")
+        path.write_text(report.report_html)
+        path.with_suffix(".json").write_text(report.report_json)
+        return path
+
+    def _save(self) -> None:
+        self.state.save(self.state_path)
+
+
+def _upload_chunks(metadata: data_pb2.UploadMetadata, path: Path) -> Iterator[data_pb2.UploadDatasetRequest]:
+    yield data_pb2.UploadDatasetRequest(metadata=metadata)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(UPLOAD_CHUNK_BYTES):
+            yield data_pb2.UploadDatasetRequest(chunk=chunk)
+
+
+def run_pipeline(spec_path: Path, state_dir: Path, addresses: ServiceAddresses) -> PipelineResult:
+    spec = load_spec(spec_path)
+    return PipelineRunner(spec, state_dir / f"{spec.name}.json", addresses).run()
+
+
+@app.command("run")
+def run(
+    spec_path: Path = typer.Argument(..., exists=True, dir_okay=False, help="The pipeline YAML file."),
+    state_dir: Path = typer.Option(Path("var/pipelines"), help="Where each step's results are recorded."),
+) -> None:
+    """Run (or resume) a pipeline; exit 0 only when the model was promoted."""
+    started = time.monotonic()
+    with rpc_errors():
+        try:
+            result = run_pipeline(spec_path, state_dir, ServiceAddresses())
+        except (PipelineSpecError, PipelineFailed) as exc:
+            console.print(f"[red]error[/red] {exc}")
+            raise typer.Exit(2) from None
+    if result.report_html_path:
+        console.print(f"report: {result.report_html_path}")
+    console.print(f"finished in {time.monotonic() - started:.0f}s")
+    raise typer.Exit(0 if result.promoted else 1)

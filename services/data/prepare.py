@@ -1,0 +1,343 @@
+"""Preparing a dataset for one base model: template, tokenize, mask, split, and store an immutable version.
+
+The version id is derived from every input (the dataset's content, the base model's artifact, the
+template and the request's settings, this code's format version), so the same inputs give the same
+id, and a version that exists is returned instead of being built again. Files are built in scratch
+space and published with ArtifactStore.put_dir; the version row is inserted last, so a process killed
+half way leaves no version behind and the job can simply run again.
+"""
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict, ParseDict
+
+from finetune.v1 import data_pb2
+from ftcommon.artifacts import ArtifactStore
+from ftcommon.chat_format import ALPACA_TEMPLATE, QUESTION_ANSWER_TEMPLATE
+from ftcommon.db import utcnow
+from ftcommon.errors import InvalidArgument
+from ftcommon.ids import sha256_bytes, sha256_file, sha256_json
+from services.data.base_models import BaseModel, BaseModels
+from services.data.catalog import Catalog, DatasetRecord, VersionRecord
+from services.data.duplicates import DuplicateGroup, line_groups
+from services.data.records import Conversation
+from services.data.refusals import off_topic_questions, refusal_answer
+from services.data.splitting import SPLITS, assign_splits, shuffled
+from services.data.stats import token_stats
+from services.data.tokenization import IGNORE_INDEX, training_examples
+
+# Bump when the files a prepare writes change for the same inputs: versions made by older code keep their ids.
+PREPARE_FORMAT_VERSION = 1
+DEFAULT_SPLIT = (0.9, 0.05, 0.05)
+DEFAULT_MAX_SEQ_LEN = 2048
+MIN_SEQ_LEN = 16
+TOKENIZE_BATCH = 2048
+TEMPLATE_NAMES = {
+    data_pb2.PROMPT_TEMPLATE_CHAT: "chat",
+    data_pb2.PROMPT_TEMPLATE_ALPACA: "alpaca",
+    data_pb2.PROMPT_TEMPLATE_QUESTION_ANSWER: "question_answer",
+}
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+)
+
+
+class PrepareCancelled(Exception):
+    pass
+
+
+def effective_request(
+    request: data_pb2.PrepareDatasetRequest, model: BaseModel
+) -> data_pb2.PrepareDatasetRequest:
+    """The request with every default filled in; InvalidArgument naming the first bad field."""
+    effective = data_pb2.PrepareDatasetRequest()
+    effective.CopyFrom(request)
+    effective.base_model = model.name
+    if effective.template not in (0, *TEMPLATE_NAMES):
+        raise InvalidArgument(f"unknown template {effective.template}", field="template")
+    effective.template = effective.template or data_pb2.PROMPT_TEMPLATE_CHAT
+    if effective.truncation not in (0, data_pb2.TRUNCATION_POLICY_DROP, data_pb2.TRUNCATION_POLICY_TRUNCATE):
+        raise InvalidArgument(f"unknown truncation policy {effective.truncation}", field="truncation")
+    effective.truncation = effective.truncation or data_pb2.TRUNCATION_POLICY_DROP
+    context = model.max_context or DEFAULT_MAX_SEQ_LEN
+    if effective.max_seq_len < 0 or 0 < effective.max_seq_len < MIN_SEQ_LEN:
+        raise InvalidArgument(f"must be 0 (default) or at least {MIN_SEQ_LEN}", field="max_seq_len")
+    if effective.max_seq_len > context:
+        raise InvalidArgument(f"exceeds the model's context of {context} tokens", field="max_seq_len")
+    effective.max_seq_len = effective.max_seq_len or min(DEFAULT_MAX_SEQ_LEN, context)
+    split = effective.split
+    fractions = (split.train, split.validation, split.test)
+    if not any(fractions):
+        fractions = DEFAULT_SPLIT
+    if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6 or fractions[0] <= 0:
+        raise InvalidArgument(
+            f"fractions must be non-negative, sum to 1 and give train a share (got {fractions})",
+            field="split",
+        )
+    effective.split.CopyFrom(
+        data_pb2.SplitFractions(train=fractions[0], validation=fractions[1], test=fractions[2])
+    )
+    refusals = effective.refusals
+    if not 0 <= refusals.fraction <= 1:
+        raise InvalidArgument("must be between 0 and 1", field="refusals.fraction")
+    if refusals.fraction > 0 and not (refusals.domain.strip() or refusals.refusal_text.strip()):
+        raise InvalidArgument("is required when refusals.fraction > 0", field="refusals.domain")
+    effective.system_prompt = effective.system_prompt.strip()
+    return effective
+
+
+def request_to_json(request: data_pb2.PrepareDatasetRequest) -> dict[str, Any]:
+    return MessageToDict(request, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def request_from_json(value: dict[str, Any]) -> data_pb2.PrepareDatasetRequest:
+    return ParseDict(value, data_pb2.PrepareDatasetRequest())
+
+
+def chat_template_for(request: data_pb2.PrepareDatasetRequest, model: BaseModel) -> str:
+    if request.template == data_pb2.PROMPT_TEMPLATE_ALPACA:
+        return ALPACA_TEMPLATE
+    if request.template == data_pb2.PROMPT_TEMPLATE_QUESTION_ANSWER:
+        return QUESTION_ANSWER_TEMPLATE
+    return model.chat_template
+
+
+def version_id(dataset: DatasetRecord, model: BaseModel, request: data_pb2.PrepareDatasetRequest) -> str:
+    settings = request_to_json(request)
+    settings.pop("base_model")  # the resolved model's artifact stands for it, whatever name or alias was used
+    inputs = {
+        "format_version": PREPARE_FORMAT_VERSION,
+        "dataset_id": dataset.id,
+        "dataset_sha256": dataset.normalized.sha256,
+        "report_uri": dataset.report_uri,
+        "base_model_id": model.id,
+        "base_model_sha256": model.artifact_sha256,
+        "chat_template_sha256": sha256_bytes(chat_template_for(request, model).encode()),
+        "request": settings,
+    }
+    return "pv-" + sha256_json(inputs)[:20]
+
+
+@dataclass
+class _Example:
+    conversation: Conversation
+    group: str
+    input_ids: list[int]
+    labels: list[int]
+
+
+class PrepareRunner:
+    def __init__(
+        self, store: ArtifactStore, catalog: Catalog, base_models: BaseModels, scratch_dir: Path
+    ) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.base_models = base_models
+        self.scratch_dir = scratch_dir
+
+    def run(
+        self,
+        payload: dict[str, Any],
+        progress: Callable[[float, str, dict[str, float]], None],
+        cancelled: Callable[[], bool],
+    ) -> VersionRecord:
+        target_id = payload["version_id"]
+        if existing := self.catalog.find_version(target_id):
+            progress(1.0, "already prepared", {})
+            return existing
+        request = request_from_json(payload["request"])
+        model = BaseModel(**payload["model"])
+        dataset = self.catalog.get_dataset(request.dataset_id)
+        progress(0.01, "loading the dataset and the tokenizer", {})
+        conversations = self._load_conversations(dataset)
+        groups = self._group_keys(dataset, conversations)
+        refusal_rows = self._refusal_rows(request, len(conversations))
+        conversations += refusal_rows
+        groups += [f"refusal:{c.messages[0]['content']}" for c in refusal_rows]
+        if request.system_prompt:
+            for conversation in conversations:
+                if conversation.messages[0]["role"] != "system":
+                    conversation.messages.insert(0, {"role": "system", "content": request.system_prompt})
+        tokenizer = self.base_models.tokenizer(model)
+        template = chat_template_for(request, model)
+        end_of_turn = (
+            model.eos_token or tokenizer.eos_token
+            if request.template == data_pb2.PROMPT_TEMPLATE_CHAT
+            else tokenizer.eos_token
+        )
+        examples, dropped, truncated = self._tokenize(
+            request, conversations, groups, tokenizer, template, end_of_turn, progress, cancelled
+        )
+        if not examples:
+            raise InvalidArgument(
+                f"every example is longer than max_seq_len {request.max_seq_len}", field="max_seq_len"
+            )
+        progress(0.92, "splitting and writing", {"examples": len(examples)})
+        splits = assign_splits(
+            [e.group for e in examples],
+            (request.split.train, request.split.validation, request.split.test),
+            request.seed,
+        )
+        with tempfile.TemporaryDirectory(dir=self.scratch_dir) as scratch:
+            folder = Path(scratch)
+            split_stats = self._write_splits(folder, examples, splits, request.seed)
+            tokenizer_sha = self._tokenizer_sha(model)
+            (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+            manifest = {
+                "version_id": target_id,
+                "dataset_id": dataset.id,
+                "base_model_id": model.id,
+                "base_model_name": model.name,
+                "request": request_to_json(request),
+                "end_of_turn": end_of_turn,
+                "template": TEMPLATE_NAMES[request.template],
+                "split_stats": split_stats,
+                "dropped_too_long": dropped,
+                "truncated": truncated,
+                "refusal_rows": len(refusal_rows),
+                "tokenizer_sha256": tokenizer_sha,
+                "chat_template_sha256": sha256_bytes(template.encode()),
+            }
+            (folder / "prepare.json").write_text(
+                json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8"
+            )
+            if cancelled():
+                raise PrepareCancelled()
+            artifact = self.store.put_dir(folder)
+        record = VersionRecord(
+            id=target_id,
+            dataset_id=dataset.id,
+            base_model_id=model.id,
+            request=request_to_json(request),
+            artifact=artifact,
+            split_stats=split_stats,
+            dropped_too_long=dropped,
+            truncated=truncated,
+            refusal_rows=len(refusal_rows),
+            tokenizer_sha256=tokenizer_sha,
+            chat_template_sha256=manifest["chat_template_sha256"],
+            created_at=utcnow(),
+        )
+        return self.catalog.add_version(record)
+
+    def _load_conversations(self, dataset: DatasetRecord) -> list[Conversation]:
+        with self.store.open(dataset.normalized.uri, "rb") as handle:
+            return [Conversation.from_json(json.loads(line.decode())) for line in handle if line.strip()]
+
+    def _group_keys(self, dataset: DatasetRecord, conversations: list[Conversation]) -> list[str]:
+        """Each row's duplicate group (exact or near, transitively), so a group lands in one split."""
+        report = json.loads(self.store.read_bytes(dataset.report_uri))
+        groups = line_groups(DuplicateGroup(**g) for g in report["duplicates"])
+        return [f"line:{groups.get(c.line, c.line)}" for c in conversations]
+
+    @staticmethod
+    def _refusal_rows(request: data_pb2.PrepareDatasetRequest, kept_rows: int) -> list[Conversation]:
+        options = request.refusals
+        count = round(options.fraction * kept_rows)
+        if count == 0:
+            return []
+        answer = refusal_answer(options.domain, options.refusal_text or None)
+        return [
+            Conversation(
+                0, [{"role": "user", "content": q}, {"role": "assistant", "content": answer}], is_refusal=True
+            )
+            for q in off_topic_questions(count, request.seed)
+        ]
+
+    @staticmethod
+    def _tokenize(
+        request: data_pb2.PrepareDatasetRequest,
+        conversations: list[Conversation],
+        groups: list[str],
+        tokenizer: Any,
+        template: str,
+        end_of_turn: str,
+        progress: Callable[[float, str, dict[str, float]], None],
+        cancelled: Callable[[], bool],
+    ) -> tuple[list[_Example], int, int]:
+        # Exact duplicates are tokenized once for the whole data set, not once per batch.
+        keys = [tuple((m["role"], m["content"]) for m in c.messages) for c in conversations]
+        first_of = {key: index for index, key in reversed(list(enumerate(keys)))}
+        distinct = list(first_of)
+        encoded: dict[tuple, tuple[list[int], list[int]]] = {}
+        for start in range(0, len(distinct), TOKENIZE_BATCH):
+            if cancelled():
+                raise PrepareCancelled()
+            batch = distinct[start : start + TOKENIZE_BATCH]
+            messages = [conversations[first_of[key]].messages for key in batch]
+            encoded.update(
+                zip(batch, training_examples(tokenizer, messages, end_of_turn, template), strict=True)
+            )
+            done = min(start + TOKENIZE_BATCH, len(distinct))
+            progress(
+                0.05 + 0.85 * done / len(distinct),
+                "tokenizing",
+                {"distinct_rows_done": float(done), "distinct_rows_total": float(len(distinct))},
+            )
+        examples: list[_Example] = []
+        dropped = truncated = 0
+        limit = request.max_seq_len
+        keep_truncated = request.truncation == data_pb2.TRUNCATION_POLICY_TRUNCATE
+        for conversation, group, key in zip(conversations, groups, keys, strict=True):
+            input_ids, labels = encoded[key]
+            if len(input_ids) > limit:
+                # A truncated example that lost every answer token would train nothing.
+                if not keep_truncated or all(t == IGNORE_INDEX for t in labels[:limit]):
+                    dropped += 1
+                    continue
+                input_ids, labels = input_ids[:limit], labels[:limit]
+                truncated += 1
+            examples.append(_Example(conversation, group, input_ids, labels))
+        return examples, dropped, truncated
+
+    @staticmethod
+    def _write_splits(
+        folder: Path, examples: list[_Example], splits: list[str], seed: int
+    ) -> dict[str, dict[str, float]]:
+        stats = {}
+        # Exact duplicates share their token lists (see tokenization.py): each list is serialised and
+        # counted once, which keeps data sets with many copies of a row cheap to write.
+        encoded_tokens: dict[int, str] = {}
+        trained_tokens: dict[int, int] = {}
+        for example in examples:
+            if id(example.labels) not in trained_tokens:
+                trained_tokens[id(example.labels)] = len(example.labels) - example.labels.count(IGNORE_INDEX)
+        for split in SPLITS:
+            indexes = [i for i, s in enumerate(splits) if s == split]
+            if split == "train":
+                indexes = shuffled(indexes, seed)
+            with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as handle:
+                handle.writelines(PrepareRunner._line(examples[index], encoded_tokens) for index in indexes)
+            stats[split] = token_stats(
+                [len(examples[i].input_ids) for i in indexes],
+                [trained_tokens[id(examples[i].labels)] for i in indexes],
+            )
+        return stats
+
+    @staticmethod
+    def _line(example: _Example, encoded: dict[int, str]) -> str:
+        # Rows sharing a token list are copies of one conversation (same messages too): only where they
+        # came from differs, so everything else is encoded once.
+        key = id(example.input_ids)
+        if key not in encoded:
+            encoded[key] = (
+                f'{{"input_ids": {json.dumps(example.input_ids)}, "labels": {json.dumps(example.labels)}, '
+                f'"messages": {json.dumps(example.conversation.messages, ensure_ascii=False)}, '
+            )
+        refusal = "true" if example.conversation.is_refusal else "false"
+        return f'{encoded[key]}"source_line": {example.conversation.line}, "is_refusal": {refusal}}}\n'
+
+    def _tokenizer_sha(self, model: BaseModel) -> str:
+        folder = self.store.local_dir(model.artifact_uri)
+        return sha256_json(
+            {name: sha256_file(folder / name) for name in TOKENIZER_FILES if (folder / name).exists()}
+        )

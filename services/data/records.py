@@ -1,0 +1,42 @@
+"""The records ingestion passes between its steps: raw rows, conversations and rejections."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One row as read from the file: a parsed value, or the reason it could not be parsed."""
+
+    line: int  # 1-based line (JSONL, CSV) or element index (JSON array, Parquet)
+    value: Any = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    line: int
+    reason: str
+    field: str = ""
+
+
+@dataclass
+class Conversation:
+    line: int
+    messages: list[Message]
+    # The file's field each message came from, so reports name what the user wrote ("answer", "output").
+    fields: list[str] = field(default_factory=list)
+    is_refusal: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source_line": self.line, "messages": self.messages, "is_refusal": self.is_refusal}
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> "Conversation":
+        return cls(
+            line=int(value["source_line"]),
+            messages=[{"role": m["role"], "content": m["content"]} for m in value["messages"]],
+            is_refusal=bool(value.get("is_refusal", False)),
+        )

@@ -1,0 +1,130 @@
+"""Examples of a prepared version, their deterministic order, and collation (packed or padded).
+
+Packing puts a micro-batch's examples end to end in one row with `position_ids` restarting at 0 for
+each example and no padding at all. The model must run with `use_cache=False`: with transformers
+5.19 the cache path ignores the position-id document boundaries and lets examples attend to each
+other (STACK.md). The first label of every example is masked so no example learns to predict the
+next one's first token.
+"""
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass(frozen=True)
+class Batch:
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    position_ids: torch.Tensor | None  # packed rows
+    attention_mask: torch.Tensor | None  # padded rows
+    real_tokens: int  # tokens that are not padding
+    label_tokens: int  # tokens the loss counts (after the shift)
+
+
+def load_split(prepared_dir: Path, split: str) -> list[Example]:
+    path = prepared_dir / f"{split}.jsonl"
+    if not path.exists():
+        return []
+    examples = []
+    with open(path) as handle:
+        for line in handle:
+            if line.strip():
+                row = json.loads(line)
+                examples.append(Example(row["input_ids"], row["labels"]))
+    return examples
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> list[int]:
+    """The same permutation for the same (seed, epoch) on every process and every resume."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(count, generator=generator).tolist()
+
+
+def example_indices(count: int, seed: int, start: int, size: int) -> list[int]:
+    """`size` indices starting at global position `start` of the endless sequence of shuffled epochs."""
+    indices: list[int] = []
+    position = start
+    while len(indices) < size:
+        epoch, offset = divmod(position, count)
+        order = epoch_order(count, seed, epoch)
+        take = min(size - len(indices), count - offset)
+        indices.extend(order[offset : offset + take])
+        position += take
+    return indices
+
+
+def label_count(example: Example) -> int:
+    """Tokens of the example the loss counts. Position 0 predicts nothing after the shift."""
+    return sum(1 for label in example.labels[1:] if label != IGNORE_INDEX)
+
+
+def collate_packed(examples: Sequence[Example]) -> Batch:
+    input_ids: list[int] = []
+    labels: list[int] = []
+    positions: list[int] = []
+    for example in examples:
+        input_ids.extend(example.input_ids)
+        labels.append(IGNORE_INDEX)
+        labels.extend(example.labels[1:])
+        positions.extend(range(len(example.input_ids)))
+    return Batch(
+        input_ids=torch.tensor([input_ids]),
+        labels=torch.tensor([labels]),
+        position_ids=torch.tensor([positions]),
+        attention_mask=None,
+        real_tokens=len(input_ids),
+        label_tokens=sum(label_count(e) for e in examples),
+    )
+
+
+def collate_padded(examples: Sequence[Example], pad_id: int) -> Batch:
+    width = max(len(e.input_ids) for e in examples)
+    input_ids = torch.full((len(examples), width), pad_id)
+    labels = torch.full((len(examples), width), IGNORE_INDEX)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        length = len(example.input_ids)
+        input_ids[row, :length] = torch.tensor(example.input_ids)
+        labels[row, :length] = torch.tensor(example.labels)
+        attention_mask[row, :length] = 1
+    return Batch(
+        input_ids=input_ids,
+        labels=labels,
+        position_ids=None,
+        attention_mask=attention_mask,
+        real_tokens=int(attention_mask.sum()),
+        label_tokens=sum(label_count(e) for e in examples),
+    )
+
+
+def collate(examples: Sequence[Example], packing: bool, pad_id: int) -> Batch:
+    return collate_packed(examples) if packing else collate_padded(examples, pad_id)
+
+
+def summed_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+    """Sum of the next-token cross-entropy over the batch's label tokens. Callers divide by the label
+    count of the whole optimizer step, so a step's loss does not depend on how it is split into
+    micro-batches or processes."""
+    logits = model(
+        input_ids=batch.input_ids,
+        position_ids=batch.position_ids,
+        attention_mask=batch.attention_mask,
+        use_cache=False,
+    ).logits
+    shifted_logits = logits[:, :-1, :].float().reshape(-1, logits.size(-1))
+    shifted_labels = batch.labels[:, 1:].reshape(-1).to(shifted_logits.device)
+    return torch.nn.functional.cross_entropy(
+        shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX, reduction="sum"
+    )

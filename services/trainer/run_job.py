@@ -1,0 +1,190 @@
+"""One training job in its own process: `python -m services.trainer.run_job JOB_ID WORKER_ID`.
+
+The worker starts it (under torchrun when the job asks for several processes) and watches it; this
+process resumes from the job's latest checkpoint, trains, reports events, and on success registers the
+adapter and merged model and writes `result.json` for the worker. It never changes the job's state:
+the worker owns the state machine.
+"""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from ftcommon.artifacts import ArtifactStore
+from ftcommon.db import Database
+from ftcommon.jobs import EventKind, JobState, JobStore
+from ftcommon.logs import configure_logging
+from services.trainer import tables
+from services.trainer.checkpoints import latest_checkpoint, record_checkpoint
+from services.trainer.config import TrainerSettings
+from services.trainer.export import export
+from services.trainer.hyperparameters import Hyperparameters
+from services.trainer.job_queue import EXIT_STOPPED, RESULT_FILE, job_store, job_work_dir
+from services.trainer.recipe import FinetuneRecipe, RecipeConfig, StopRequested
+from services.trainer.registry import ADAPTER, MERGED, ModelFolderInfo, ModelRegistry, inspect_model_folder
+
+logger = logging.getLogger(__name__)
+
+
+def code_version() -> str:
+    """The git commit of the running code when it is a checkout, else the package version."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        return f"git:{commit}"
+    except (OSError, subprocess.SubprocessError):
+        return f"finetune-platform=={metadata.version('finetune-platform')}"
+
+
+class JobReporter:
+    """Sends the recipe's progress to the job's durable event log and checkpoints to the artifact store."""
+
+    def __init__(
+        self, store: JobStore, db: Database, artifacts: ArtifactStore, job_id: str, worker_id: str
+    ) -> None:
+        self.store = store
+        self.db = db
+        self.artifacts = artifacts
+        self.job_id = job_id
+        self.worker_id = worker_id
+
+    def on_train_step(self, metrics: dict[str, float]) -> None:
+        progress = metrics["step"] / metrics["total_steps"]
+        self.store.emit(self.job_id, EventKind.TRAIN_STEP, progress=progress, metrics=metrics)
+
+    def on_validation(self, metrics: dict[str, float]) -> None:
+        self.store.emit(self.job_id, EventKind.VALIDATION, metrics=metrics)
+
+    def on_checkpoint(self, step: int, folder: Path) -> None:
+        artifact = self.artifacts.put_dir(folder)
+        record = record_checkpoint(self.db, self.job_id, step, artifact)
+        shutil.rmtree(folder, ignore_errors=True)
+        self.store.emit(self.job_id, EventKind.CHECKPOINT, message=record.id, metrics={"step": float(step)})
+
+    def should_stop(self) -> bool:
+        job = self.store.get(self.job_id)
+        return job.cancel_requested or job.state != JobState.RUNNING or job.worker_id != self.worker_id
+
+
+def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
+    db = Database(settings.resolved_database_url("trainer"), tables.metadata, tables.MIGRATIONS)
+    store = job_store(db)
+    artifacts = ArtifactStore(settings.resolved_artifact_store_url())
+    reporter = JobReporter(store, db, artifacts, job_id, worker_id)
+    job = store.get(job_id)
+    payload = job.payload
+    hyperparameters = Hyperparameters.model_validate(payload["hyperparameters"])
+    prepared_dir = artifacts.local_dir(payload["prepared_uri"])
+    work_dir = job_work_dir(settings, job_id)
+    recipe = FinetuneRecipe(
+        RecipeConfig(
+            base_model_dir=artifacts.local_dir(payload["base_model_uri"]),
+            prepared_dir=prepared_dir,
+            work_dir=work_dir,
+            hyperparameters=hyperparameters,
+        )
+    )
+    recipe.setup()
+    checkpoint = latest_checkpoint(db, job_id)
+    if checkpoint is not None:
+        recipe.load_checkpoint(artifacts.local_dir(checkpoint.artifact.uri))
+        if recipe.is_main:
+            store.emit(
+                job_id,
+                EventKind.LOG,
+                message=f"resumed from checkpoint {checkpoint.id} at step {checkpoint.step}",
+            )
+    try:
+        state = recipe.train(reporter)
+    except StopRequested as stop:
+        logger.info("job stopped", extra={"fields": {"job_id": job_id, "reason": str(stop)}})
+        return EXIT_STOPPED
+    finally:
+        recipe.close()
+    if not recipe.is_main:
+        return 0
+    if reporter.should_stop():
+        return EXIT_STOPPED
+    prepare = json.loads((prepared_dir / "prepare.json").read_text())
+    end_of_turn = prepare["end_of_turn"]
+    exported = export(
+        recipe, (prepared_dir / "chat_template.jinja").read_text(), end_of_turn, work_dir / "outputs"
+    )
+    # The last chance to honour a cancel before anything is registered.
+    if reporter.should_stop():
+        return EXIT_STOPPED
+    registry = ModelRegistry(db, artifacts)
+    final_train = [r for r in state.history if r["event"] == "train"][-1]
+    metrics = {
+        "train_loss": final_train["loss"],
+        "steps": float(state.step),
+        "tokens_seen": float(state.tokens_seen),
+    }
+    validations = [r["validation_loss"] for r in state.history if r["event"] == "validation"]
+    if validations:
+        metrics["validation_loss"] = validations[-1]
+        metrics["best_validation_loss"] = min(validations)
+    lineage = {
+        "base_model_id": payload["base_model_id"],
+        "prepared_version_id": payload["prepared_version_id"],
+        "job_id": job_id,
+        "hyperparameters_json": hyperparameters.to_json(),
+        "code_version": code_version(),
+    }
+    merged_info = inspect_model_folder(exported.merged_dir)
+    merged = registry.register_folder(
+        name=f"{job_id}-merged",
+        kind=MERGED,
+        folder=exported.merged_dir,
+        lineage=lineage,
+        metrics=metrics,
+        info=merged_info,
+    )
+    result = {
+        "merged_model_id": merged.id,
+        "metrics": metrics,
+        "step": state.step,
+        "total_steps": state.total_steps,
+    }
+    if exported.adapter_dir is not None:
+        adapter_info = ModelFolderInfo(
+            chat_template=merged_info.chat_template,
+            eos_token=merged_info.eos_token,
+            max_context=merged_info.max_context,
+            parameters=exported.trainable_parameters,
+        )
+        adapter = registry.register_folder(
+            name=f"{job_id}-adapter",
+            kind=ADAPTER,
+            folder=exported.adapter_dir,
+            lineage=lineage,
+            metrics=metrics,
+            info=adapter_info,
+        )
+        result["adapter_model_id"] = adapter.id
+    (work_dir / RESULT_FILE).write_text(json.dumps(result))
+    shutil.rmtree(work_dir / "outputs", ignore_errors=True)
+    return 0
+
+
+def main() -> None:
+    job_id, worker_id = sys.argv[1], sys.argv[2]
+    settings = TrainerSettings()
+    configure_logging("trainer", settings.log_level)
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.exit(run(settings, job_id, worker_id))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Helpers the data-service tests share: uploading bytes, snapshots of what is stored, waiting for jobs."""
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from finetune.v1 import common_pb2, data_pb2, data_pb2_grpc
+
+CHUNK = 64 * 1024
+
+
+def jsonl(rows: list[object]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def qa_rows(count: int, prefix: str = "row") -> list[dict[str, str]]:
+    return [
+        {
+            "question": f"What does {prefix} number {i} of the platform docs cover?",
+            "answer": f"It covers topic {i}.",
+        }
+        for i in range(count)
+    ]
+
+
+def upload_requests(data: bytes, filename: str, **options: object) -> Iterator[data_pb2.UploadDatasetRequest]:
+    metadata = data_pb2.UploadMetadata(
+        options=data_pb2.IngestOptions(**options),
+        filename=filename,
+        size_bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+    yield data_pb2.UploadDatasetRequest(metadata=metadata)
+    for start in range(0, len(data), CHUNK):
+        yield data_pb2.UploadDatasetRequest(chunk=data[start : start + CHUNK])
+
+
+def upload(
+    stub: data_pb2_grpc.DataServiceStub, data: bytes, filename: str = "data.jsonl", **options: object
+) -> data_pb2.Dataset:
+    return stub.UploadDataset(upload_requests(data, filename, **options), timeout=120)
+
+
+def report(stub: data_pb2_grpc.DataServiceStub, dataset_id: str) -> data_pb2.ValidationReport:
+    return stub.GetValidationReport(data_pb2.GetDatasetRequest(id=dataset_id))
+
+
+def dataset_ids(stub: data_pb2_grpc.DataServiceStub) -> set[str]:
+    ids: set[str] = set()
+    token = ""
+    while True:
+        page = stub.ListDatasets(
+            data_pb2.ListDatasetsRequest(page=common_pb2.PageRequest(page_size=500, page_token=token))
+        )
+        ids.update(d.id for d in page.datasets)
+        token = page.next_page_token
+        if not token:
+            return ids
+
+
+def stored_artifacts(data_root: Path) -> set[str]:
+    """Every published blob and tree in the shared artifact store."""
+    root = data_root / "artifacts"
+    return {p.relative_to(root).as_posix() for kind in ("blobs", "trees") for p in (root / kind).glob("*")}
+
+
+def expect_rejected(
+    stub: data_pb2_grpc.DataServiceStub, data_root: Path, call: object, *, mentions: list[str]
+) -> grpc.RpcError:
+    """Runs `call`, asserts INVALID_ARGUMENT whose details mention every string, and that nothing was stored."""
+    before_ids, before_artifacts = dataset_ids(stub), stored_artifacts(data_root)
+    try:
+        call()  # type: ignore[operator]
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
+        for text in mentions:
+            assert text in err.details(), f"{text!r} not in {err.details()!r}"
+        assert dataset_ids(stub) == before_ids
+        assert stored_artifacts(data_root) == before_artifacts
+        return err
+    raise AssertionError("the call was accepted")
+
+
+def wait_for_job(
+    stub: data_pb2_grpc.DataServiceStub, job_id: str, timeout: float = 120
+) -> data_pb2.PrepareJob:
+    deadline = time.monotonic() + timeout
+    terminal = (common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED)
+    while time.monotonic() < deadline:
+        job = stub.GetPrepareJob(data_pb2.GetPrepareJobRequest(id=job_id))
+        if job.status.state in terminal:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish in {timeout}s")
+
+
+def prepare(stub: data_pb2_grpc.DataServiceStub, **fields: object) -> data_pb2.PrepareJob:
+    """Runs a prepare to the end and asserts it succeeded."""
+    fields.setdefault("base_model", "smollm2-135m-instruct")
+    job = stub.PrepareDataset(data_pb2.PrepareDatasetRequest(**fields))
+    done = wait_for_job(stub, job.status.id)
+    assert done.status.state == common_pb2.JOB_STATE_SUCCEEDED, done.status.error
+    return done
+
+
+def split_rows(data_root: Path, version: data_pb2.PreparedVersion, split: str) -> list[dict]:
+    path = data_root / "artifacts" / version.artifact.uri / f"{split}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
