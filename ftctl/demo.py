@@ -1,0 +1,120 @@
+"""`make demo`: the whole pipeline on the embedded defaults, as separate service processes on loopback.
+
+Starts the four services, uploads the shipped sample, prepares it, asks the base model five held-out
+questions, trains, evaluates base against tuned, promotes when the rule passes, asks the same questions
+through the `prod` alias, prints both side by side with the evaluation summary, and stops everything.
+"""
+
+import shutil
+import time
+from pathlib import Path
+
+from openai import OpenAI
+from rich.table import Table
+
+from finetune.v1 import common_pb2, data_pb2, eval_pb2, trainer_pb2
+from ftctl.common import console, stdout
+from ftctl.local_stack import running_stack
+from ftctl.pipeline import PipelineRunner
+from ftctl.pipeline_spec import load_spec
+from services.inference.config import InferenceSettings
+from services.inference.server import open_key_store
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEMO_SPEC = REPO_ROOT / "pipelines" / "demo.yaml"
+BASE_MODEL_DIR = REPO_ROOT / "var" / "base_models" / "smollm2-135m-instruct"
+QUESTIONS = 5
+
+
+def ask(client: OpenAI, model: str, questions: list[list[dict[str, str]]]) -> list[str]:
+    answers = []
+    for messages in questions:
+        reply = client.chat.completions.create(model=model, messages=messages, max_tokens=64, temperature=0)
+        answers.append((reply.choices[0].message.content or "").strip())
+    return answers
+
+
+def held_out_questions(runner: PipelineRunner) -> list[list[dict[str, str]]]:
+    """The first questions of the prepared test split: never trained on."""
+    page = runner.data.ReadPreparedExamples(
+        data_pb2.ReadPreparedExamplesRequest(
+            version_id=runner.state.prepared_version_id,
+            split="test",
+            page=common_pb2.PageRequest(page_size=50),
+        )
+    )
+    conversations = [e for e in page.examples if not e.is_refusal][:QUESTIONS]
+    return [
+        [{"role": m.role, "content": m.content} for m in c.messages if m.role != "assistant"]
+        for c in conversations
+    ]
+
+
+def main(data_root: Path = REPO_ROOT / "var" / "demo") -> None:
+    started = time.monotonic()
+    shutil.rmtree(data_root, ignore_errors=True)
+    spec = load_spec(DEMO_SPEC)
+    console.rule("[bold]starting the four services")
+    with running_stack(data_root) as stack:
+        addresses = stack.ports.addresses()
+        runner = PipelineRunner(spec, data_root / "pipelines" / f"{spec.name}.json", addresses)
+        runner.trainer.RegisterBaseModel(
+            trainer_pb2.RegisterBaseModelRequest(name=spec.base_model, path=str(BASE_MODEL_DIR)), timeout=300
+        )
+        client = OpenAI(
+            base_url=f"{addresses.gateway_url}/v1",
+            api_key=open_key_store(InferenceSettings(data_dir=data_root)).create("demo")[1],
+            timeout=300,
+        )
+        console.rule("[bold]upload and prepare")
+        runner.upload()
+        runner.prepare()
+        questions = held_out_questions(runner)
+        console.rule("[bold]the base model answers held-out questions")
+        before = ask(client, spec.base_model, questions)
+        console.rule("[bold]train, evaluate, promote")
+        runner.train()
+        runner.evaluate()
+        runner.promote()
+        report = runner.save_report()
+        console.rule("[bold]the same questions after promotion")
+        after = ask(
+            client,
+            spec.promote_alias if runner.state.promoted_alias else runner.state.merged_model_id,
+            questions,
+        )
+        show_comparison(questions, before, after)
+        show_evaluation(runner)
+        console.print(f"report: {report}")
+    console.print(f"demo finished in {time.monotonic() - started:.0f}s; services stopped")
+
+
+def show_comparison(questions: list[list[dict[str, str]]], before: list[str], after: list[str]) -> None:
+    table = Table(title="Held-out questions: base model vs tuned model", show_lines=True)
+    table.add_column("question", ratio=2)
+    table.add_column("base", ratio=3)
+    table.add_column("tuned", ratio=3)
+    for messages, old, new in zip(questions, before, after, strict=True):
+        table.add_row(messages[-1]["content"], old, new)
+    stdout.print(table)
+
+
+def show_evaluation(runner: PipelineRunner) -> None:
+    run = runner.eval.GetRun(eval_pb2.GetRunRequest(id=runner.state.eval_run_id))
+    table = Table(title=f"Evaluation {run.status.id}")
+    for column in ("model", "metric", "mean", "95% interval"):
+        table.add_column(column)
+    for summary in run.summaries:
+        table.add_row(
+            summary.model,
+            summary.metric,
+            f"{summary.mean:.3f}",
+            f"{summary.ci_low:.3f} .. {summary.ci_high:.3f}",
+        )
+    stdout.print(table)
+    verdict = eval_pb2.Verdict.Name(run.verdict).removeprefix("VERDICT_")
+    stdout.print(f"verdict: [bold]{verdict}[/bold]  " + "; ".join(run.verdict_reasons))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""Turns a run's raw outputs (answers, reference scores, probe answers, benchmark scores) into the report.
+
+Pure computation: no RPCs, no files. The result is the JSON twin of the HTML report; the HTML,
+the run's summaries and its verdict are all read from it, so they cannot disagree.
+"""
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from services.eval import error_analysis
+from services.eval.metrics import TEXT_METRICS, RefusalDetector, text_scores
+from services.eval.promotion import Rule, decide
+from services.eval.statistics import Interval, bootstrap_interval, paired_comparison
+
+REPORT_SCHEMA_VERSION = 1
+EXAMPLES_PER_CATEGORY = 3
+# Lower values are better for these; wins and losses flip. answer_length has no better direction.
+LOWER_IS_BETTER = {"reference_loss"}
+NO_DIRECTION = {"answer_length"}
+
+
+@dataclass(frozen=True)
+class Example:
+    index: int
+    messages: list[dict[str, str]]  # the prompt: every turn before the reference answer
+    reference: str
+    should_refuse: bool
+    source_line: int = 0
+
+    @property
+    def question(self) -> str:
+        users = [m["content"] for m in self.messages if m["role"] == "user"]
+        return users[-1] if users else ""
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    hit_max_tokens: bool
+    completion_tokens: int = 0
+
+
+@dataclass
+class ModelOutputs:
+    """Everything measured for one model in one run."""
+
+    label: str  # unique within the run (the same model twice gets "#2")
+    model_id: str
+    answers: list[Answer]
+    reference_scores: list[tuple[float, int]] | None = None  # (summed logprob, tokens) per example
+    off_topic_answers: list[str] = field(default_factory=list)
+    in_domain_probe_answers: list[str] = field(default_factory=list)
+    judge_scores: list[float] | None = None  # 0..1 per example
+    benchmark_scores: dict[str, list[float]] = field(default_factory=dict)  # task -> per question
+    benchmark_results: dict[str, float] = field(default_factory=dict)  # task -> leaderboard-style score
+    benchmark_predictions: dict[str, list[int]] = field(default_factory=dict)  # task -> chosen index
+    training_curve: list[dict[str, float]] = field(default_factory=list)
+
+
+def per_example_metrics(outputs: ModelOutputs, examples: list[Example]) -> dict[str, list[float]]:
+    """Metric -> one value per example; empty when the run had no examples (benchmarks only)."""
+    if not examples:
+        return {}
+    rows = [text_scores(a.text, e.reference) for a, e in zip(outputs.answers, examples, strict=True)]
+    metrics = {name: [row[name] for row in rows] for name in TEXT_METRICS}
+    if outputs.reference_scores is not None:
+        metrics["reference_loss"] = [-lp / max(1, n) for lp, n in outputs.reference_scores]
+    if outputs.judge_scores is not None:
+        metrics["judge"] = list(outputs.judge_scores)
+    return metrics
+
+
+def build_report(
+    run_id: str,
+    examples: list[Example],
+    models: list[ModelOutputs],
+    detector: RefusalDetector,
+    rule: Rule,
+    seed: int,
+    settings_echo: dict[str, Any],
+) -> dict[str, Any]:
+    """The JSON twin. models[0] is the baseline; every other model is a candidate against it."""
+    metrics = {m.label: per_example_metrics(m, examples) for m in models}
+    summaries = {label: _summaries(values, seed) for label, values in metrics.items()}
+    behaviour = {m.label: _refusal_behaviour(m, examples, detector, seed) for m in models}
+    for label, rates in behaviour.items():
+        summaries[label].update({k: v for k, v in rates.items() if isinstance(v, dict)})
+        if "reference_loss" in summaries[label]:
+            summaries[label]["reference_perplexity"] = _perplexity(summaries[label]["reference_loss"])
+    categories = {
+        m.label: [_category_of(a, e, detector) for a, e in zip(m.answers, examples, strict=True)]
+        for m in models
+    }
+    baseline = models[0]
+    comparisons: dict[str, dict[str, Any]] = {}
+    verdicts: dict[str, dict[str, Any]] = {}
+    for candidate in models[1:]:
+        comparisons[candidate.label] = {
+            name: _compare(name, metrics[candidate.label][name], metrics[baseline.label][name], seed)
+            for name in metrics[candidate.label]
+            if name in metrics[baseline.label]
+        }
+        comparisons[candidate.label].update(_benchmark_comparisons(candidate, baseline, seed))
+        primary = comparisons[candidate.label].get(rule.primary_metric)
+        verdict = decide(
+            rule,
+            candidate.label,
+            Interval(**primary["delta"]) if primary else None,
+            _mean_or_none(summaries[candidate.label].get("refusal_rate")),
+            _mean_or_none(summaries[candidate.label].get("wrong_refusal_rate")),
+        )
+        verdicts[candidate.label] = {"verdict": verdict.label, "reasons": verdict.reasons}
+    final = (
+        verdicts[models[-1].label] if len(models) > 1 else {"verdict": "FAIL", "reasons": ["no candidate"]}
+    )
+    return {
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "run_id": run_id,
+        "baseline": baseline.label,
+        "models": [{"label": m.label, "model_id": m.model_id} for m in models],
+        "settings": settings_echo,
+        "seed": seed,
+        "rule": rule.to_dict(),
+        "refusal_text": detector.refusal_text,
+        "summaries": summaries,
+        "comparisons": comparisons,
+        "benchmarks": {
+            m.label: {**m.benchmark_results, **_benchmark_average(m)} for m in models if m.benchmark_results
+        },
+        "benchmark_questions": {
+            m.label: {
+                task: {"scores": scores, "predicted": m.benchmark_predictions.get(task, [])}
+                for task, scores in m.benchmark_scores.items()
+            }
+            for m in models
+            if m.benchmark_scores
+        },
+        "error_analysis": {m.label: _error_summary(categories[m.label], m.answers, examples) for m in models},
+        "training_curves": {m.label: m.training_curve for m in models if m.training_curve},
+        "examples": _example_table(examples, models, metrics, categories),
+        "verdicts": verdicts,
+        "verdict": final["verdict"],
+        "verdict_reasons": final["reasons"],
+    }
+
+
+def _summaries(values: dict[str, list[float]], seed: int) -> dict[str, dict[str, float]]:
+    return {name: _interval_dict(bootstrap_interval(series, seed)) for name, series in values.items()}
+
+
+def _interval_dict(interval: Interval) -> dict[str, float]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(interval).items()}
+
+
+def _perplexity(loss: dict[str, float]) -> dict[str, float]:
+    # exp is monotone, so the interval of the mean loss maps onto one of the perplexity.
+    return {
+        "mean": math.exp(loss["mean"]),
+        "low": math.exp(loss["low"]),
+        "high": math.exp(loss["high"]),
+        "n": loss["n"],
+    }
+
+
+def _mean_or_none(summary: dict[str, float] | None) -> float | None:
+    return None if summary is None else summary["mean"]
+
+
+def _refusal_behaviour(
+    outputs: ModelOutputs, examples: list[Example], detector: RefusalDetector, seed: int
+) -> dict[str, Any]:
+    """Refusal rate on off-topic probes and refusal examples; wrong refusals on in-domain questions."""
+    should_refuse = [
+        detector.is_refusal(a.text) for a, e in zip(outputs.answers, examples, strict=True) if e.should_refuse
+    ]
+    should_refuse += [detector.is_refusal(text) for text in outputs.off_topic_answers]
+    in_domain = [
+        detector.is_refusal(a.text)
+        for a, e in zip(outputs.answers, examples, strict=True)
+        if not e.should_refuse
+    ]
+    in_domain += [detector.is_refusal(text) for text in outputs.in_domain_probe_answers]
+    result: dict[str, Any] = {}
+    if should_refuse:
+        result["refusal_rate"] = _interval_dict(bootstrap_interval([float(x) for x in should_refuse], seed))
+    if in_domain:
+        result["wrong_refusal_rate"] = _interval_dict(bootstrap_interval([float(x) for x in in_domain], seed))
+    return result
+
+
+def _compare(metric: str, candidate: list[float], baseline: list[float], seed: int) -> dict[str, Any]:
+    comparison = paired_comparison(candidate, baseline, seed)
+    wins, losses = comparison.wins, comparison.losses
+    if metric in LOWER_IS_BETTER:
+        wins, losses = losses, wins
+    result: dict[str, Any] = {
+        "delta": _interval_dict(comparison.delta),
+        "p_value": comparison.p_value,
+        "sign_test_p": comparison.sign_test_p,
+        "ties": comparison.ties,
+    }
+    if metric not in NO_DIRECTION:
+        result.update(wins=wins, losses=losses)
+    return result
+
+
+def _benchmark_comparisons(candidate: ModelOutputs, baseline: ModelOutputs, seed: int) -> dict[str, Any]:
+    return {
+        f"benchmark:{task}": _compare(task, scores, baseline.benchmark_scores[task], seed)
+        for task, scores in candidate.benchmark_scores.items()
+        if task in baseline.benchmark_scores
+    }
+
+
+def _benchmark_average(outputs: ModelOutputs) -> dict[str, float]:
+    values = list(outputs.benchmark_results.values())
+    return {"average": sum(values) / len(values)} if values else {}
+
+
+def _error_summary(
+    categories: list[str | None], answers: list[Answer], examples: list[Example]
+) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {c: {"count": 0, "examples": []} for c in error_analysis.CATEGORIES}
+    for category, answer, example in zip(categories, answers, examples, strict=True):
+        if category is None:
+            continue
+        found[category]["count"] += 1
+        if len(found[category]["examples"]) < EXAMPLES_PER_CATEGORY:
+            found[category]["examples"].append(
+                {
+                    "index": example.index,
+                    "question": example.question,
+                    "reference": example.reference,
+                    "answer": answer.text,
+                }
+            )
+    return found
+
+
+def _category_of(answer: Answer, example: Example, detector: RefusalDetector) -> str | None:
+    return error_analysis.categorize(
+        error_analysis.AnswerFacts(
+            answer=answer.text,
+            reference=example.reference,
+            should_refuse=example.should_refuse,
+            hit_max_tokens=answer.hit_max_tokens,
+        ),
+        detector,
+    )
+
+
+def _example_table(
+    examples: list[Example],
+    models: list[ModelOutputs],
+    metrics: dict[str, dict[str, list[float]]],
+    categories: dict[str, list[str | None]],
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "index": example.index,
+            "source_line": example.source_line,
+            "question": example.question,
+            "reference": example.reference,
+            "should_refuse": example.should_refuse,
+            "answers": {
+                m.label: {
+                    "text": m.answers[i].text,
+                    "hit_max_tokens": m.answers[i].hit_max_tokens,
+                    "error_category": categories[m.label][i],
+                    "scores": {name: values[i] for name, values in metrics[m.label].items()},
+                }
+                for m in models
+            },
+        }
+        for i, example in enumerate(examples)
+    ]

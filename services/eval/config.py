@@ -1,0 +1,50 @@
+"""The eval service's settings (env prefix FT_EVAL_)."""
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from ftcommon.settings import ServiceSettings
+
+DEFAULT_JUDGE_RUBRIC = (
+    "Grade the ANSWER to the QUESTION against the REFERENCE answer. 5: says the same as the reference, "
+    "correct and complete. 4: correct, minor omissions. 3: partly correct. 2: mostly wrong or off the point. "
+    "1: wrong, empty or unrelated. Reply with the grade only, as 'Grade: N'."
+)
+
+
+class EvalSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="FT_EVAL_", extra="ignore")
+
+    port: int = 50053
+    inference_address: str = "127.0.0.1:50054"
+    data_address: str = "127.0.0.1:50051"
+    trainer_address: str = "127.0.0.1:50052"
+    rpc_timeout_seconds: float = Field(30.0, gt=0)
+    # One Generate call can wait for a batch slot and then generate max_tokens on CPU.
+    generate_timeout_seconds: float = Field(600.0, gt=0)
+
+    # Concurrent Generate calls in flight: the gateway's engine batches them, so this should be about its
+    # batch size. One example at a time would leave the engine with batches of one.
+    concurrency: int = Field(16, ge=1)
+    # Choices per Score call (each call is one batched forward pass in the engine).
+    score_batch_size: int = Field(32, ge=1)
+
+    default_max_tokens: int = Field(128, ge=1)
+    default_max_examples: int = Field(0, ge=0)  # 0: the whole split
+    bootstrap_resamples: int = Field(2000, ge=100)
+
+    # The promotion rule when a request sets none.
+    primary_metric: str = "token_f1"
+    min_delta: float = 0.0
+    min_refusal_rate: float = Field(0.0, ge=0, le=1)
+    max_wrong_refusal_rate: float = Field(0.2, ge=0, le=1)
+
+    judge_model: str = ""
+    judge_rubric: str = DEFAULT_JUDGE_RUBRIC
+
+    # Worker: how often it looks for queued runs, how long a silent run counts as alive, how many tries.
+    poll_seconds: float = Field(0.5, gt=0)
+    heartbeat_seconds: float = Field(5.0, gt=0)
+    stale_after_seconds: float = Field(60.0, gt=0)
+    max_attempts: int = Field(2, ge=1)
+    worker_enabled: bool = True
