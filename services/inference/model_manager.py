@@ -85,9 +85,16 @@ class ModelManager:
     async def start(self) -> None:
         """Loads the default model, then follows alias changes."""
         self._loop = asyncio.get_running_loop()
-        record = await self._resolve_default()
-        self.default = await self._get_or_load(record)
         threading.Thread(target=self._watch_aliases, name="alias-watch", daemon=True).start()
+        await self._load_default()
+
+    async def _load_default(self) -> None:
+        """A fresh install may have nothing registered yet: the gateway then starts unready, and the first
+        request or the alias being set loads the model."""
+        try:
+            self.default = await self._get_or_load(await self._resolve_default())
+        except NotFound as err:
+            log_fields(logger, logging.WARNING, "nothing to serve yet", reason=err.message)
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -116,6 +123,8 @@ class ModelManager:
 
     async def _find(self, ref: str | None) -> ServedModel:
         if not ref or ref == self.settings.model:
+            if self.default is None:
+                await self._load_default()
             if self.default is None:
                 raise Unavailable("no model is loaded yet")
             return self.default
@@ -248,9 +257,9 @@ class ModelManager:
 
     async def _on_alias(self, alias: trainer_pb2.Alias) -> None:
         self._aliases[alias.alias] = alias.model_id
-        if alias.alias != self.settings.model or self.default is None:
+        if alias.alias != self.settings.model:
             return
-        if alias.model_id == self.default.model_id:
+        if self.default is not None and alias.model_id == self.default.model_id:
             return
         record = await self._get_model(alias.model_id)
         replacement = await self._get_or_load(record)
@@ -261,9 +270,9 @@ class ModelManager:
             "switched served model",
             alias=alias.alias,
             model_id=replacement.model_id,
-            previous=previous.model_id,
+            previous=previous.model_id if previous else "",
         )
-        if previous.model_id in self._loaded:
+        if previous is not None and previous.model_id in self._loaded:
             self._retire(previous)
 
 
