@@ -264,6 +264,8 @@ class ModelManager:
         record = await self._get_model(alias.model_id)
         replacement = await self._get_or_load(record)
         previous, self.default = self.default, replacement
+        if previous is replacement:  # the start-up load got there first while this one awaited
+            return
         log_fields(
             logger,
             logging.INFO,
