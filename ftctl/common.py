@@ -76,6 +76,8 @@ def follow_job(events: Iterable[common_pb2.JobEvent], description: str, show_jso
             if event.kind == common_pb2.EVENT_KIND_STATE:
                 final_state = event.state
         return final_state
+    if not console.is_terminal:
+        return _log_job(events, description)
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -94,6 +96,22 @@ def follow_job(events: Iterable[common_pb2.JobEvent], description: str, show_jso
                 final_state = event.state
                 detail = STATE_NAMES.get(event.state, "") + (f": {event.message}" if event.message else "")
             progress.update(task, completed=event.progress, detail=detail[:100])
+    return final_state
+
+
+def _log_job(events: Iterable[common_pb2.JobEvent], description: str) -> int:
+    """Progress as plain lines for logs and CI, where a live bar would not render: every state change,
+    and a line each time progress passes another tenth."""
+    final_state = common_pb2.JOB_STATE_UNSPECIFIED
+    reported_tenth = -1
+    for event in events:
+        detail = "  ".join(f"{k}={_short(v)}" for k, v in event.metrics.items())
+        if event.kind == common_pb2.EVENT_KIND_STATE:
+            final_state = event.state
+            console.print(f"{description}: {STATE_NAMES.get(event.state, '')} {event.message}".rstrip())
+        elif int(event.progress * 10) > reported_tenth:
+            reported_tenth = int(event.progress * 10)
+            console.print(f"{description}: {event.progress:6.1%} {detail or event.message}")
     return final_state
 
 

@@ -1,7 +1,7 @@
 """`ftctl data`: upload, register, inspect and prepare datasets on the data service."""
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
@@ -109,6 +109,18 @@ REDACT = typer.Option(
 )
 
 
+def upload_requests(
+    metadata: data_pb2.UploadMetadata, path: Path, on_sent: Callable[[int], None] = lambda _: None
+) -> Iterator[data_pb2.UploadDatasetRequest]:
+    """The UploadDataset stream: metadata first, then the file in chunks. gRPC pulls the next chunk when
+    it can send it, so `on_sent` follows the bytes on the wire."""
+    yield data_pb2.UploadDatasetRequest(metadata=metadata)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            yield data_pb2.UploadDatasetRequest(chunk=chunk)
+            on_sent(len(chunk))
+
+
 @app.command()
 def upload(
     path: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="The file to upload."),
@@ -139,17 +151,10 @@ def upload(
         disable=show_json,
     ) as progress:
         task = progress.add_task("upload", total=size)
-
-        def requests() -> Iterator[data_pb2.UploadDatasetRequest]:
-            # gRPC pulls the next chunk when it can send it, so the bar follows the bytes on the wire.
-            yield data_pb2.UploadDatasetRequest(metadata=metadata)
-            with open(path, "rb") as handle:
-                while chunk := handle.read(CHUNK_BYTES):
-                    yield data_pb2.UploadDatasetRequest(chunk=chunk)
-                    progress.advance(task, len(chunk))
-
         with rpc_errors():
-            dataset = _data_stub().UploadDataset(requests(), timeout=600)
+            dataset = _data_stub().UploadDataset(
+                upload_requests(metadata, path, lambda sent: progress.advance(task, sent)), timeout=600
+            )
     _print_dataset(dataset, show_json)
 
 

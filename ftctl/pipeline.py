@@ -8,7 +8,6 @@ return the same job). The exit status is 0 only when the model was promoted, so 
 import json
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,25 +29,12 @@ from finetune.v1 import (
 from ftcommon.ids import sha256_file, sha256_json
 from ftcommon.settings import ServiceAddresses
 from ftctl.common import console, follow_job, rpc_errors, stub
+from ftctl.data import FORMATS, TEMPLATES, TRUNCATIONS, upload_requests
 from ftctl.pipeline_spec import PipelineSpec, PipelineSpecError, load_spec
 
 app = typer.Typer(no_args_is_help=True)
 
-UPLOAD_CHUNK_BYTES = 1 << 20
 WATCH_TIMEOUT_SECONDS = 6 * 3600
-FORMATS = {
-    "": data_pb2.DATASET_FORMAT_UNSPECIFIED,
-    "jsonl": data_pb2.DATASET_FORMAT_JSONL,
-    "json": data_pb2.DATASET_FORMAT_JSON,
-    "csv": data_pb2.DATASET_FORMAT_CSV,
-    "parquet": data_pb2.DATASET_FORMAT_PARQUET,
-}
-TEMPLATES = {
-    "chat": data_pb2.PROMPT_TEMPLATE_CHAT,
-    "alpaca": data_pb2.PROMPT_TEMPLATE_ALPACA,
-    "question_answer": data_pb2.PROMPT_TEMPLATE_QUESTION_ANSWER,
-}
-TRUNCATION = {"drop": data_pb2.TRUNCATION_POLICY_DROP, "truncate": data_pb2.TRUNCATION_POLICY_TRUNCATE}
 
 
 class PipelineFailed(Exception):
@@ -124,7 +110,7 @@ class PipelineRunner:
         path = self.spec.dataset.path
         options = data_pb2.IngestOptions(
             name=self.spec.dataset.name,
-            format=FORMATS[self.spec.dataset.format],
+            format=FORMATS.get(self.spec.dataset.format, data_pb2.DATASET_FORMAT_UNSPECIFIED),
             field_mapping=self.spec.dataset.field_mapping,
             strict=self.spec.dataset.strict,
             redact_pii=self.spec.dataset.redact_pii,
@@ -135,7 +121,7 @@ class PipelineRunner:
             size_bytes=path.stat().st_size,
             sha256=self.state.dataset_sha256,
         )
-        dataset = self.data.UploadDataset(_upload_chunks(metadata, path), timeout=600)
+        dataset = self.data.UploadDataset(upload_requests(metadata, path), timeout=600)
         self.state.dataset_id = dataset.id
         self._save()
         counts = dataset.counts
@@ -157,7 +143,7 @@ class PipelineRunner:
             template=TEMPLATES[spec.template],
             system_prompt=spec.system_prompt,
             max_seq_len=spec.max_seq_len,
-            truncation=TRUNCATION[spec.truncation],
+            truncation=TRUNCATIONS[spec.truncation],
             split=data_pb2.SplitFractions(train=train, validation=validation, test=test),
             seed=spec.seed,
         )
@@ -294,13 +280,6 @@ class PipelineRunner:
 
     def _save(self) -> None:
         self.state.save(self.state_path)
-
-
-def _upload_chunks(metadata: data_pb2.UploadMetadata, path: Path) -> Iterator[data_pb2.UploadDatasetRequest]:
-    yield data_pb2.UploadDatasetRequest(metadata=metadata)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(UPLOAD_CHUNK_BYTES):
-            yield data_pb2.UploadDatasetRequest(chunk=chunk)
 
 
 def run_pipeline(spec_path: Path, state_dir: Path, addresses: ServiceAddresses) -> PipelineResult:

@@ -1,7 +1,7 @@
 """The declarative pipeline file: dataset, base model, preparation, hyperparameters, evaluation, promotion."""
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -14,7 +14,7 @@ class Strict(BaseModel):
 class DatasetSpec(Strict):
     path: Path
     name: str
-    format: str = ""  # jsonl | json | csv | parquet; empty: detected
+    format: Literal["", "jsonl", "json", "csv", "parquet"] = ""  # empty: detected
     field_mapping: dict[str, str] = {}
     strict: bool = False
     redact_pii: bool = False
@@ -27,10 +27,10 @@ class RefusalSpec(Strict):
 
 
 class PrepareSpec(Strict):
-    template: str = "chat"  # chat | alpaca | question_answer
+    template: Literal["chat", "alpaca", "question_answer"] = "chat"
     system_prompt: str = ""
     max_seq_len: int = Field(512, gt=0)
-    truncation: str = "drop"
+    truncation: Literal["drop", "truncate"] = "drop"
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     refusals: RefusalSpec | None = None
