@@ -251,25 +251,34 @@ class JobStore:
                 == 1
             )
 
-    def requeue_stale(self, older_than: timedelta) -> list[str]:
-        """Running jobs whose worker stopped heartbeating go back to the queue to resume."""
+    def requeue_stale(self, older_than: timedelta, max_attempts: int = 3) -> list[str]:
+        """Running jobs whose worker stopped heartbeating go back to the queue to resume; a job that has
+        already lost `max_attempts` workers fails instead, so one that kills its worker cannot loop."""
         cutoff = utcnow() - older_than
         with self.db.begin() as conn:
             stale = conn.execute(
-                select(self.jobs.c.id, self.jobs.c.cancel_requested).where(
+                select(self.jobs.c.id, self.jobs.c.cancel_requested, self.jobs.c.attempt).where(
                     and_(self.jobs.c.state == int(JobState.RUNNING), self.jobs.c.heartbeat_at < cutoff)
                 )
             ).all()
         requeued = []
-        for job_id, cancel_requested in stale:
-            target = JobState.CANCELLED if cancel_requested else JobState.QUEUED
-            if self.transition(
-                job_id,
-                target,
-                message="worker lost; requeued"
-                if target == JobState.QUEUED
-                else "cancelled while its worker was lost",
-                require_from={JobState.RUNNING},
+        for job_id, cancel_requested, attempt in stale:
+            if cancel_requested:
+                self.transition(
+                    job_id,
+                    JobState.CANCELLED,
+                    message="cancelled while its worker was lost",
+                    require_from={JobState.RUNNING},
+                )
+            elif attempt >= max_attempts:
+                self.transition(
+                    job_id,
+                    JobState.FAILED,
+                    error=f"gave up: its worker was lost on each of {attempt} attempts",
+                    require_from={JobState.RUNNING},
+                )
+            elif self.transition(
+                job_id, JobState.QUEUED, message="worker lost; requeued", require_from={JobState.RUNNING}
             ):
                 requeued.append(job_id)
         return requeued

@@ -119,7 +119,7 @@ def test_run_of_a_dead_worker_is_requeued_then_failed_not_stuck(tmp_path: Path) 
             time.sleep(0.1)
         job = store.get(run_id)
         assert job.state == JobState.FAILED, job
-        assert "gave up after 2 interrupted attempts" in job.error
+        assert "gave up" in job.error
         messages = [e.message for e in store.events_after(run_id, 0)]
         assert "worker lost; requeued" in messages
     finally:

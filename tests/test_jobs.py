@@ -116,3 +116,13 @@ def test_a_job_whose_worker_died_is_requeued_and_resumed_as_a_new_attempt(store)
 def test_unknown_job_is_not_found(store):
     with pytest.raises(NotFound):
         store.get("job-missing")
+
+
+def test_a_job_that_keeps_losing_its_worker_fails_instead_of_looping(store):
+    job = store.create("train", {})
+    for attempt in (1, 2):
+        store.claim(f"worker-{attempt}")
+        requeued = store.requeue_stale(timedelta(seconds=-1), max_attempts=2)
+        assert requeued == ([job.id] if attempt == 1 else [])
+    failed = store.get(job.id)
+    assert failed.state == JobState.FAILED and "lost on each of 2 attempts" in failed.error

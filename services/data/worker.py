@@ -54,7 +54,7 @@ class PrepareWorkers:
         stale_after = timedelta(seconds=self.settings.job_stale_seconds)
         while not self._stop.is_set():
             try:
-                self.jobs.requeue_stale(stale_after)
+                self.jobs.requeue_stale(stale_after, self.settings.job_max_attempts)
                 job = self.jobs.claim(worker_id, kind=PREPARE_KIND)
             except Exception:
                 logger.exception("could not poll the prepare queue")
@@ -66,13 +66,6 @@ class PrepareWorkers:
             self._run(job, worker_id)
 
     def _run(self, job: Job, worker_id: str) -> None:
-        if job.attempt > self.settings.job_max_attempts:
-            self.jobs.transition(
-                job.id,
-                JobState.FAILED,
-                error=f"gave up after {job.attempt - 1} attempts: the worker died during each",
-            )
-            return
         finished = threading.Event()
         beat = threading.Thread(target=self._heartbeat, args=(job.id, worker_id, finished), daemon=True)
         beat.start()

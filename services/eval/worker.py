@@ -42,7 +42,7 @@ class EvalWorker:
         stale_after = timedelta(seconds=self.settings.stale_after_seconds)
         while not self._stop.is_set():
             try:
-                for job_id in self.store.requeue_stale(stale_after):
+                for job_id in self.store.requeue_stale(stale_after, self.settings.max_attempts):
                     logger.warning("requeued run whose worker was lost", extra={"fields": {"job_id": job_id}})
                 job = self.store.claim(self.worker_id, kind=KIND)
                 if job is None:
@@ -54,11 +54,6 @@ class EvalWorker:
                 self._stop.wait(self.settings.poll_seconds)
 
     def run_claimed(self, job: Job) -> None:
-        if job.attempt > self.settings.max_attempts:
-            self.store.transition(
-                job.id, JobState.FAILED, error=f"gave up after {job.attempt - 1} interrupted attempts"
-            )
-            return
         lease = _Heartbeat(self.store, job.id, self.worker_id, self.settings.heartbeat_seconds)
         lease.start()
 

@@ -79,7 +79,9 @@ class InferenceServer:
         """Returns once the default model serves; raises what its loading raised."""
         self._model_loaded.result(timeout)
         if not self.state.manager.ready:
-            raise RuntimeError(f"nothing to serve: neither '{self.state.settings.model}' nor the fallback exists")
+            raise RuntimeError(
+                f"nothing to serve: neither '{self.state.settings.model}' nor the fallback exists"
+            )
 
     def stop(self, grace: float | None = None) -> None:
         """Stops taking requests, lets those in flight finish, then frees the engines."""

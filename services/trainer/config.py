@@ -21,6 +21,8 @@ class TrainerSettings(ServiceSettings):
     worker_poll_seconds: float = 1.0
     heartbeat_seconds: float = 2.0
     stale_after_seconds: float = 30.0
+    # A job whose worker was lost this many times fails instead of being requeued again.
+    max_attempts: int = 3
     # Seconds a cancelled job process gets to exit on SIGTERM before SIGKILL.
     cancel_grace_seconds: float = 10.0
     # Threads per training process; 0 leaves torch's default (all cores).

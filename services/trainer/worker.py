@@ -71,7 +71,9 @@ class Worker:
 
     def run_once(self) -> bool:
         """Requeues abandoned jobs, then claims and runs one job; False when there was none."""
-        for job_id in self.store.requeue_stale(timedelta(seconds=self.settings.stale_after_seconds)):
+        for job_id in self.store.requeue_stale(
+            timedelta(seconds=self.settings.stale_after_seconds), self.settings.max_attempts
+        ):
             logger.info("requeued a job whose worker was lost", extra={"fields": {"job_id": job_id}})
         job = self.store.claim(self.worker_id, kind=JOB_KIND)
         if job is None:
