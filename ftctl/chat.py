@@ -5,6 +5,7 @@ import sys
 
 import openai
 import typer
+from rich.markup import escape
 
 from ftctl.common import addresses, console
 
@@ -36,7 +37,10 @@ def chat(
                 sys.stdout.write(choice.delta.content or "")
                 sys.stdout.flush()
     except openai.APIStatusError as err:
-        console.print(f"[red]error[/red] {err.status_code}: {err.message}")
+        # The gateway's own message (OpenAI's error shape), not the client's "Error code: N - ..." wrapper;
+        # escaped so brackets in it are not read as console markup.
+        detail = err.body.get("message") if isinstance(err.body, dict) else None
+        console.print(f"[red]error[/red] {err.status_code}: {escape(detail or err.message)}")
         raise typer.Exit(1) from None
     except openai.APIConnectionError:
         console.print(f"[red]error[/red] the gateway at {addresses().gateway_url} is unreachable")
