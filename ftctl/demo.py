@@ -14,7 +14,7 @@ from rich.table import Table
 
 from finetune.v1 import common_pb2, data_pb2, eval_pb2, trainer_pb2
 from ftctl.common import console, stdout
-from ftctl.local_stack import running_stack
+from ftctl.local_stack import StackPorts, running_stack
 from ftctl.pipeline import PipelineRunner
 from ftctl.pipeline_spec import load_spec
 from services.inference.config import InferenceSettings
@@ -50,12 +50,14 @@ def held_out_questions(runner: PipelineRunner) -> list[list[dict[str, str]]]:
     ]
 
 
-def main(data_root: Path = REPO_ROOT / "var" / "demo") -> None:
+def main(
+    data_root: Path = REPO_ROOT / "var" / "demo", spec_path: Path = DEMO_SPEC, ports: StackPorts | None = None
+) -> None:
     started = time.monotonic()
     shutil.rmtree(data_root, ignore_errors=True)
-    spec = load_spec(DEMO_SPEC)
+    spec = load_spec(spec_path)
     console.rule("[bold]starting the four services")
-    with running_stack(data_root) as stack:
+    with running_stack(data_root, ports) as stack:
         addresses = stack.ports.addresses()
         runner = PipelineRunner(spec, data_root / "pipelines" / f"{spec.name}.json", addresses)
         runner.trainer.RegisterBaseModel(

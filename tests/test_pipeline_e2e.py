@@ -165,3 +165,20 @@ def test_pipeline_survives_a_kill_and_promotes(tmp_path, default_model_dir, data
             model="prod", messages=[{"role": "user", "content": "How do I upload a dataset?"}], max_tokens=8
         )
         assert reply.choices[0].message.content
+
+
+def test_demo_shows_answers_before_and_after_and_stops_everything(
+    tmp_path, default_model_dir, monkeypatch, capsys
+):
+    from ftctl import demo
+
+    monkeypatch.setenv("FT_INFERENCE_ENGINE", "transformers")
+    ports = StackPorts(*free_ports(5))
+    demo.main(tmp_path / "var", tiny_pipeline(tmp_path, "demo-tiny"), ports)
+    out, err = capsys.readouterr()
+    assert "base model vs tuned model" in out
+    assert "verdict: PASS" in out
+    assert "report: " in err and "services stopped" in err
+    for port in (ports.data, ports.trainer, ports.eval, ports.inference, ports.gateway):
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"something still listens on {port}"
