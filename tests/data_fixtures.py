@@ -107,6 +107,23 @@ def prepare(stub: data_pb2_grpc.DataServiceStub, **fields: object) -> data_pb2.P
     return done
 
 
+def prepared_qa_version(
+    stub: data_pb2_grpc.DataServiceStub,
+    folder: Path,
+    name: str,
+    pairs: list[tuple[str, str]],
+    split: data_pb2.SplitFractions,
+    seed: int,
+) -> str:
+    """Registers question/answer pairs as a dataset and prepares them for the default model (max 128 tokens)."""
+    source = folder / f"{name}.jsonl"
+    source.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in pairs))
+    dataset = stub.RegisterDataset(
+        data_pb2.RegisterDatasetRequest(options=data_pb2.IngestOptions(name=name), source=str(source))
+    )
+    return prepare(stub, dataset_id=dataset.id, max_seq_len=128, split=split, seed=seed).prepared_version_id
+
+
 def split_rows(data_root: Path, version: data_pb2.PreparedVersion, split: str) -> list[dict]:
     path = data_root / "artifacts" / version.artifact.uri / f"{split}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]

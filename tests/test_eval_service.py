@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from data_fixtures import prepared_qa_version
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from finetune.v1 import common_pb2, data_pb2, eval_pb2, eval_pb2_grpc, inference_pb2
@@ -55,25 +56,8 @@ def stub(eval_server: EvalServer) -> Iterator[eval_pb2_grpc.EvalServiceStub]:
 
 @pytest.fixture(scope="module")
 def prepared_version_id(data_root, data_stub) -> str:
-    source = data_root / "eval_facts.jsonl"
-    source.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in FACTS))
-    dataset = data_stub.RegisterDataset(
-        data_pb2.RegisterDatasetRequest(options=data_pb2.IngestOptions(name="eval-facts"), source=str(source))
-    )
-    job = data_stub.PrepareDataset(
-        data_pb2.PrepareDatasetRequest(
-            dataset_id=dataset.id,
-            base_model=DEFAULT_BASE_MODEL_NAME,
-            max_seq_len=128,
-            split=data_pb2.SplitFractions(train=0.5, validation=0.0, test=0.5),
-            seed=5,
-        )
-    )
-    for _ in data_stub.WatchPrepareJob(common_pb2.WatchRequest(id=job.status.id), timeout=120):
-        pass
-    done = data_stub.GetPrepareJob(data_pb2.GetPrepareJobRequest(id=job.status.id))
-    assert done.status.state == common_pb2.JOB_STATE_SUCCEEDED, done.status.error
-    return done.prepared_version_id
+    split = data_pb2.SplitFractions(train=0.5, validation=0.0, test=0.5)
+    return prepared_qa_version(data_stub, data_root, "eval-facts", FACTS, split, seed=5)
 
 
 def _finish(stub: eval_pb2_grpc.EvalServiceStub, run_id: str, timeout: float = 400) -> eval_pb2.EvalRun:

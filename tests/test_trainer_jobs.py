@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from data_fixtures import prepared_qa_version
 from trainer_support import FACTS, conversation
 
 from finetune.v1 import common_pb2, data_pb2, trainer_pb2, trainer_pb2_grpc
@@ -96,25 +97,8 @@ def workers(data_root) -> Iterator[Workers]:
 
 @pytest.fixture(scope="module")
 def prepared_version_id(data_root, data_stub) -> str:
-    source = data_root / "facts.jsonl"
-    source.write_text("".join(json.dumps({"question": q, "answer": a}) + "\n" for q, a in FACTS))
-    dataset = data_stub.RegisterDataset(
-        data_pb2.RegisterDatasetRequest(options=data_pb2.IngestOptions(name="facts"), source=str(source))
-    )
-    job = data_stub.PrepareDataset(
-        data_pb2.PrepareDatasetRequest(
-            dataset_id=dataset.id,
-            base_model=DEFAULT_BASE_MODEL_NAME,
-            max_seq_len=128,
-            split=data_pb2.SplitFractions(train=0.8, validation=0.2, test=0.0),
-            seed=3,
-        )
-    )
-    for _ in data_stub.WatchPrepareJob(common_pb2.WatchRequest(id=job.status.id), timeout=120):
-        pass
-    done = data_stub.GetPrepareJob(data_pb2.GetPrepareJobRequest(id=job.status.id))
-    assert done.status.state == common_pb2.JOB_STATE_SUCCEEDED, done.status.error
-    return done.prepared_version_id
+    split = data_pb2.SplitFractions(train=0.8, validation=0.2, test=0.0)
+    return prepared_qa_version(data_stub, data_root, "facts", FACTS, split, seed=3)
 
 
 def create(stub, prepared_version_id: str, key: str, **overrides: object) -> trainer_pb2.TrainingJob:
