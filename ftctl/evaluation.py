@@ -30,6 +30,19 @@ VERDICT_NAMES = {
 WATCH_TIMEOUT_SECONDS = 24 * 3600
 BENCHMARK_OPTION = typer.Option([], "--benchmark", help="NAME=PATH (mmlu, openbookqa, arc, truthfulqa_mc).")
 OUTPUT_OPTION = typer.Option(None, "--output", "-o", help="Where to write the HTML report.")
+OFF_TOPIC_OPTION = typer.Option(
+    None, "--off-topic-probes", help="A text file of questions that must be refused, one a line.", exists=True
+)
+IN_DOMAIN_OPTION = typer.Option(
+    None,
+    "--in-domain-probes",
+    help="A text file of in-domain questions that must not be refused, one a line.",
+    exists=True,
+)
+
+
+def _lines(path: Path | None) -> list[str]:
+    return [] if path is None else [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def _eval_stub() -> eval_pb2_grpc.EvalServiceStub:
@@ -65,6 +78,9 @@ def run(
     max_wrong_refusal_rate: float = typer.Option(
         0.0, "--max-wrong-refusal-rate", help="0: the service's default."
     ),
+    off_topic_probes: Path | None = OFF_TOPIC_OPTION,
+    in_domain_probes: Path | None = IN_DOMAIN_OPTION,
+    refusal_text: str = typer.Option("", "--refusal-text", help="The refusal the model was taught."),
     judge_model: str = typer.Option("", "--judge-model", help="Turns on LLM-as-judge with this model."),
     detach: bool = typer.Option(False, "--detach", help="Print the run and return without following it."),
     show_json: bool = JSON_OPTION,
@@ -86,6 +102,9 @@ def run(
         generation=inference_pb2.SamplingParams(max_tokens=max_tokens),
         seed=seed,
         benchmarks=specs,
+        off_topic_probes=_lines(off_topic_probes),
+        in_domain_probes=_lines(in_domain_probes),
+        refusal_text=refusal_text,
         judge_model=judge_model,
     )
     if primary_metric or min_delta or min_refusal_rate or max_wrong_refusal_rate:

@@ -213,6 +213,8 @@ class PipelineRunner:
             seed=self.spec.prepare.seed,
             benchmarks=[ParseDict(b, eval_pb2.BenchmarkSpec()) for b in spec.benchmarks],
             promotion_rule=ParseDict(spec.promotion_rule, eval_pb2.PromotionRule()),
+            off_topic_probes=spec.off_topic_probes,
+            in_domain_probes=spec.in_domain_probes,
             idempotency_key=f"pipeline:{self.spec.name}:{self.state.merged_model_id}:{self.state.eval_attempt}",
         )
         if self.spec.prepare.refusals and self.spec.prepare.refusals.text:

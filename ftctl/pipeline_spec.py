@@ -42,6 +42,9 @@ class EvalSpec(Strict):
     max_tokens: int = Field(96, gt=0)
     benchmarks: list[dict[str, Any]] = []
     promotion_rule: dict[str, Any] = {}
+    # Each: the questions themselves, or a text file of them, one a line (relative to the pipeline file).
+    off_topic_probes: list[str] | Path = []  # empty: the evaluator's built-in set
+    in_domain_probes: list[str] | Path = []  # asked besides the split's own in-domain questions
 
 
 class PipelineSpec(Strict):
@@ -74,4 +77,17 @@ def load_spec(path: Path) -> PipelineSpec:
         raise PipelineSpecError(f"{path}: {problems}") from exc
     if not spec.dataset.path.is_absolute():
         spec.dataset.path = (path.parent / spec.dataset.path).resolve()
+    spec.eval.off_topic_probes = _probes(path, "eval.off_topic_probes", spec.eval.off_topic_probes)
+    spec.eval.in_domain_probes = _probes(path, "eval.in_domain_probes", spec.eval.in_domain_probes)
     return spec
+
+
+def _probes(spec_path: Path, field: str, value: list[str] | Path) -> list[str]:
+    if isinstance(value, list):
+        return value
+    probes_path = value if value.is_absolute() else spec_path.parent / value
+    try:
+        lines = probes_path.read_text().splitlines()
+    except OSError as exc:
+        raise PipelineSpecError(f"{spec_path}: {field}: {exc}") from exc
+    return [line.strip() for line in lines if line.strip()]

@@ -109,6 +109,35 @@ def test_base_against_itself_ties_and_reports(stub, prepared_version_id) -> None
     assert any(s.model == f"{run.status.id}/{DEFAULT_BASE_MODEL_NAME}" for s in compared.summaries)
 
 
+def test_rows_answered_with_the_refusal_count_as_off_topic(stub, data_stub, data_root) -> None:
+    refusal = "Let's keep the discussion relevant to Lamini."
+    off_topic = ["Tell me a joke about cats.", "Write a poem about the sea.", "Who won the 1998 World Cup?"]
+    pairs = FACTS[:4] + [(question, refusal) for question in off_topic]
+    split = data_pb2.SplitFractions(train=0.2, validation=0.0, test=0.8)
+    version = prepared_qa_version(data_stub, data_root, "eval-hand-refusals", pairs, split, seed=5)
+    run = stub.CreateRun(
+        eval_pb2.CreateRunRequest(
+            models=[DEFAULT_BASE_MODEL_NAME],
+            data=eval_pb2.EvalData(prepared_version_id=version, split="test"),
+            generation=inference_pb2.SamplingParams(max_tokens=8, temperature=0.0),
+            metrics=["refusal"],
+            off_topic_probes=["How do I iron a shirt?"],
+            refusal_text=refusal,
+        )
+    )
+    list(stub.WatchRun(common_pb2.WatchRequest(id=run.status.id), timeout=300))
+    finished = stub.GetRun(eval_pb2.GetRunRequest(id=run.status.id))
+    assert finished.status.state == common_pb2.JOB_STATE_SUCCEEDED, finished.status.error
+    report = json.loads(stub.GetReport(eval_pb2.GetRunRequest(id=run.status.id)).report_json)
+    flags = {row["question"]: row["should_refuse"] for row in report["examples"]}
+    assert flags == {question: question in off_topic for question in flags}
+    refused = sum(flags.values())
+    assert 0 < refused < len(flags)
+    summary = report["summaries"][DEFAULT_BASE_MODEL_NAME]
+    assert summary["refusal_rate"]["n"] == refused + 1  # and the one probe
+    assert summary["wrong_refusal_rate"]["n"] == len(flags) - refused
+
+
 @pytest.mark.skipif(not MMLU_DIR.exists(), reason="shared MMLU files absent")
 def test_mmlu_choice_matches_transformers_log_likelihood(stub, default_model_dir) -> None:
     limit = 4

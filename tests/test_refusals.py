@@ -20,9 +20,12 @@ from services.data.refusals import (
     off_topic_questions,
     refusal_answer,
 )
-from services.eval.off_topic_probes import IN_DOMAIN_PROBES, OFF_TOPIC_PROBES
+from ftctl.pipeline_spec import load_spec
+from services.eval.off_topic_probes import OFF_TOPIC_PROBES
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples" / "platform_qa.jsonl"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = REPO_ROOT / "samples" / "platform_qa.jsonl"
+DEMO_SPEC = REPO_ROOT / "pipelines" / "demo.yaml"
 SAMPLE_REFUSAL = "Let's keep the discussion relevant to the fine-tuning platform."
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -126,8 +129,9 @@ def test_held_out_probes_share_little_wording_with_the_generator() -> None:
 
 def test_probes_are_not_in_the_sample_data() -> None:
     sample_questions = [_words(row["question"]) for row in _sample_rows()]
-    assert len(IN_DOMAIN_PROBES) == 30 and len(set(IN_DOMAIN_PROBES)) == 30
-    for probe in IN_DOMAIN_PROBES + OFF_TOPIC_PROBES:
+    in_domain = load_spec(DEMO_SPEC).eval.in_domain_probes
+    assert isinstance(in_domain, list) and len(in_domain) == 30 and len(set(in_domain)) == 30
+    for probe in [*in_domain, *OFF_TOPIC_PROBES]:
         words = _words(probe)
         closest = max(_jaccard(words, q) for q in sample_questions)
         assert closest < 0.6, probe

@@ -1,13 +1,13 @@
-"""Built-in probes that measure refusals: a held-out off-topic set and an in-domain control set.
+"""Built-in off-topic probes: held-out questions that measure whether refusing generalised.
 
 The data service teaches refusals with questions from its own generator (services/data/refusals.py).
 If the evaluator asked those same questions, a model that memorised them would look perfect. These
 probes were written by hand, independently: other subjects, other phrasings, none of them produced
 by the generator, so the refusal rate measures whether refusing generalised.
 
-Refusing is only half the story: a model that refuses everything would score 100%. The in-domain
-probes are genuine questions about the platform, phrased differently from the shipped sample data,
-and every refusal to one of them counts as a wrong refusal.
+Refusing is only half the story: a model that refuses everything would score 100%. Every in-domain
+example of the evaluated split therefore counts as a wrong refusal when refused, plus the caller's
+`in_domain_probes`. There are no built-in in-domain probes: what is in-domain depends on the data set.
 
 Used when `CreateRunRequest.off_topic_probes` is empty.
 """
@@ -75,37 +75,4 @@ OFF_TOPIC_PROBES: tuple[str, ...] = (
     "up without starting a fight?",
     "I'm running a charity bake sale next Friday and need something that survives a car journey. What "
     "could I make in bulk that kids will actually buy?",
-)
-
-IN_DOMAIN_PROBES: tuple[str, ...] = (
-    "Which TCP port does the OpenAI-style HTTP endpoint listen on?",
-    "After uploading a CSV, how can I see which lines were thrown out and why?",
-    "Is there an option that blanks out email addresses found in my training file?",
-    "Roughly what share of my rows ends up in the test split if I leave the defaults?",
-    "What command kicks off a LoRA run against a prepared version?",
-    "Can a fine-tuning job that died halfway pick up where it left off?",
-    "I launched a training run by mistake. How do I kill it?",
-    "Why would I keep a LoRA adapter around when a merged copy exists?",
-    "How do client apps pick up a newly promoted model without any code change?",
-    "What decides whether a tuned model counts as better than the baseline?",
-    "Where do I find the HTML summary once an evaluation finishes?",
-    "How do I issue credentials for a new internal app that calls the API?",
-    "My client keeps getting HTTP 429 responses. What's happening?",
-    "Which prefix do the trainer's environment variables use?",
-    "Can artifacts live in a MinIO bucket rather than on local disk?",
-    "Which model is available to fine-tune right after installation, without downloading anything?",
-    "How do I receive tokens as they are generated instead of one big response?",
-    "Every ftctl command reports UNAVAILABLE. What should I check first?",
-    "Why are user turns excluded from the training loss?",
-    "Which make target walks through upload, training, evaluation and promotion in one go?",
-    "Which make target skips the slow tests?",
-    "Can one training job use four GPUs at once?",
-    "If I want to grpcurl the evaluator, which port do I hit?",
-    "My file calls the question column prompt_text. How do I tell the uploader?",
-    "When preparing, what becomes of examples longer than the sequence limit?",
-    "Which scores does an evaluation run report for each model?",
-    "How can I tell whether the gateway has finished loading its model?",
-    "The data service refuses to read /mnt/exports/faq.jsonl and mentions allowed roots. Why?",
-    "Is there a Kubernetes setup for clusters with GPU nodes?",
-    "Can I make the assistant politely decline questions that have nothing to do with the platform?",
 )

@@ -8,6 +8,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from services.eval.analysis import Example, ModelOutputs, build_report
 from services.eval.clients import Clients, Messages, RunStopped
 from services.eval.config import EvalSettings
 from services.eval.metrics import DEFAULT_REFUSAL_TEXT, RefusalDetector
-from services.eval.off_topic_probes import IN_DOMAIN_PROBES, OFF_TOPIC_PROBES
+from services.eval.off_topic_probes import OFF_TOPIC_PROBES
 from services.eval.promotion import Rule
 from services.eval.report import render_html
 
@@ -86,11 +87,16 @@ class RunExecutor:
             raise InvalidArgument("the judge metric needs a judge model", field="judge_model")
         examples, refusal_text = self._examples(request)
         detector = RefusalDetector(refusal_text or DEFAULT_REFUSAL_TEXT)
+        # Rows whose reference answer is the refusal (hand-written off-topic rows of a data set, not just
+        # the generated ones) must be refused; counting them as in-domain would call a right refusal wrong.
+        examples = [
+            replace(e, should_refuse=e.should_refuse or detector.is_refusal(e.reference)) for e in examples
+        ]
         models = [self.clients.resolve_model(reference.strip()) for reference in request.models]
         labels = _unique_labels([m.reference for m in models])
         sampling = self._sampling(request)
         probes = list(request.off_topic_probes) or list(OFF_TOPIC_PROBES)
-        in_domain = list(request.in_domain_probes) or list(IN_DOMAIN_PROBES)
+        in_domain = list(request.in_domain_probes)
         questions = {
             spec.name: benchmarks.load_questions(spec.name, Path(spec.path), spec.limit)
             for spec in request.benchmarks
