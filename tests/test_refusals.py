@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from ftctl.pipeline_spec import load_spec
 from services.data.refusals import (
     DEFAULT_REFUSAL_TEMPLATE,
     MAX_WORDS,
@@ -20,7 +21,6 @@ from services.data.refusals import (
     off_topic_questions,
     refusal_answer,
 )
-from ftctl.pipeline_spec import load_spec
 from services.eval.off_topic_probes import OFF_TOPIC_PROBES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
