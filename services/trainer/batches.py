@@ -10,6 +10,7 @@ next one's first token.
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ class Batch:
     labels: torch.Tensor
     position_ids: torch.Tensor | None  # packed rows
     attention_mask: torch.Tensor | None  # padded rows
+    document_bounds: tuple[int, ...] | None  # packed rows: where each example starts, then the row's end
     real_tokens: int  # tokens that are not padding
     label_tokens: int  # tokens the loss counts (after the shift)
 
@@ -84,6 +86,7 @@ def collate_packed(examples: Sequence[Example]) -> Batch:
         labels=torch.tensor([labels]),
         position_ids=torch.tensor([positions]),
         attention_mask=None,
+        document_bounds=(0, *accumulate(len(e.input_ids) for e in examples)),
         real_tokens=len(input_ids),
         label_tokens=sum(label_count(e) for e in examples),
     )
@@ -104,6 +107,7 @@ def collate_padded(examples: Sequence[Example], pad_id: int) -> Batch:
         labels=labels,
         position_ids=None,
         attention_mask=attention_mask,
+        document_bounds=None,
         real_tokens=int(attention_mask.sum()),
         label_tokens=sum(label_count(e) for e in examples),
     )
@@ -117,14 +121,22 @@ def summed_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Sum of the next-token cross-entropy over the batch's label tokens. Callers divide by the label
     count of the whole optimizer step, so a step's loss does not depend on how it is split into
     micro-batches or processes."""
+    # Logit rows exist only where some row predicts a label: prompts and packing seams are skipped,
+    # which saves the vocabulary-wide projection and softmax (a fifth of the model's FLOPs) there.
+    targets = batch.labels[:, 1:]
+    positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+    # Packed rows name their examples' bounds so services.trainer.packed_attention attends per example.
+    bounds = {} if batch.document_bounds is None else {"cu_seq_lens_q": torch.tensor(batch.document_bounds)}
     logits = model(
         input_ids=batch.input_ids,
         position_ids=batch.position_ids,
         attention_mask=batch.attention_mask,
         use_cache=False,
+        logits_to_keep=positions.to(batch.input_ids.device),
+        **bounds,
     ).logits
-    shifted_logits = logits[:, :-1, :].float().reshape(-1, logits.size(-1))
-    shifted_labels = batch.labels[:, 1:].reshape(-1).to(shifted_logits.device)
+    kept_logits = logits.float().reshape(-1, logits.size(-1))
+    kept_labels = targets[:, positions].reshape(-1).to(kept_logits.device)
     return torch.nn.functional.cross_entropy(
-        shifted_logits, shifted_labels, ignore_index=IGNORE_INDEX, reduction="sum"
+        kept_logits, kept_labels, ignore_index=IGNORE_INDEX, reduction="sum"
     )

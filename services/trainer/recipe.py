@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from services.trainer.batches import collate, example_indices, label_count, load_split, summed_loss
 from services.trainer.hyperparameters import ALL_LINEAR, Hyperparameters
+from services.trainer.packed_attention import register_packed_attention
 
 SCHEDULER_NAMES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 TRAINABLE_WEIGHTS = "trainable.safetensors"
@@ -99,7 +100,9 @@ class FinetuneRecipe:
         self.tokenizer = AutoTokenizer.from_pretrained(self.config.base_model_dir)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         # Master weights stay fp32; bf16/fp16 run through autocast (CPU has no fast bf16, see STACK.md).
-        model = AutoModelForCausalLM.from_pretrained(self.config.base_model_dir, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            self.config.base_model_dir, dtype=torch.float32, attn_implementation=register_packed_attention()
+        )
         model.config.use_cache = False
         self.model = self._adapt(model).to(self.device)
         self.model.train()
