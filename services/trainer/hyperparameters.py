@@ -171,11 +171,8 @@ class Hyperparameters(BaseModel):
             raise _FieldError("early_stopping_patience", "needs eval_every_steps > 0 to measure progress")
         if self.max_steps and self.warmup_steps is not None and self.warmup_steps > self.max_steps:
             raise _FieldError("warmup_steps", f"must not exceed max_steps ({self.max_steps})")
-        # Named in the contract, not implemented by this recipe yet: refuse rather than silently substitute.
-        if self.method == "qlora":
-            raise _FieldError("method", "QLoRA is not supported by this trainer yet; use LoRA")
-        if self.strategy == "fsdp":
-            raise _FieldError("strategy", "FSDP is not supported by this trainer yet; use DDP")
+        if self.strategy == "fsdp" and self.num_processes < 2:
+            raise _FieldError("strategy", "FSDP shards the model across processes; needs num_processes > 1")
         return self
 
     def warmup_for(self, total_steps: int) -> int:

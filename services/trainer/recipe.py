@@ -8,8 +8,8 @@ normalisation depends on its own loss path and the model's `num_items_in_batch` 
 bit-for-bit on another worker; (3) per-step events and a stop check between steps. Everything else
 (model, LoRA, schedulers, DDP) is the libraries' own.
 
-Runs the same way in one process or under torchrun (DDP, gloo on CPU, nccl on GPU): every process
-knows the whole step's examples and takes its contiguous share.
+Runs the same way in one process or under torchrun (DDP, or FSDP2's `fully_shard` per decoder layer;
+gloo on CPU, nccl on GPU): every process knows the whole step's examples and takes its contiguous share.
 """
 
 import json
@@ -90,7 +90,7 @@ class FinetuneRecipe:
     # Setup
 
     def setup(self) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+        from transformers import AutoTokenizer, get_scheduler
 
         if self.world_size > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -99,15 +99,15 @@ class FinetuneRecipe:
         _seed_everything(self.hp.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(self.config.base_model_dir)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        # Master weights stay fp32; bf16/fp16 run through autocast (CPU has no fast bf16, see STACK.md).
-        model = AutoModelForCausalLM.from_pretrained(
-            self.config.base_model_dir, dtype=torch.float32, attn_implementation=register_packed_attention()
-        )
-        model.config.use_cache = False
-        self.model = self._adapt(model).to(self.device)
+        if self.hp.method == "qlora":
+            self.model = self._load_model(quantized=True)  # placed on the GPU while loading
+        else:
+            self.model = self._load_model().to(self.device)
         self.model.train()
+        if self.sharded:
+            _fully_shard(self.model)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.sharded:
             self.ddp_model: torch.nn.Module = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
@@ -128,12 +128,33 @@ class FinetuneRecipe:
             num_training_steps=self.state.total_steps,
         )
 
+    @property
+    def sharded(self) -> bool:
+        return self.world_size > 1 and self.hp.strategy == "fsdp"
+
     def _device(self) -> torch.device:
         if torch.cuda.is_available():
             local_rank = int(os.environ.get("LOCAL_RANK", "0"))
             torch.cuda.set_device(local_rank)
             return torch.device("cuda", local_rank)
         return torch.device("cpu")
+
+    def _load_model(self, quantized: bool = False) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        options: dict[str, Any] = {"attn_implementation": register_packed_attention()}
+        if quantized:
+            options.update(_quantized_loading(self.device))
+        else:
+            # Master weights stay fp32; bf16/fp16 run through autocast (CPU has no fast bf16, see STACK.md).
+            options["dtype"] = torch.float32
+        model = AutoModelForCausalLM.from_pretrained(self.config.base_model_dir, **options)
+        model.config.use_cache = False
+        if quantized:
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        return self._adapt(model)
 
     def _adapt(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.hp.method == "full":
@@ -203,7 +224,7 @@ class FinetuneRecipe:
         """One optimizer step over `examples_per_step` examples, split into micro-batches."""
         accumulated = self.accumulate_gradients()
         clip = self.hp.max_grad_norm if self.hp.max_grad_norm > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, clip)
+        grad_norm = _local(torch.nn.utils.clip_grad_norm_(self.trainable, clip))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -238,12 +259,20 @@ class FinetuneRecipe:
         share = math.ceil(len(examples) / self.world_size)
         mine = examples[self.rank * share : (self.rank + 1) * share]
         totals = torch.zeros(2, device=self.device)
+        batches = [mine[i : i + self.hp.batch_size] for i in range(0, len(mine), self.hp.batch_size)]
+        # Sharded forwards are collectives: every process runs as many as the busiest one, counting only
+        # its own examples.
+        rounds = math.ceil(share / self.hp.batch_size) if self.sharded else len(batches)
         self.model.eval()
         with torch.no_grad(), self._autocast():
-            for i in range(0, len(mine), self.hp.batch_size):
-                batch = collate(mine[i : i + self.hp.batch_size], self.hp.packing, self.pad_id)
-                totals[0] += summed_loss(self.model, self._to_device(batch))
-                totals[1] += batch.label_tokens
+            for index in range(rounds):
+                batch = collate(
+                    batches[index] if index < len(batches) else examples[:1], self.hp.packing, self.pad_id
+                )
+                loss = summed_loss(self.model, self._to_device(batch))
+                if index < len(batches):
+                    totals[0] += loss
+                    totals[1] += batch.label_tokens
         self.model.train()
         if self.world_size > 1:
             dist.all_reduce(totals)
@@ -271,10 +300,13 @@ class FinetuneRecipe:
         folder = self.config.work_dir / "checkpoints" / f"step-{self.state.step:07d}"
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(_rng_state(), folder / f"rng-rank{self.rank}.pt")
+        trainable = self.full_trainable_weights()  # every process takes part when the weights are sharded
+        if self.sharded:
+            torch.save(self.optimizer.state_dict(), folder / f"optimizer-rank{self.rank}.pt")
         if self.is_main:
-            trainable = {name: p.detach().cpu().contiguous() for name, p in self._trainable_named()}
             save_file(trainable, str(folder / TRAINABLE_WEIGHTS))
-            torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
+            if not self.sharded:
+                torch.save(self.optimizer.state_dict(), folder / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), folder / "scheduler.pt")
             state = {**self.state.__dict__, "world_size": self.world_size}
             (folder / STATE_FILE).write_text(json.dumps(state))
@@ -294,10 +326,32 @@ class FinetuneRecipe:
             raise ValueError(f"{folder} holds weights for another model or adapter configuration")
         with torch.no_grad():
             for name, tensor in weights.items():
-                named[name].copy_(tensor)
-        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.device))
+                named[name].copy_(_like(named[name], tensor.to(self.device)))
+        optimizer_file = f"optimizer-rank{self.rank}.pt" if self.sharded else "optimizer.pt"
+        self.optimizer.load_state_dict(
+            torch.load(folder / optimizer_file, map_location=self.device, weights_only=False)
+        )
         self.scheduler.load_state_dict(torch.load(folder / "scheduler.pt"))
         _restore_rng(torch.load(folder / f"rng-rank{self.rank}.pt", weights_only=False))
+
+    def full_trainable_weights(self) -> dict[str, torch.Tensor]:
+        """Every trainable weight, whole and on the CPU; a collective when the weights are sharded."""
+        return {name: _local(p.detach()).cpu().contiguous() for name, p in self._trainable_named()}
+
+    def gather_for_export(self) -> None:
+        """After FSDP or QLoRA training, the first process rebuilds a whole full-precision model holding the
+        trained weights, so exporting (save, merge into the base dtype) works as after plain LoRA: sharded
+        weights cannot be saved by one process, and 4-bit weights cannot take a merged adapter.
+        Every process must call it."""
+        if not self.sharded and self.hp.method != "qlora":
+            return
+        trained = self.full_trainable_weights()
+        if self.is_main:
+            self.model = self._load_model()
+            named = dict(self._trainable_named())
+            with torch.no_grad():
+                for name, tensor in trained.items():
+                    named[name].copy_(tensor)
 
     def _trainable_named(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
         return ((name, p) for name, p in self.model.named_parameters() if p.requires_grad)
@@ -319,10 +373,16 @@ class FinetuneRecipe:
 
     @contextmanager
     def _no_sync(self, skip: bool) -> Iterator[None]:
-        # Gradients are all-reduced once per optimizer step, not once per micro-batch.
+        # Gradients are reduced once per optimizer step, not once per micro-batch.
         if skip and isinstance(self.ddp_model, torch.nn.parallel.DistributedDataParallel):
             with self.ddp_model.no_sync():
                 yield
+        elif skip and self.sharded:
+            self.model.set_requires_gradient_sync(False)  # type: ignore[operator]
+            try:
+                yield
+            finally:
+                self.model.set_requires_gradient_sync(True)  # type: ignore[operator]
         else:
             yield
 
@@ -366,3 +426,55 @@ def _restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _fully_shard(model: torch.nn.Module) -> None:
+    """FSDP2: each decoder layer is its own shard group (transformers names them in `_no_split_modules`),
+    then the root holds the rest. Gradients are averaged over processes, as DDP's are."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    mesh = init_device_mesh(device_type, (dist.get_world_size(),))
+    layer_classes = set(getattr(model, "_no_split_modules", None) or [])
+    for module in model.modules():
+        if type(module).__name__ in layer_classes:
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole value of a possibly sharded (DTensor) tensor."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def _like(parameter: torch.Tensor, whole: torch.Tensor) -> torch.Tensor:
+    """`whole` laid out like `parameter`: sharded the same way when the parameter is a DTensor."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(parameter, DTensor):
+        return distribute_tensor(whole, parameter.device_mesh, parameter.placements)
+    return whole
+
+
+def _quantized_loading(device: torch.device) -> dict[str, Any]:
+    """from_pretrained options for QLoRA: 4-bit NF4 base weights with double quantization, bf16 compute."""
+    import importlib.util
+
+    if device.type != "cuda" or importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("method qlora needs a CUDA GPU and the bitsandbytes package (the qlora extra)")
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+    return {
+        "quantization_config": quantization,
+        "dtype": torch.bfloat16,
+        "device_map": {"": device.index or 0},
+    }

@@ -105,6 +105,7 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
             )
     try:
         state = recipe.train(reporter)
+        recipe.gather_for_export()
     except StopRequested as stop:
         logger.info("job stopped", extra={"fields": {"job_id": job_id, "reason": str(stop)}})
         return EXIT_STOPPED
