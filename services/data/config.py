@@ -5,11 +5,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from ftcommon.settings import ServiceAddresses, ServiceSettings
-
-
-def _default_trainer_address() -> str:
-    return ServiceAddresses().trainer_address
+from ftcommon.settings import ServiceSettings, peer_address
 
 
 class DataSettings(ServiceSettings):
@@ -21,7 +17,7 @@ class DataSettings(ServiceSettings):
     max_upload_bytes: int = Field(200 * 1024 * 1024, gt=0)
     # One row (a JSONL line, a CSV record, a JSON or Parquet element) longer than this is rejected.
     max_row_bytes: int = Field(1024 * 1024, gt=0)
-    trainer_address: str = Field(default_factory=_default_trainer_address)
+    trainer_address: str = peer_address("trainer")
     trainer_timeout_seconds: float = Field(30.0, gt=0)
     # Background threads running prepare jobs in this process.
     prepare_workers: int = Field(1, ge=1)

@@ -3,7 +3,7 @@
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from ftcommon.settings import ServiceSettings
+from ftcommon.settings import ServiceSettings, peer_address
 
 DEFAULT_JUDGE_RUBRIC = (
     "Grade the ANSWER to the QUESTION against the REFERENCE answer. 5: says the same as the reference, "
@@ -16,9 +16,9 @@ class EvalSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="FT_EVAL_", extra="ignore")
 
     port: int = 50053
-    inference_address: str = "127.0.0.1:50054"
-    data_address: str = "127.0.0.1:50051"
-    trainer_address: str = "127.0.0.1:50052"
+    inference_address: str = peer_address("inference")
+    data_address: str = peer_address("data")
+    trainer_address: str = peer_address("trainer")
     rpc_timeout_seconds: float = Field(30.0, gt=0)
     # One Generate call can wait for a batch slot and then generate max_tokens on CPU.
     generate_timeout_seconds: float = Field(600.0, gt=0)

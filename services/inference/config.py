@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from ftcommon.settings import ServiceSettings
+from ftcommon.settings import ServiceSettings, peer_address
 
 DEFAULT_BASE_MODEL_NAME = "smollm2-135m-instruct"
 
@@ -16,7 +16,7 @@ class InferenceSettings(ServiceSettings):
 
     port: int = 50054  # gRPC InferenceService
     http_port: int = 8000  # OpenAI-compatible REST API
-    trainer_address: str = "127.0.0.1:50052"
+    trainer_address: str = peer_address("trainer")
     rpc_timeout_seconds: float = Field(30.0, gt=0)
 
     # auto: vLLM when it imports, else transformers.

@@ -2,7 +2,7 @@
 
 from pydantic_settings import SettingsConfigDict
 
-from ftcommon.settings import ServiceSettings
+from ftcommon.settings import ServiceSettings, peer_address
 
 DEFAULT_BASE_MODEL_NAME = "smollm2-135m-instruct"
 
@@ -14,8 +14,7 @@ class TrainerSettings(ServiceSettings):
     # Local folders RegisterBaseModel may read; empty allows any local folder (single-user default).
     model_roots: list[str] = []
     alias_poll_seconds: float = 0.5
-    # Where the data service listens (prepared versions); empty: FT_DATA_ADDRESS or its default.
-    data_address: str = ""
+    data_address: str = peer_address("data")  # prepared versions
     data_timeout_seconds: float = 30.0
     # Workers: how often they look for jobs and heartbeat, and when a silent worker's job is requeued.
     worker_poll_seconds: float = 1.0

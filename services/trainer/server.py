@@ -5,7 +5,6 @@ from ftcommon.artifacts import ArtifactStore
 from ftcommon.db import Database
 from ftcommon.grpc_server import RunningServer, serve_until_signalled, start_server
 from ftcommon.logs import configure_logging
-from ftcommon.settings import ServiceAddresses
 from services.trainer import tables
 from services.trainer.config import TrainerSettings
 from services.trainer.job_queue import job_store
@@ -19,8 +18,7 @@ def build_server(settings: TrainerSettings) -> RunningServer:
     db = Database(settings.resolved_database_url("trainer"), tables.metadata, tables.MIGRATIONS)
     db.migrate()
     registry = ModelRegistry(db, ArtifactStore(settings.resolved_artifact_store_url()))
-    data_address = settings.data_address or ServiceAddresses().data_address
-    servicer = TrainerServicer(settings, registry, db, job_store(db), data_address)
+    servicer = TrainerServicer(settings, registry, db, job_store(db), settings.data_address)
     return start_server(
         settings, [(trainer_pb2_grpc.add_TrainerServiceServicer_to_server, servicer, SERVICE_NAME)]
     )
