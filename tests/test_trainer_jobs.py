@@ -288,9 +288,17 @@ def test_cancel_mid_run_stops_the_job_process_and_registers_nothing(
     assert not [m for m in models if m.lineage.job_id == job.status.id]
 
 
-def test_a_killed_worker_s_job_resumes_from_its_checkpoint(stub, workers, finished, prepared_version_id):
+ONE_PROCESS: dict[str, object] = {}
+# 2 processes x 1 example a step = the reference's 1 process x 2 examples.
+TWO_FSDP_PROCESSES = {"batch_size": 1, "num_processes": 2, "strategy": trainer_pb2.DISTRIBUTED_STRATEGY_FSDP}
+
+
+@pytest.mark.parametrize("layout", [ONE_PROCESS, TWO_FSDP_PROCESSES], ids=["one-process", "fsdp"])
+def test_a_killed_worker_s_job_resumes_from_its_checkpoint(
+    stub, workers, finished, prepared_version_id, layout
+):
     reference, reference_events = finished
-    job = create(stub, prepared_version_id, key="to-kill")
+    job = create(stub, prepared_version_id, key=f"to-kill-{len(layout)}", **layout)
     wait_for_event(stub, job.status.id, common_pb2.EVENT_KIND_CHECKPOINT)
     for process in workers.processes:
         if process.poll() is None:
