@@ -109,10 +109,12 @@ def test_base_against_itself_ties_and_reports(stub, prepared_version_id) -> None
     assert any(s.model == f"{run.status.id}/{DEFAULT_BASE_MODEL_NAME}" for s in compared.summaries)
 
 
-def test_rows_answered_with_the_refusal_count_as_off_topic(stub, data_stub, data_root) -> None:
+def test_refusal_and_stock_reply_rows_are_not_counted_as_in_domain(stub, data_stub, data_root) -> None:
     refusal = "Let's keep the discussion relevant to Lamini."
     off_topic = ["Tell me a joke about cats.", "Write a poem about the sea.", "Who won the 1998 World Cup?"]
+    gibberish = ["Jkndjwayxbuijkadn", "??????", "84092384972847832590458"]
     pairs = FACTS[:4] + [(question, refusal) for question in off_topic]
+    pairs += [(noise, "I'm having trouble understanding you. Can you try again?") for noise in gibberish]
     split = data_pb2.SplitFractions(train=0.2, validation=0.0, test=0.8)
     version = prepared_qa_version(data_stub, data_root, "eval-hand-refusals", pairs, split, seed=5)
     run = stub.CreateRun(
@@ -129,13 +131,17 @@ def test_rows_answered_with_the_refusal_count_as_off_topic(stub, data_stub, data
     finished = stub.GetRun(eval_pb2.GetRunRequest(id=run.status.id))
     assert finished.status.state == common_pb2.JOB_STATE_SUCCEEDED, finished.status.error
     report = json.loads(stub.GetReport(eval_pb2.GetRunRequest(id=run.status.id)).report_json)
-    flags = {row["question"]: row["should_refuse"] for row in report["examples"]}
-    assert flags == {question: question in off_topic for question in flags}
-    refused = sum(flags.values())
-    assert 0 < refused < len(flags)
+    rows = report["examples"]
+    assert {row["question"]: row["should_refuse"] for row in rows} == {
+        r["question"]: r["question"] in off_topic for r in rows
+    }
+    canned = [row["question"] for row in rows if row["canned_reference"]]
+    assert set(canned) == set(gibberish)  # the split keeps all three: a stock reply needs 3 rows to count
+    refused = sum(row["should_refuse"] for row in rows)
+    assert 0 < refused < len(rows)
     summary = report["summaries"][DEFAULT_BASE_MODEL_NAME]
     assert summary["refusal_rate"]["n"] == refused + 1  # and the one probe
-    assert summary["wrong_refusal_rate"]["n"] == len(flags) - refused
+    assert summary["wrong_refusal_rate"]["n"] == len(rows) - refused - len(canned)
 
 
 @pytest.mark.skipif(not MMLU_DIR.exists(), reason="shared MMLU files absent")

@@ -27,6 +27,9 @@ class Example:
     reference: str
     should_refuse: bool
     source_line: int = 0
+    # The reference is a stock reply shared by many rows ("I'm having trouble understanding you" to
+    # gibberish): such rows are neither domain questions nor off-topic ones, so no refusal rate counts them.
+    canned_reference: bool = False
 
     @property
     def question(self) -> str:
@@ -178,7 +181,7 @@ def _refusal_behaviour(
     in_domain = [
         detector.is_refusal(a.text)
         for a, e in zip(outputs.answers, examples, strict=True)
-        if not e.should_refuse
+        if not e.should_refuse and not e.canned_reference
     ]
     in_domain += [detector.is_refusal(text) for text in outputs.in_domain_probe_answers]
     result: dict[str, Any] = {}
@@ -263,6 +266,7 @@ def _example_table(
             "question": example.question,
             "reference": example.reference,
             "should_refuse": example.should_refuse,
+            "canned_reference": example.canned_reference,
             "answers": {
                 m.label: {
                     "text": m.answers[i].text,

@@ -34,6 +34,7 @@ JUDGE = "judge"
 OPTIONAL_METRICS = (REFERENCE_LOSS, REFUSAL, JUDGE)
 KNOWN_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "answer_length", *OPTIONAL_METRICS)
 _GRADE = re.compile(r"\b([1-5])\b")
+CANNED_REFERENCE_ROWS = 3
 
 
 def parse_request(payload: dict[str, Any]) -> eval_pb2.CreateRunRequest:
@@ -87,11 +88,7 @@ class RunExecutor:
             raise InvalidArgument("the judge metric needs a judge model", field="judge_model")
         examples, refusal_text = self._examples(request)
         detector = RefusalDetector(refusal_text or DEFAULT_REFUSAL_TEXT)
-        # Rows whose reference answer is the refusal (hand-written off-topic rows of a data set, not just
-        # the generated ones) must be refused; counting them as in-domain would call a right refusal wrong.
-        examples = [
-            replace(e, should_refuse=e.should_refuse or detector.is_refusal(e.reference)) for e in examples
-        ]
+        examples = _classify_references(examples, detector)
         models = [self.clients.resolve_model(reference.strip()) for reference in request.models]
         labels = _unique_labels([m.reference for m in models])
         sampling = self._sampling(request)
@@ -155,6 +152,7 @@ class RunExecutor:
                 "benchmarks": {spec.name: spec.path for spec in request.benchmarks},
                 "off_topic_probes": len(probes) if REFUSAL in wanted else 0,
                 "in_domain_probes": len(in_domain) if REFUSAL in wanted else 0,
+                "canned_reference_rows": sum(e.canned_reference for e in examples),
             },
         )
         return self._store_report(report)
@@ -389,3 +387,16 @@ def _data_echo(request: eval_pb2.CreateRunRequest) -> dict[str, str]:
     if source is None:
         return {}
     return {source: getattr(request.data, source), "split": request.data.split or "test"}
+
+
+def _classify_references(examples: list[Example], detector: RefusalDetector) -> list[Example]:
+    """Rows whose reference is the taught refusal must be refused (hand-written off-topic rows, not only
+    generated ones); counting them as in-domain would call a right refusal wrong. A reference repeated
+    word for word across CANNED_REFERENCE_ROWS rows is a stock reply, not an answer to its question."""
+    repeats = Counter(e.reference.strip() for e in examples)
+    classified = []
+    for example in examples:
+        refuse = example.should_refuse or detector.is_refusal(example.reference)
+        canned = not refuse and repeats[example.reference.strip()] >= CANNED_REFERENCE_ROWS
+        classified.append(replace(example, should_refuse=refuse, canned_reference=canned))
+    return classified
