@@ -9,7 +9,7 @@ peak RSS, and model-FLOPs utilisation against --peak-flops (default: a fp32 matm
 run). Model FLOPs per real token: 6N for full fine-tuning, 4N for LoRA (forward 2N plus the activation
 gradients 2N; frozen weights get no weight gradients); attention FLOPs are left out of both.
 
-    .venv/bin/python benchmarks/train_throughput.py --examples 24
+    .venv/bin/python benchmarks/train_throughput.py --threads 2
 """
 
 import argparse
@@ -166,7 +166,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
-    parser.add_argument("--examples", type=int, default=24, help="training examples each configuration sees")
+    parser.add_argument("--examples", type=int, default=96, help="training examples each configuration sees")
     parser.add_argument("--pad-to", type=int, default=256, help="the seed way pads every example to this")
     parser.add_argument("--peak-flops", type=float, default=0.0, help="the machine's peak FLOP/s; 0: measure")
     parser.add_argument("--threads", type=int, default=0)
