@@ -23,7 +23,8 @@ from services.inference.server import open_key_store
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_SPEC = REPO_ROOT / "pipelines" / "demo.yaml"
 BASE_MODEL_DIR = REPO_ROOT / "var" / "base_models" / "smollm2-135m-instruct"
-QUESTIONS = 5
+IN_DOMAIN_QUESTIONS = 4
+OFF_TOPIC_QUESTIONS = 1  # shows the taught refusal next to the base model's answer
 
 
 def ask(client: OpenAI, model: str, questions: list[list[dict[str, str]]]) -> list[str]:
@@ -34,16 +35,24 @@ def ask(client: OpenAI, model: str, questions: list[list[dict[str, str]]]) -> li
     return answers
 
 
-def held_out_questions(runner: PipelineRunner) -> list[list[dict[str, str]]]:
-    """The first questions of the prepared test split: never trained on."""
+def held_out_questions(runner: PipelineRunner, refusal_text: str) -> list[list[dict[str, str]]]:
+    """The first in-domain questions and the first off-topic one of the prepared test split: never trained on."""
     page = runner.data.ReadPreparedExamples(
         data_pb2.ReadPreparedExamplesRequest(
             version_id=runner.state.prepared_version_id,
             split="test",
-            page=common_pb2.PageRequest(page_size=50),
+            page=common_pb2.PageRequest(page_size=100),
         )
     )
-    conversations = [e for e in page.examples if not e.is_refusal][:QUESTIONS]
+
+    def off_topic(example: data_pb2.Conversation) -> bool:
+        # Hand-written off-topic rows of the sample are answered with the refusal but not flagged.
+        return example.is_refusal or any(
+            m.role == "assistant" and m.content == refusal_text for m in example.messages
+        )
+
+    in_domain = [e for e in page.examples if not off_topic(e)][:IN_DOMAIN_QUESTIONS]
+    conversations = in_domain + [e for e in page.examples if off_topic(e)][:OFF_TOPIC_QUESTIONS]
     return [
         [{"role": m.role, "content": m.content} for m in c.messages if m.role != "assistant"]
         for c in conversations
@@ -71,7 +80,8 @@ def main(
         console.rule("[bold]upload and prepare")
         runner.upload()
         runner.prepare()
-        questions = held_out_questions(runner)
+        refusal_text = spec.prepare.refusals.text if spec.prepare.refusals else ""
+        questions = held_out_questions(runner, refusal_text)
         console.rule("[bold]the base model answers held-out questions")
         before = ask(client, spec.base_model, questions)
         console.rule("[bold]train, evaluate, promote")
