@@ -146,17 +146,20 @@ def test_report_aggregates_categories_and_verdict() -> None:
     assert base_errors["repetition_loop"]["count"] == 1
     assert base_errors["answered_but_should_refuse"]["count"] == 1
     assert base_errors["empty"]["count"] == 1
-    assert report["summaries"]["tuned"]["exact_match"]["mean"] == 0.75
+    # Answer metrics cover the three rows that expect an answer; the refusal row counts in the refusal rate.
+    assert report["summaries"]["tuned"]["exact_match"]["mean"] == pytest.approx(2 / 3)
+    assert report["summaries"]["tuned"]["token_f1"]["n"] == 3
     # 3 of 3 should-refuse items refused (1 refusal example + 2 probes); base refused 1 of 3.
     assert report["summaries"]["tuned"]["refusal_rate"]["mean"] == 1.0
     assert report["summaries"]["base"]["refusal_rate"]["mean"] == pytest.approx(1 / 3)
     assert report["summaries"]["tuned"]["wrong_refusal_rate"]["mean"] == 0.0
     perplexity = report["summaries"]["base"]["reference_perplexity"]["mean"]
-    assert perplexity == pytest.approx(math.exp((2 + 2 + 2 + 3) / 4))
+    assert perplexity == pytest.approx(math.exp((2 + 2 + 3) / 3))
     f1 = report["comparisons"]["tuned"]["token_f1"]
-    assert (f1["wins"], f1["ties"], f1["losses"]) == (4, 0, 0)
+    assert (f1["wins"], f1["ties"], f1["losses"]) == (3, 0, 0)
     loss = report["comparisons"]["tuned"]["reference_loss"]
-    assert (loss["wins"], loss["losses"]) == (4, 0)  # lower loss is a win
+    assert (loss["wins"], loss["losses"]) == (3, 0)  # lower loss is a win
+    assert len(report["examples"]) == 4
     assert report["comparisons"]["tuned"]["benchmark:mmlu"]["delta"]["mean"] == pytest.approx(1 / 3)
     assert report["benchmarks"]["tuned"]["average"] == pytest.approx(2 / 3)
     assert report["verdict"] == "PASS", report["verdict_reasons"]

@@ -74,6 +74,13 @@ def per_example_metrics(outputs: ModelOutputs, examples: list[Example]) -> dict[
     return metrics
 
 
+def answer_rows(examples: list[Example]) -> list[int]:
+    """Indices of the rows that expect a domain answer: not off-topic, not a stock reply. All rows when
+    none qualifies, so a set of only such rows still gets its answer metrics."""
+    rows = [i for i, e in enumerate(examples) if not e.should_refuse and not e.canned_reference]
+    return rows or list(range(len(examples)))
+
+
 def build_report(
     run_id: str,
     examples: list[Example],
@@ -83,9 +90,18 @@ def build_report(
     seed: int,
     settings_echo: dict[str, Any],
 ) -> dict[str, Any]:
-    """The JSON twin. models[0] is the baseline; every other model is a candidate against it."""
+    """The JSON twin. models[0] is the baseline; every other model is a candidate against it.
+
+    Answer metrics (EM, F1, ROUGE-L, BLEU, reference loss, ...) are summarised and compared over the rows
+    that expect a domain answer: a refusal row answered with the refusal would otherwise score a perfect
+    F1 and count twice, once here and once in the refusal rate. The example table keeps every row.
+    """
     metrics = {m.label: per_example_metrics(m, examples) for m in models}
-    summaries = {label: _summaries(values, seed) for label, values in metrics.items()}
+    answerable = answer_rows(examples)
+    scored = {
+        label: {k: [v[i] for i in answerable] for k, v in values.items()} for label, values in metrics.items()
+    }
+    summaries = {label: _summaries(values, seed) for label, values in scored.items()}
     behaviour = {m.label: _refusal_behaviour(m, examples, detector, seed) for m in models}
     for label, rates in behaviour.items():
         summaries[label].update({k: v for k, v in rates.items() if isinstance(v, dict)})
@@ -100,9 +116,9 @@ def build_report(
     verdicts: dict[str, dict[str, Any]] = {}
     for candidate in models[1:]:
         comparisons[candidate.label] = {
-            name: _compare(name, metrics[candidate.label][name], metrics[baseline.label][name], seed)
-            for name in metrics[candidate.label]
-            if name in metrics[baseline.label]
+            name: _compare(name, scored[candidate.label][name], scored[baseline.label][name], seed)
+            for name in scored[candidate.label]
+            if name in scored[baseline.label]
         }
         comparisons[candidate.label].update(_benchmark_comparisons(candidate, baseline, seed))
         primary = comparisons[candidate.label].get(rule.primary_metric)

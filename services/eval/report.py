@@ -45,6 +45,9 @@ def render_html(report: dict[str, Any]) -> str:
         "<ul>" + "".join(f"<li>{_e(r)}</li>" for r in report["verdict_reasons"]) + "</ul>",
         f"<p class='small'>Rule: {_e(json.dumps(report['rule']))}</p>",
         "<h2>Metrics (mean, bootstrap 95% interval)</h2>",
+        "<p class='small'>Answer metrics cover the rows that expect a domain answer; off-topic rows and probes "
+        "are scored by the refusal rate, in-domain rows and probes by the wrong-refusal rate, and rows whose "
+        "reference is a stock reply shared by several rows by neither (see each row's flags in the JSON).</p>",
         _summary_table(report, labels),
         _img(plots, "metrics", "Metric means with 95% intervals"),
         "<h2>Candidate minus baseline (paired)</h2>",

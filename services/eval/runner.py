@@ -19,7 +19,7 @@ from ftcommon.artifacts import ArtifactStore
 from ftcommon.errors import InvalidArgument
 from ftcommon.jobs import EventKind, JobStore
 from services.eval import benchmarks
-from services.eval.analysis import Example, ModelOutputs, build_report
+from services.eval.analysis import Example, ModelOutputs, answer_rows, build_report
 from services.eval.clients import Clients, Messages, RunStopped
 from services.eval.config import EvalSettings
 from services.eval.metrics import DEFAULT_REFUSAL_TEXT, RefusalDetector
@@ -153,6 +153,7 @@ class RunExecutor:
                 "off_topic_probes": len(probes) if REFUSAL in wanted else 0,
                 "in_domain_probes": len(in_domain) if REFUSAL in wanted else 0,
                 "canned_reference_rows": sum(e.canned_reference for e in examples),
+                "answer_metric_rows": len(answer_rows(examples)) if examples else 0,
             },
         )
         return self._store_report(report)
