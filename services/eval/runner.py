@@ -153,7 +153,7 @@ class RunExecutor:
                 "off_topic_probes": len(probes) if REFUSAL in wanted else 0,
                 "in_domain_probes": len(in_domain) if REFUSAL in wanted else 0,
                 "canned_reference_rows": sum(e.canned_reference for e in examples),
-                "answer_metric_rows": len(answer_rows(examples)) if examples else 0,
+                "answer_metric_rows": len(answer_rows(examples)),
             },
         )
         return self._store_report(report)

@@ -300,7 +300,8 @@ class FinetuneRecipe:
         folder = self.config.work_dir / "checkpoints" / f"step-{self.state.step:07d}"
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(_rng_state(), folder / f"rng-rank{self.rank}.pt")
-        trainable = self.full_trainable_weights()  # every process takes part when the weights are sharded
+        # Gathering sharded weights is a collective; unsharded, only the writer needs a copy.
+        trainable = self.full_trainable_weights() if self.sharded or self.is_main else {}
         if self.sharded:
             torch.save(self.optimizer.state_dict(), folder / f"optimizer-rank{self.rank}.pt")
         if self.is_main:
@@ -320,13 +321,7 @@ class FinetuneRecipe:
             raise ValueError("a checkpoint resumes with the number of processes that wrote it")
         state["best_validation_loss"] = float(state["best_validation_loss"])
         self.state = TrainingState(**state)
-        weights = load_file(str(folder / TRAINABLE_WEIGHTS))
-        named = dict(self._trainable_named())
-        if set(weights) != set(named):
-            raise ValueError(f"{folder} holds weights for another model or adapter configuration")
-        with torch.no_grad():
-            for name, tensor in weights.items():
-                named[name].copy_(_like(named[name], tensor.to(self.device)))
+        self._assign_trainable(load_file(str(folder / TRAINABLE_WEIGHTS)), str(folder))
         optimizer_file = f"optimizer-rank{self.rank}.pt" if self.sharded else "optimizer.pt"
         self.optimizer.load_state_dict(
             torch.load(folder / optimizer_file, map_location=self.device, weights_only=False)
@@ -348,10 +343,15 @@ class FinetuneRecipe:
         trained = self.full_trainable_weights()
         if self.is_main:
             self.model = self._load_model()
-            named = dict(self._trainable_named())
-            with torch.no_grad():
-                for name, tensor in trained.items():
-                    named[name].copy_(tensor)
+            self._assign_trainable(trained, "the trained weights")
+
+    def _assign_trainable(self, weights: dict[str, torch.Tensor], source: str) -> None:
+        named = dict(self._trainable_named())
+        if set(weights) != set(named):
+            raise ValueError(f"{source} holds weights for another model or adapter configuration")
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                named[name].copy_(_like(named[name], tensor.to(named[name].device)))
 
     def _trainable_named(self) -> Iterator[tuple[str, torch.nn.Parameter]]:
         return ((name, p) for name, p in self.model.named_parameters() if p.requires_grad)
