@@ -95,17 +95,23 @@ def data_stub(data_server: "DataServer") -> Iterator[data_pb2_grpc.DataServiceSt
 @pytest.fixture(scope="session")
 def inference_server(data_root: Path, trainer_server: RunningServer) -> Iterator["InferenceServer"]:
     """The gateway on loopback (gRPC and HTTP on free ports) with the transformers engine: it starts in seconds."""
-    from services.inference.config import InferenceSettings
+    from gateway_support import loopback_gateway_settings
+
     from services.inference.server import build_server
 
-    settings = InferenceSettings(
-        data_dir=data_root,
-        port=0,
-        http_port=0,
-        trainer_address=trainer_server.address,
-        engine="transformers",
-        require_api_key=False,
+    running = build_server(
+        loopback_gateway_settings(data_root, trainer_server.address, require_api_key=False)
     )
-    running = build_server(settings)
     yield running
     running.stop(grace=1)
+
+
+@pytest.fixture(scope="module")
+def two_torch_threads() -> Iterator[None]:
+    """Training tests pin torch to the machine's two cores and give the previous count back."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)

@@ -9,6 +9,7 @@ import grpc
 import httpx
 import openai
 import pytest
+from gateway_support import loopback_gateway_settings
 from transformers import AutoTokenizer
 
 from finetune.v1 import common_pb2, inference_pb2, inference_pb2_grpc, trainer_pb2
@@ -24,12 +25,9 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest.fixture(scope="module")
 def settings(data_root: Path, trainer_server) -> InferenceSettings:
-    return InferenceSettings(
-        data_dir=data_root,
-        port=0,
-        http_port=0,
-        engine="transformers",
-        trainer_address=trainer_server.address,
+    return loopback_gateway_settings(
+        data_root,
+        trainer_server.address,
         model=ALIAS,
         max_model_len=1024,
         max_request_bytes=64 * 1024,

@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 import torch
+from gateway_support import loopback_gateway_settings
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
@@ -27,12 +28,9 @@ CHAT_ROUTE = "/v1/chat/completions"
 
 @pytest.fixture(scope="module")
 def settings(data_root: Path, trainer_server) -> InferenceSettings:
-    return InferenceSettings(
-        data_dir=data_root,
-        port=0,
-        http_port=0,
-        engine="transformers",
-        trainer_address=trainer_server.address,
+    return loopback_gateway_settings(
+        data_root,
+        trainer_server.address,
         model=ALIAS,
         max_model_len=512,
         max_queue=MAX_QUEUE,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from gateway_support import loopback_gateway_settings
 from typer.testing import CliRunner
 
 from finetune.v1 import trainer_pb2
@@ -28,12 +29,9 @@ def gateway(
         trainer_pb2.RegisterBaseModelRequest(name=COPY_NAME, path=str(default_model_dir)), timeout=120
     )
     trainer_stub.SetAlias(trainer_pb2.SetAliasRequest(alias=ALIAS, model=DEFAULT_BASE_MODEL_NAME))
-    settings = InferenceSettings(
-        data_dir=data_root,
-        port=0,
-        http_port=0,
-        engine="transformers",
-        trainer_address=trainer_server.address,
+    settings = loopback_gateway_settings(
+        data_root,
+        trainer_server.address,
         model=ALIAS,
         max_model_len=512,
         require_api_key=False,

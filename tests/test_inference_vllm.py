@@ -5,8 +5,8 @@ from pathlib import Path
 
 import openai
 import pytest
+from gateway_support import loopback_gateway_settings
 
-from services.inference.config import InferenceSettings
 from services.inference.engine.vllm_engine import vllm_available
 from services.inference.server import InferenceServer, build_server
 from services.trainer.config import DEFAULT_BASE_MODEL_NAME
@@ -20,12 +20,10 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 def gateway(
     data_root: Path, trainer_server, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[InferenceServer]:
-    settings = InferenceSettings(
-        data_dir=data_root,
-        port=0,
-        http_port=0,
+    settings = loopback_gateway_settings(
+        data_root,
+        trainer_server.address,
         engine="vllm",
-        trainer_address=trainer_server.address,
         model="vllm-test-prod",
         max_model_len=1024,
         require_api_key=False,

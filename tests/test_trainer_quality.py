@@ -20,7 +20,7 @@ from services.trainer.export import export
 from services.trainer.hyperparameters import ALL_LINEAR, validate
 from services.trainer.recipe import FinetuneRecipe, RecipeConfig
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("two_torch_threads")]
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "platform_qa.jsonl"
 END_OF_TURN = "<|im_end|>"
@@ -56,14 +56,6 @@ class QuietReporter:
 
     def should_stop(self) -> bool:
         return False
-
-
-@pytest.fixture(scope="module", autouse=True)
-def two_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
 
 
 def conversation(question: str, answer: str) -> list[dict[str, str]]:

@@ -11,7 +11,7 @@ from services.trainer.batches import collate_packed, collate_padded, summed_loss
 from services.trainer.hyperparameters import validate
 from services.trainer.recipe import FinetuneRecipe, RecipeConfig, StopRequested
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("two_torch_threads")]
 
 TINY = {"lora_rank": 4, "lora_dropout": 0.0, "learning_rate": 1e-3, "warmup_steps": 0, "seed": 7}
 
@@ -35,14 +35,6 @@ class Silent:
 
     def should_stop(self) -> bool:
         return self.stop_after is not None and len(self.steps) >= self.stop_after
-
-
-@pytest.fixture(scope="module", autouse=True)
-def few_threads():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
