@@ -135,7 +135,8 @@ def summed_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         logits_to_keep=positions.to(batch.input_ids.device),
         **bounds,
     ).logits
-    kept_logits = logits.float().reshape(-1, logits.size(-1))
+    # Half-precision logits are upcast for a stable softmax; float64 (the invariant tests' reference) stays.
+    kept_logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).reshape(-1, logits.size(-1))
     kept_labels = targets[:, positions].reshape(-1).to(kept_logits.device)
     return torch.nn.functional.cross_entropy(
         kept_logits, kept_labels, ignore_index=IGNORE_INDEX, reduction="sum"
