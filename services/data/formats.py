@@ -1,12 +1,15 @@
 """File formats: detect JSONL, JSON array, CSV or Parquet from the bytes, and read them into raw rows.
 
 Reading never trusts the file name alone: a Parquet file renamed `.jsonl` is caught by its magic bytes
-and named as such, because the user would otherwise see a wall of "bad JSON" rows.
+and named as such, because the user would otherwise see a wall of "bad JSON" rows. Between CSV and JSON
+the name decides first, since a CSV header may well start with "[" or "{".
 """
 
+import codecs
 import csv
 import enum
 import io
+import itertools
 import json
 from pathlib import PurePosixPath
 from typing import Any
@@ -19,6 +22,10 @@ from services.data.records import RawRecord
 
 PARQUET_MAGIC = b"PAR1"
 UTF8_BOM = b"\xef\xbb\xbf"
+DEFAULT_ENCODING = "utf-8"
+# Excel writes ";" where the decimal separator is a comma, and "Unicode text" exports use tabs.
+CSV_DELIMITERS = (",", ";", "\t")
+_SNIFFED_CSV_ROWS = 50
 
 
 class FileFormat(enum.IntEnum):
@@ -63,6 +70,8 @@ def detect_format(data: bytes, filename: str, requested: FileFormat | None) -> F
         )
     if requested is not None:
         return requested
+    if named == FileFormat.CSV:
+        return FileFormat.CSV
     first = data.lstrip(UTF8_BOM).lstrip()[:1]
     if first == b"[":
         return FileFormat.JSON
@@ -71,27 +80,42 @@ def detect_format(data: bytes, filename: str, requested: FileFormat | None) -> F
     return named or FileFormat.CSV
 
 
-def decode_utf8(data: bytes) -> str:
+def decode_text(data: bytes, encoding: str) -> str:
+    """The file as text in `encoding` (a Python codec name; empty: UTF-8, with or without a BOM)."""
     try:
-        return data.removeprefix(UTF8_BOM).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        offset = exc.start + (len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0)
-        line = data.count(b"\n", 0, offset) + 1
+        codec = codecs.lookup(encoding.strip() or DEFAULT_ENCODING).name
+        # A codec such as base64 or zlib turns bytes into bytes: no text comes out of it.
+        "".encode(codec)
+    except (LookupError, TypeError):
         raise InvalidArgument(
-            f"the file is not UTF-8: byte 0x{data[offset]:02x} at byte offset {offset} cannot be decoded",
-            field="file",
+            f"unknown text encoding '{encoding}': use a Python codec name such as utf-8, cp1252, latin-1 "
+            "or utf-16",
+            field="encoding",
+        ) from None
+    skipped = len(UTF8_BOM) if codec == DEFAULT_ENCODING and data.startswith(UTF8_BOM) else 0
+    try:
+        return data[skipped:].decode(codec)
+    except UnicodeDecodeError as exc:
+        offset = exc.start + skipped
+        line = data[skipped:offset].decode(codec, errors="replace").count("\n") + 1
+        named = "UTF-8" if codec == DEFAULT_ENCODING else encoding.strip()
+        hint = "; name its encoding, e.g. --encoding cp1252" if codec == DEFAULT_ENCODING else ""
+        raise InvalidArgument(
+            f"the file is not {named}: byte 0x{data[offset]:02x} at byte offset {offset} cannot be "
+            f"decoded{hint}",
+            field="encoding",
             row=line,
         ) from None
 
 
 def read_records(
-    data: bytes, file_format: FileFormat, max_row_bytes: int
+    data: bytes, file_format: FileFormat, max_row_bytes: int, encoding: str = ""
 ) -> tuple[list[RawRecord], list[str]]:
     """(rows, column names). Rows that cannot be parsed carry their error; files that cannot be read at
-    all raise InvalidArgument."""
+    all raise InvalidArgument. `encoding` applies to the text formats; Parquet strings are UTF-8."""
     if file_format == FileFormat.PARQUET:
         return _read_parquet(data, max_row_bytes)
-    text = decode_utf8(data)
+    text = decode_text(data, encoding)
     if file_format == FileFormat.JSONL:
         return _read_jsonl(text, max_row_bytes)
     if file_format == FileFormat.JSON:
@@ -159,7 +183,7 @@ def _read_json_array(text: str, max_row_bytes: int) -> tuple[list[RawRecord], li
 def _read_csv(text: str, max_row_bytes: int) -> tuple[list[RawRecord], list[str]]:
     # The row limit is ours to enforce (with the row's line); csv's own per-field limit would abort the file.
     csv.field_size_limit(2**31 - 1)
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sniff_delimiter(text))
     try:
         header = next(reader)
     except StopIteration:
@@ -195,6 +219,25 @@ def _read_csv(text: str, max_row_bytes: int) -> tuple[list[RawRecord], list[str]
             # A short row leaves its last columns out, so they read as missing fields.
             records.append(RawRecord(start_line, dict(zip(header, values, strict=False))))
     return records, header
+
+
+def sniff_delimiter(text: str) -> str:
+    """The delimiter that reads the first rows as a table: a header of at least two columns that the most
+    rows match, then the most columns; "," when none splits the header (a one-column file)."""
+    best, best_score = CSV_DELIMITERS[0], (0.0, 1)
+    for delimiter in CSV_DELIMITERS:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        try:
+            header, *rows = itertools.islice(reader, _SNIFFED_CSV_ROWS)
+        except (csv.Error, ValueError):
+            continue  # unreadable with this delimiter (or empty): the real read reports the file's error
+        rows = [row for row in rows if any(value.strip() for value in row)]
+        if len(header) < 2:
+            continue
+        matching = sum(1 for row in rows if len(row) == len(header)) / len(rows) if rows else 1.0
+        if (matching, len(header)) > best_score:
+            best, best_score = delimiter, (matching, len(header))
+    return best
 
 
 def _read_parquet(data: bytes, max_row_bytes: int) -> tuple[list[RawRecord], list[str]]:

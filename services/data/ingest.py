@@ -10,7 +10,7 @@ from typing import Any
 from ftcommon.errors import InvalidArgument
 from services.data.duplicates import DuplicateGroup, find_duplicates
 from services.data.formats import FileFormat, detect_format, read_records
-from services.data.pii import PiiFinding, scan_conversation
+from services.data.pii import PiiAllowList, PiiFinding, scan_conversation
 from services.data.records import Conversation, Rejection
 from services.data.schemas import Schema, plan_fields, to_conversation
 from services.data.validation import check_conversation, is_empty_field_rejection
@@ -27,6 +27,8 @@ class IngestOptions:
     field_mapping: dict[str, str] = field(default_factory=dict)
     strict: bool = False
     redact_pii: bool = False
+    encoding: str = ""  # empty: utf-8
+    pii_allow: tuple[str, ...] = ()
 
 
 @dataclass
@@ -52,8 +54,9 @@ class IngestResult:
 
 
 def ingest(data: bytes, options: IngestOptions, max_row_bytes: int, near_threshold: float) -> IngestResult:
+    allow = PiiAllowList.parse(options.pii_allow, "pii_allow")
     file_format = detect_format(data, options.filename, options.file_format)
-    records, columns = read_records(data, file_format, max_row_bytes)
+    records, columns = read_records(data, file_format, max_row_bytes, options.encoding)
     if not records:
         raise InvalidArgument("the file has no rows", field="file")
     if all(record.error for record in records):
@@ -76,7 +79,7 @@ def ingest(data: bytes, options: IngestOptions, max_row_bytes: int, near_thresho
         raise InvalidArgument(
             f"strict mode rejects the file: {_quote(rejected)}", field=rejected[0].field, row=rejected[0].line
         )
-    pii = [finding for c in kept for finding in scan_conversation(c, options.redact_pii)]
+    pii = [finding for c in kept for finding in scan_conversation(c, options.redact_pii, allow)]
     duplicates = find_duplicates(kept, near_threshold)
     counts = {
         "rows_total": len(records),
@@ -84,7 +87,8 @@ def ingest(data: bytes, options: IngestOptions, max_row_bytes: int, near_thresho
         "rows_rejected": len(rejected),
         "exact_duplicates": sum(len(g.lines) - 1 for g in duplicates if g.exact),
         "near_duplicates": sum(len(g.lines) - 1 for g in duplicates if not g.exact),
-        "pii_found": len(pii),
+        "pii_found": sum(1 for p in pii if not p.allowed),
+        "pii_allowed": sum(1 for p in pii if p.allowed),
         "empty_fields": sum(1 for r in rejected if is_empty_field_rejection(r)),
     }
     return IngestResult(file_format, plan.schema, kept, rejected, duplicates, pii, counts)

@@ -1,8 +1,14 @@
-"""Secrets and personal data in free text: emails, phone numbers and API keys, found and optionally redacted."""
+"""Secrets and personal data in free text: emails, phone numbers and API keys, found and optionally redacted.
+
+An allow-list names what the model should learn (a company's own domain, its help-desk address or
+switchboard number): such findings are reported as allowed and never redacted.
+"""
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ftcommon.errors import InvalidArgument
 from services.data.records import Conversation
 
 # Order matters when spans overlap: keys first (an AKIA key is also a run of capitals), then emails.
@@ -27,6 +33,11 @@ PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ),
 )
 PLACEHOLDERS = {"api_key": "[API_KEY]", "email": "[EMAIL]", "phone": "[PHONE]"}
+_DOMAIN = re.compile(r"^[a-z0-9-]+(?:\.[a-z0-9-]+)+$")
+_PHONE_ENTRY = re.compile(r"^\+?[\d\s().-]+$")
+_MIN_PHONE_DIGITS = 6
+# How many rows a strict-mode refusal quotes before saying "and N more".
+_QUOTED_ROWS = 5
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,51 @@ class PiiFinding:
     kind: str
     field: str
     redacted: bool
+    allowed: bool = False
+
+
+@dataclass(frozen=True)
+class PiiAllowList:
+    """Email domains (their subdomains too), exact addresses and phone numbers (compared by digits)."""
+
+    domains: frozenset[str] = frozenset()
+    addresses: frozenset[str] = frozenset()
+    phone_digits: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, entries: Sequence[str], field: str) -> "PiiAllowList":
+        """InvalidArgument naming `field[i]` for an entry that is neither a domain, an address nor a phone."""
+        domains, addresses, phones = set(), set(), set()
+        for index, raw in enumerate(entries):
+            entry = raw.strip().lower()
+            digits = _digits(entry)
+            if "@" in entry.strip("@"):
+                addresses.add(entry)
+            elif _DOMAIN.match(entry.lstrip("@")):
+                domains.add(entry.lstrip("@"))
+            elif _PHONE_ENTRY.match(entry) and len(digits) >= _MIN_PHONE_DIGITS:
+                phones.add(digits)
+            else:
+                raise InvalidArgument(
+                    f"'{raw}' is not an email domain (company.internal), an address (print@company.internal) "
+                    "or a phone number",
+                    field=f"{field}[{index}]",
+                )
+        return cls(frozenset(domains), frozenset(addresses), frozenset(phones))
+
+    def allows(self, kind: str, text: str) -> bool:
+        if kind == "email":
+            address = text.lower()
+            domain = address.rpartition("@")[2]
+            return address in self.addresses or any(
+                domain == allowed or domain.endswith("." + allowed) for allowed in self.domains
+            )
+        # A key is a secret whoever owns it: no allow-list entry keeps one.
+        return kind == "phone" and _digits(text) in self.phone_digits
+
+
+def _digits(text: str) -> str:
+    return "".join(c for c in text if c.isdigit())
 
 
 def scan_text(text: str) -> list[tuple[str, int, int]]:
@@ -53,15 +109,57 @@ def redact_text(text: str, spans: list[tuple[str, int, int]]) -> str:
     return text
 
 
-def scan_conversation(conversation: Conversation, redact: bool) -> list[PiiFinding]:
-    """Findings in every message; with `redact`, the messages are rewritten in place."""
+def scan_conversation(
+    conversation: Conversation, redact: bool, allow: PiiAllowList = PiiAllowList()
+) -> list[PiiFinding]:
+    """Findings in every message; with `redact`, the messages are rewritten in place (allowed spans stay)."""
     findings = []
     for index, message in enumerate(conversation.messages):
-        spans = scan_text(message["content"])
+        text = message["content"]
+        spans = scan_text(text)
         if not spans:
             continue
-        field = conversation.fields[index] if index < len(conversation.fields) else f"messages[{index}]"
-        findings.extend(PiiFinding(conversation.line, kind, field, redact) for kind, _, _ in spans)
+        field = (
+            conversation.fields[index]
+            if index < len(conversation.fields)
+            else f"messages[{index}] ({message['role']})"
+        )
+        allowed = [allow.allows(kind, text[start:end]) for kind, start, end in spans]
+        findings.extend(
+            PiiFinding(conversation.line, kind, field, redact and not ok, ok)
+            for (kind, _, _), ok in zip(spans, allowed, strict=True)
+        )
         if redact:
-            message["content"] = redact_text(message["content"], spans)
+            message["content"] = redact_text(
+                text, [s for s, ok in zip(spans, allowed, strict=True) if not ok]
+            )
     return findings
+
+
+def refuse_remaining_pii(conversations: Sequence[Conversation], allow: PiiAllowList) -> None:
+    """Strict mode: InvalidArgument naming the rows, fields and kinds of PII that is neither allowed nor
+    redacted (the conversations are scanned, not changed)."""
+    remaining = [
+        (conversation.line, [f for f in scan_conversation(conversation, False, allow) if not f.allowed])
+        for conversation in conversations
+    ]
+    remaining = [(line, findings) for line, findings in remaining if findings]
+    if not remaining:
+        return
+    kinds: dict[str, int] = {}
+    for _, findings in remaining:
+        for finding in findings:
+            kinds[finding.kind] = kinds.get(finding.kind, 0) + 1
+    quoted = "; ".join(
+        f"line {line}: {', '.join(sorted({f'{f.kind} in {f.field}' for f in findings}))}"
+        for line, findings in remaining[:_QUOTED_ROWS]
+    )
+    more = f"; and {len(remaining) - _QUOTED_ROWS} more rows" if len(remaining) > _QUOTED_ROWS else ""
+    raise InvalidArgument(
+        f"strict PII mode refuses to prepare: {len(remaining)} row{'s' if len(remaining) > 1 else ''} "
+        "still hold "
+        f"{', '.join(f'{count} {kind}' for kind, count in sorted(kinds.items()))} ({quoted}{more}); "
+        "redact them (--redact-pii) or allow what the model should learn (--pii-allow company.internal)",
+        field="pii.strict",
+        row=remaining[0][0],
+    )

@@ -2,7 +2,10 @@
 and the conversion of one raw row into a conversation (or the reason it cannot be one)."""
 
 import enum
+import json
 import re
+import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,15 +30,65 @@ REQUIRED_FIELDS: dict[Schema, tuple[str, ...]] = {
     Schema.TEXT: ("text",),
 }
 OPTIONAL_FIELDS: dict[Schema, tuple[str, ...]] = {Schema.ALPACA: ("input",)}
+_SUGGESTION_ORDER = (
+    Schema.QUESTION_ANSWER,
+    Schema.PROMPT_COMPLETION,
+    Schema.ALPACA,
+    Schema.MESSAGES,
+    Schema.TEXT,
+)
 KNOWN_FIELDS = sorted(
     {f for fields in (*REQUIRED_FIELDS.values(), *OPTIONAL_FIELDS.values()) for f in fields}
 )
+
+# Column names that usually hold each of our fields (compared lower-case, without punctuation).
+_USUAL_COLUMNS: dict[str, tuple[str, ...]] = {
+    "question": (
+        "q",
+        "question",
+        "questions",
+        "query",
+        "ask",
+        "prompt",
+        "input",
+        "user",
+        "frage",
+        "pregunta",
+    ),
+    "answer": ("a", "answer", "answers", "response", "reply", "output", "assistant", "target", "antwort"),
+    "instruction": ("instruction", "instructions", "task", "prompt", "question", "q"),
+    "output": ("output", "response", "answer", "a", "completion", "target"),
+    "prompt": ("prompt", "question", "q", "input", "query"),
+    "completion": ("completion", "response", "answer", "a", "output", "target"),
+    "text": ("text", "content", "body", "document", "sample"),
+    "messages": ("messages", "conversation", "conversations", "dialog", "dialogue", "chat", "turns"),
+}
+_NOT_A_WORD = re.compile(r"[^0-9a-z]+")
 
 # The seed course's single-text format, and Alpaca's: a text row holding both sides of the exchange.
 _TEXT_MARKERS = (
     re.compile(r"^\s*###\s*Question:\s*(?P<user>.*?)\s*###\s*Answer:\s*(?P<assistant>.*)$", re.S),
     re.compile(r"^\s*###\s*Instruction:\s*(?P<user>.*?)\s*###\s*Response:\s*(?P<assistant>.*)$", re.S),
 )
+
+
+class SchemaNotDetected(InvalidArgument):
+    """No schema fits the columns. Carries the field mapping that would (when one can be guessed), also as
+    trailing metadata so that a client can print the exact command to run."""
+
+    METADATA_KEY = "suggested-field-mapping"
+
+    def __init__(self, message: str, *, field: str, suggestion: dict[str, str]) -> None:
+        super().__init__(message, field=field)
+        self.suggestion = suggestion
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        extra = ((self.METADATA_KEY, json.dumps(self.suggestion)),) if self.suggestion else ()
+        return super().trailing_metadata() + extra
+
+
+def map_flags(mapping: dict[str, str]) -> str:
+    return " ".join(f"--map {shlex.quote(f'{ours}={theirs}')}" for ours, theirs in mapping.items())
 
 
 @dataclass(frozen=True)
@@ -69,15 +122,60 @@ def plan_fields(requested: Schema | None, mapping: dict[str, str], columns: list
         if all(available(name) for name in REQUIRED_FIELDS[schema]):
             fields = REQUIRED_FIELDS[schema] + OPTIONAL_FIELDS.get(schema, ())
             return FieldPlan(schema, {name: column for name in fields if (column := available(name))})
-    # Name the missing columns of the schema the file comes closest to.
-    closest = max(candidates, key=lambda s: sum(1 for n in REQUIRED_FIELDS[s] if available(n)))
+    # Name the missing columns of the schema a mapping was found for, or else of the closest one.
+    suggested_schema, suggestion = suggest_mapping(candidates, mapping, columns)
+    closest = suggested_schema or _by_closeness(candidates, available)[0]
     missing = [name for name in REQUIRED_FIELDS[closest] if not available(name)]
-    raise InvalidArgument(
-        f"the file has no column {', '.join(repr(m) for m in missing)} needed by the "
-        f"{closest.name.lower()} schema (its columns are: {', '.join(columns) or 'none'}); "
-        "name the columns with a field mapping",
-        field="schema" if requested else missing[0],
+    advice = (
+        f"this field mapping would work: {map_flags(suggestion)}"
+        if suggestion
+        else f"name the columns with a field mapping ({' '.join(f'--map {m}=COLUMN' for m in missing)})"
     )
+    raise SchemaNotDetected(
+        f"the file has no column{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing)} "
+        "needed by the "
+        f"{closest.name.lower()} schema (its columns are: {', '.join(columns) or 'none'}); {advice}",
+        field="schema" if requested else missing[0],
+        suggestion=suggestion,
+    )
+
+
+def _by_closeness(candidates: list[Schema], available: Callable[[str], str | None]) -> list[Schema]:
+    """Most required fields present first; ties in the order users most often mean."""
+    return sorted(
+        candidates,
+        key=lambda s: (-sum(1 for n in REQUIRED_FIELDS[s] if available(n)), _SUGGESTION_ORDER.index(s)),
+    )
+
+
+def suggest_mapping(
+    candidates: list[Schema], mapping: dict[str, str], columns: list[str]
+) -> tuple[Schema | None, dict[str, str]]:
+    """The schema and whole field mapping (the one given plus the missing fields) of the closest schema
+    whose required fields all find a column by a usual name; for a file of exactly two columns, question
+    and answer in their order. (None, {}) when nothing fits."""
+    by_word = {_NOT_A_WORD.sub("", column.lower()): column for column in reversed(columns)}
+
+    def available(name: str) -> str | None:
+        return mapping.get(name) or (name if name in columns else None)
+
+    for schema in _by_closeness(candidates, available):
+        chosen = dict(mapping)
+        for name in REQUIRED_FIELDS[schema]:
+            if name in chosen or name in columns:
+                continue
+            taken = set(chosen.values()) | set(REQUIRED_FIELDS[schema])
+            column = next(
+                (by_word[w] for w in _USUAL_COLUMNS[name] if w in by_word and by_word[w] not in taken), None
+            )
+            if column is None:
+                break
+            chosen[name] = column
+        else:
+            return schema, chosen
+    if Schema.QUESTION_ANSWER in candidates and len(columns) == 2 and not mapping:
+        return Schema.QUESTION_ANSWER, {"question": columns[0], "answer": columns[1]}
+    return None, {}
 
 
 def to_conversation(record: RawRecord, plan: FieldPlan) -> Conversation | Rejection:

@@ -82,6 +82,8 @@ def ingest_options(options: data_pb2.IngestOptions, filename: str) -> IngestOpti
         field_mapping=dict(options.field_mapping),
         strict=options.strict,
         redact_pii=options.redact_pii,
+        encoding=options.encoding,
+        pii_allow=tuple(options.pii_allow),
     )
 
 
