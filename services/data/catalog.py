@@ -6,7 +6,7 @@ half-registered dataset.
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -47,6 +47,8 @@ class VersionRecord:
     tokenizer_sha256: str
     chat_template_sha256: str
     created_at: datetime
+    # Per split: PII left, redacted and allowed (see pii.pii_counts); empty for versions made before.
+    split_pii: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Catalog:
@@ -123,6 +125,7 @@ class Catalog:
                         tokenizer_sha256=record.tokenizer_sha256,
                         chat_template_sha256=record.chat_template_sha256,
                         created_at=record.created_at,
+                        split_pii=json.dumps(record.split_pii),
                     )
                 )
         except IntegrityError:
@@ -185,4 +188,5 @@ def _version(row: Any) -> VersionRecord:
         tokenizer_sha256=row["tokenizer_sha256"],
         chat_template_sha256=row["chat_template_sha256"],
         created_at=row["created_at"],
+        split_pii=json.loads(row["split_pii"] or "{}"),
     )

@@ -7,6 +7,7 @@ switchboard number): such findings are reported as allowed and never redacted.
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ftcommon.errors import InvalidArgument
 from services.data.records import Conversation
@@ -38,6 +39,8 @@ _PHONE_ENTRY = re.compile(r"^\+?[\d\s().-]+$")
 _MIN_PHONE_DIGITS = 6
 # How many rows a strict-mode refusal quotes before saying "and N more".
 _QUOTED_ROWS = 5
+# How many source lines a split's PII counts list.
+_LISTED_LINES = 100
 
 
 @dataclass(frozen=True)
@@ -163,3 +166,23 @@ def refuse_remaining_pii(conversations: Sequence[Conversation], allow: PiiAllowL
         field="pii.strict",
         row=remaining[0][0],
     )
+
+
+def pii_counts(rows: Sequence[tuple[int, list[PiiFinding]]]) -> dict[str, Any]:
+    """One split's PII from its rows' (source line, findings): the rows and findings left (by kind, with
+    the first lines), and the findings redacted or kept by the allow-list."""
+    left = [(line, [f for f in findings if not f.redacted and not f.allowed]) for line, findings in rows]
+    left = [(line, findings) for line, findings in left if findings]
+    kinds: dict[str, int] = {}
+    for _, findings in left:
+        for finding in findings:
+            kinds[finding.kind] = kinds.get(finding.kind, 0) + 1
+    every = [finding for _, findings in rows for finding in findings]
+    return {
+        "rows": len(left),
+        "findings": sum(kinds.values()),
+        "kinds": kinds,
+        "lines": [line for line, _ in left[:_LISTED_LINES]],
+        "redacted": sum(1 for f in every if f.redacted),
+        "allowed": sum(1 for f in every if f.allowed),
+    }

@@ -25,6 +25,7 @@ from ftcommon.ids import sha256_bytes, sha256_file, sha256_json
 from services.data.base_models import BaseModel, BaseModels
 from services.data.catalog import Catalog, DatasetRecord, VersionRecord
 from services.data.duplicates import DuplicateGroup, line_groups
+from services.data.pii import PiiAllowList, PiiFinding, pii_counts, scan_conversation
 from services.data.records import Conversation
 from services.data.refusals import off_topic_questions, refusal_answer
 from services.data.splitting import SPLITS, assign_splits, shuffled
@@ -92,7 +93,21 @@ def effective_request(
     if refusals.fraction > 0 and not (refusals.domain.strip() or refusals.refusal_text.strip()):
         raise InvalidArgument("is required when refusals.fraction > 0", field="refusals.domain")
     effective.system_prompt = effective.system_prompt.strip()
+    pii = effective.pii
+    PiiAllowList.parse(pii.allow, "pii.allow")
+    allow = sorted({entry.strip() for entry in pii.allow})
+    del pii.allow[:]
+    pii.allow.extend(allow)
+    if not (pii.redact or pii.strict or pii.allow):
+        # No options is the same request as none at all (and the same version id).
+        effective.ClearField("pii")
     return effective
+
+
+def load_conversations(store: ArtifactStore, dataset: DatasetRecord) -> list[Conversation]:
+    """The dataset's kept rows, as stored at upload."""
+    with store.open(dataset.normalized.uri, "rb") as handle:
+        return [Conversation.from_json(json.loads(line.decode())) for line in handle if line.strip()]
 
 
 def request_to_json(request: data_pb2.PrepareDatasetRequest) -> dict[str, Any]:
@@ -158,7 +173,10 @@ class PrepareRunner:
         model = BaseModel(**payload["model"])
         dataset = self.catalog.get_dataset(request.dataset_id)
         progress(0.01, "loading the dataset and the tokenizer", {})
-        conversations = self._load_conversations(dataset)
+        conversations = load_conversations(self.store, dataset)
+        # Only the dataset's rows are scanned: the system prompt and refusal rows are the operator's own text.
+        allow = PiiAllowList.parse(request.pii.allow, "pii.allow")
+        pii_of = {id(c): scan_conversation(c, request.pii.redact, allow) for c in conversations}
         groups = self._group_keys(dataset, conversations)
         refusal_rows = self._refusal_rows(request, len(conversations))
         conversations += refusal_rows
@@ -190,6 +208,7 @@ class PrepareRunner:
         with tempfile.TemporaryDirectory(dir=self.scratch_dir) as scratch:
             folder = Path(scratch)
             split_stats = self._write_splits(folder, examples, splits, request.seed)
+            split_pii = self._split_pii(examples, splits, pii_of)
             tokenizer_sha = self._tokenizer_sha(model)
             (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
             manifest = {
@@ -204,6 +223,7 @@ class PrepareRunner:
                 "dropped_too_long": dropped,
                 "truncated": truncated,
                 "refusal_rows": len(refusal_rows),
+                "split_pii": split_pii,
                 "tokenizer_sha256": tokenizer_sha,
                 "chat_template_sha256": sha256_bytes(template.encode()),
             }
@@ -226,18 +246,30 @@ class PrepareRunner:
             tokenizer_sha256=tokenizer_sha,
             chat_template_sha256=manifest["chat_template_sha256"],
             created_at=utcnow(),
+            split_pii=split_pii,
         )
         return self.catalog.add_version(record)
-
-    def _load_conversations(self, dataset: DatasetRecord) -> list[Conversation]:
-        with self.store.open(dataset.normalized.uri, "rb") as handle:
-            return [Conversation.from_json(json.loads(line.decode())) for line in handle if line.strip()]
 
     def _group_keys(self, dataset: DatasetRecord, conversations: list[Conversation]) -> list[str]:
         """Each row's duplicate group (exact or near, transitively), so a group lands in one split."""
         report = json.loads(self.store.read_bytes(dataset.report_uri))
         groups = line_groups(DuplicateGroup(**g) for g in report["duplicates"])
         return [f"line:{groups.get(c.line, c.line)}" for c in conversations]
+
+    @staticmethod
+    def _split_pii(
+        examples: list[_Example], splits: list[str], pii_of: dict[int, list[PiiFinding]]
+    ) -> dict[str, dict[str, Any]]:
+        return {
+            split: pii_counts(
+                [
+                    (example.conversation.line, pii_of.get(id(example.conversation), []))
+                    for example, assigned in zip(examples, splits, strict=True)
+                    if assigned == split
+                ]
+            )
+            for split in SPLITS
+        }
 
     @staticmethod
     def _refusal_rows(request: data_pb2.PrepareDatasetRequest, kept_rows: int) -> list[Conversation]:

@@ -19,7 +19,14 @@ from services.data.catalog import Catalog, DatasetRecord, VersionRecord
 from services.data.config import DataSettings
 from services.data.formats import FileFormat
 from services.data.ingest import IngestOptions
-from services.data.prepare import effective_request, request_from_json, request_to_json, version_id
+from services.data.pii import PiiAllowList, refuse_remaining_pii
+from services.data.prepare import (
+    effective_request,
+    load_conversations,
+    request_from_json,
+    request_to_json,
+    version_id,
+)
 from services.data.registration import register_dataset
 from services.data.schemas import Schema
 from services.data.splitting import SPLITS
@@ -55,6 +62,7 @@ def version_message(record: VersionRecord) -> data_pb2.PreparedVersion:
         tokenizer_sha256=record.tokenizer_sha256,
         chat_template_sha256=record.chat_template_sha256,
         created_at=timestamp(record.created_at),
+        split_pii={name: data_pb2.SplitPii(**pii) for name, pii in record.split_pii.items()},
     )
 
 
@@ -241,6 +249,11 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             raise NotFound(err.message, field="dataset_id") from None
         model = self.base_models.resolve(request.base_model)
         effective = effective_request(request, model)
+        if effective.pii.strict and not effective.pii.redact:
+            # Refused here, before a job exists: the caller gets INVALID_ARGUMENT naming the rows.
+            refuse_remaining_pii(
+                load_conversations(self.store, dataset), PiiAllowList.parse(effective.pii.allow, "pii.allow")
+            )
         payload = {
             "version_id": version_id(dataset, model, effective),
             "request": request_to_json(effective),

@@ -1,6 +1,7 @@
 """The data service's own tables: datasets, prepared versions and prepare jobs."""
 
-from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text
+from alembic.operations import Operations
+from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text, inspect
 
 from ftcommon.db import Migration, create_tables
 from ftcommon.jobs import job_tables
@@ -45,11 +46,20 @@ prepared_versions = Table(
     Column("tokenizer_sha256", String(64), nullable=False),
     Column("chat_template_sha256", String(64), nullable=False),
     Column("created_at", DateTime, nullable=False),
+    Column("split_pii", Text, nullable=True),  # JSON; NULL for versions made before PII was counted
 )
+
+
+def _add_split_pii(op: Operations) -> None:
+    # A database created since the column was declared has it already: 0001 creates tables from the metadata.
+    if "split_pii" not in {c["name"] for c in inspect(op.get_bind()).get_columns("prepared_versions")}:
+        op.add_column("prepared_versions", Column("split_pii", Text, nullable=True))
+
 
 MIGRATIONS = [
     Migration(
         "0001_initial",
         create_tables(metadata, "prepare_jobs", "prepare_job_events", "datasets", "prepared_versions"),
     ),
+    Migration("0002_prepared_version_split_pii", _add_split_pii),
 ]
