@@ -159,9 +159,9 @@ def refuse_remaining_pii(conversations: Sequence[Conversation], allow: PiiAllowL
     )
     more = f"; and {len(remaining) - _QUOTED_ROWS} more rows" if len(remaining) > _QUOTED_ROWS else ""
     raise InvalidArgument(
-        f"strict PII mode refuses to prepare: {len(remaining)} row{'s' if len(remaining) > 1 else ''} "
-        "still hold "
-        f"{', '.join(f'{count} {kind}' for kind, count in sorted(kinds.items()))} ({quoted}{more}); "
+        f"strict PII mode refuses to prepare: PII left in {len(remaining)} "
+        f"row{'s' if len(remaining) > 1 else ''} "
+        f"({', '.join(f'{count} {kind}' for kind, count in sorted(kinds.items()))}): {quoted}{more}; "
         "redact them (--redact-pii) or allow what the model should learn (--pii-allow company.internal)",
         field="pii.strict",
         row=remaining[0][0],

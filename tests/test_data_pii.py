@@ -1,0 +1,109 @@
+"""PII at prepare over real gRPC: counted per split, redacted with an allow-list, refused in strict mode."""
+
+import grpc
+import pytest
+from data_fixtures import jsonl, prepare, qa_rows, report, split_rows, upload
+
+from finetune.v1 import data_pb2
+from services.data.splitting import SPLITS
+
+PERSON = "jane.doe@gmail.com"
+PERSON_PHONE = "+1 415-555-0134"
+PRINTER = "print@company.internal"
+ROWS = [
+    *qa_rows(16, "pii"),
+    {"question": "Who approved the budget?", "answer": f"Jane ({PERSON}, {PERSON_PHONE}) approved it."},
+    {"question": "Where do print jobs go?", "answer": f"Mail them to {PRINTER}."},
+]
+PERSON_LINE, PRINTER_LINE = 17, 18
+
+
+@pytest.fixture(scope="module")
+def dataset(data_stub) -> data_pb2.Dataset:
+    return upload(data_stub, jsonl(ROWS), "people.jsonl")
+
+
+def prepared(stub, dataset_id: str, pii: data_pb2.PiiOptions | None = None) -> data_pb2.PreparedVersion:
+    split = data_pb2.SplitFractions(train=0.5, validation=0.25, test=0.25)
+    job = prepare(stub, dataset_id=dataset_id, max_seq_len=128, split=split, pii=pii)
+    return stub.GetPreparedVersion(data_pb2.GetPreparedVersionRequest(id=job.prepared_version_id))
+
+
+def texts(data_root, version: data_pb2.PreparedVersion) -> dict[int, str]:
+    return {
+        row["source_line"]: " ".join(m["content"] for m in row["messages"])
+        for split in SPLITS
+        for row in split_rows(data_root, version, split)
+    }
+
+
+def test_prepare_reports_pii_per_split_and_keeps_it_unless_asked(data_stub, data_root, dataset):
+    version = prepared(data_stub, dataset.id)
+    where = {
+        line: split for split, pii in version.split_pii.items() for line in pii.lines
+    }  # the split each PII row landed in
+    assert where.keys() == {PERSON_LINE, PRINTER_LINE}
+    person_split = version.split_pii[where[PERSON_LINE]]
+    assert person_split.kinds["email"] == 1 and person_split.kinds["phone"] == 1
+    assert sum(p.rows for p in version.split_pii.values()) == 2
+    assert sum(p.findings for p in version.split_pii.values()) == 3
+    assert all(p.redacted == 0 and p.allowed == 0 for p in version.split_pii.values())
+    assert PERSON in texts(data_root, version)[PERSON_LINE]
+
+
+def test_redact_at_prepare_honours_the_allow_list(data_stub, data_root, dataset):
+    pii = data_pb2.PiiOptions(redact=True, allow=["company.internal"])
+    version = prepared(data_stub, dataset.id, pii)
+    rows = texts(data_root, version)
+    assert PERSON not in rows[PERSON_LINE] and PERSON_PHONE not in rows[PERSON_LINE]
+    assert "[EMAIL]" in rows[PERSON_LINE] and "[PHONE]" in rows[PERSON_LINE]
+    assert PRINTER in rows[PRINTER_LINE]
+    assert all(p.rows == 0 and p.findings == 0 for p in version.split_pii.values())
+    assert sum(p.redacted for p in version.split_pii.values()) == 2
+    assert sum(p.allowed for p in version.split_pii.values()) == 1
+    # The options are part of the inputs: a version without them is another version.
+    assert version.id != prepared(data_stub, dataset.id).id
+    assert version.request.pii.allow == ["company.internal"]
+
+
+def test_strict_pii_refuses_naming_rows_and_kinds(data_stub, dataset):
+    with pytest.raises(grpc.RpcError) as err:
+        data_stub.PrepareDataset(
+            data_pb2.PrepareDatasetRequest(
+                dataset_id=dataset.id,
+                base_model="smollm2-135m-instruct",
+                pii=data_pb2.PiiOptions(strict=True, allow=[PRINTER]),
+            )
+        )
+    details = err.value.details()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for text in ("field 'pii.strict'", f"line {PERSON_LINE}", "in 1 row (1 email, 1 phone)", "(assistant)"):
+        assert text in details, details
+    assert f"line {PRINTER_LINE}" not in details  # the allowed address is not PII left behind
+    # Redacted, nothing is left, so strict mode prepares.
+    version = prepared(data_stub, dataset.id, data_pb2.PiiOptions(strict=True, redact=True))
+    assert sum(p.findings for p in version.split_pii.values()) == 0
+
+
+def test_an_allow_list_entry_that_is_no_address_is_named(data_stub, dataset):
+    with pytest.raises(grpc.RpcError) as err:
+        data_stub.PrepareDataset(
+            data_pb2.PrepareDatasetRequest(
+                dataset_id=dataset.id,
+                base_model="smollm2-135m-instruct",
+                pii=data_pb2.PiiOptions(redact=True, allow=["company.internal", "the printer"]),
+            )
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "field 'pii.allow[1]'" in err.value.details() and "'the printer'" in err.value.details()
+
+
+def test_upload_redaction_honours_the_allow_list(data_stub):
+    dataset = upload(data_stub, jsonl(ROWS), redact_pii=True, pii_allow=["@company.internal"])
+    findings = {(p.line, p.kind, p.redacted, p.allowed) for p in report(data_stub, dataset.id).pii}
+    assert findings == {
+        (PERSON_LINE, "email", True, False),
+        (PERSON_LINE, "phone", True, False),
+        (PRINTER_LINE, "email", False, True),
+    }
+    assert dataset.counts.pii_found == 2 and dataset.counts.pii_allowed == 1
