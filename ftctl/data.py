@@ -1,9 +1,13 @@
 """`ftctl data`: upload, register, inspect and prepare datasets on the data service."""
 
 import hashlib
+import json
+import shlex
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import grpc
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
@@ -23,6 +27,8 @@ from ftctl.common import (
 app = typer.Typer(no_args_is_help=True)
 
 CHUNK_BYTES = 1024 * 1024
+# Trailing metadata of a failed schema detection: the field mapping that would work, as JSON.
+SUGGESTED_MAPPING_KEY = "suggested-field-mapping"
 FORMATS = {
     name.removeprefix("DATASET_FORMAT_").lower(): value for name, value in data_pb2.DatasetFormat.items()
 }
@@ -63,7 +69,14 @@ def _mapping(pairs: list[str]) -> dict[str, str]:
 
 
 def _options(
-    name: str, file_format: str | None, schema: str | None, mapping: list[str], strict: bool, redact_pii: bool
+    name: str,
+    file_format: str | None,
+    schema: str | None,
+    mapping: list[str],
+    strict: bool,
+    redact_pii: bool,
+    encoding: str,
+    pii_allow: list[str],
 ) -> data_pb2.IngestOptions:
     return data_pb2.IngestOptions(
         name=name,
@@ -72,7 +85,56 @@ def _options(
         field_mapping=_mapping(mapping),
         strict=strict,
         redact_pii=redact_pii,
+        encoding=encoding,
+        pii_allow=pii_allow,
     )
+
+
+def _retry_command(
+    command: str, target: str, options: data_pb2.IngestOptions, mapping: dict[str, str]
+) -> str:
+    """The same `ftctl data` command with `mapping` as its field mapping."""
+    words = ["ftctl", "data", command, target]
+    if options.name:
+        words += ["--name", options.name]
+    for flag, value, choices in (
+        ("--format", options.format, FORMATS),
+        ("--schema", options.schema, SCHEMAS),
+    ):
+        if value:
+            words += [flag, next(name for name, number in choices.items() if number == value)]
+    words += ["--strict"] * options.strict + ["--redact-pii"] * options.redact_pii
+    if options.encoding:
+        words += ["--encoding", options.encoding]
+    for entry in options.pii_allow:
+        words += ["--pii-allow", entry]
+    for ours, theirs in mapping.items():
+        words += ["--map", f"{ours}={theirs}"]
+    return shlex.join(words)
+
+
+@contextmanager
+def _suggesting_mapping(command: str, target: str, options: data_pb2.IngestOptions) -> Iterator[None]:
+    """After the error of a failed schema detection, prints the exact command whose --map flags would work."""
+    suggestion: dict[str, str] = {}
+    try:
+        with rpc_errors():
+            try:
+                yield
+            except grpc.RpcError as err:
+                metadata = dict(err.trailing_metadata() or ())
+                suggestion = json.loads(metadata.get(SUGGESTED_MAPPING_KEY, "{}"))
+                raise
+    except typer.Exit:
+        if suggestion:
+            # Not wrapped, so the command can be copied as one line.
+            console.print(
+                f"this would work:\n  {_retry_command(command, target, options, suggestion)}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+        raise
 
 
 def _print_dataset(dataset: data_pb2.Dataset, show_json: bool) -> None:
@@ -107,6 +169,15 @@ STRICT = typer.Option(False, "--strict", help="Reject the whole file when any ro
 REDACT = typer.Option(
     False, "--redact-pii", help="Replace emails, phone numbers and API keys with placeholders."
 )
+ENCODING = typer.Option(
+    "", "--encoding", help="Text encoding of a JSONL, JSON or CSV file, e.g. cp1252 (default: utf-8)."
+)
+PII_ALLOW = typer.Option(
+    [],
+    "--pii-allow",
+    help="An email domain (company.internal), address or phone number the model should learn: never "
+    "redacted (repeatable).",
+)
 
 
 def upload_requests(
@@ -130,10 +201,12 @@ def upload(
     mapping: list[str] = MAP,
     strict: bool = STRICT,
     redact_pii: bool = REDACT,
+    encoding: str = ENCODING,
+    pii_allow: list[str] = PII_ALLOW,
     show_json: bool = JSON_OPTION,
 ) -> None:
     """Upload a JSONL, JSON, CSV or Parquet file; it is validated and stored with a report."""
-    options = _options(name, file_format, schema, mapping, strict, redact_pii)
+    options = _options(name, file_format, schema, mapping, strict, redact_pii, encoding, pii_allow)
     size = path.stat().st_size
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -151,7 +224,7 @@ def upload(
         disable=show_json,
     ) as progress:
         task = progress.add_task("upload", total=size)
-        with rpc_errors():
+        with _suggesting_mapping("upload", str(path), options):
             dataset = _data_stub().UploadDataset(
                 upload_requests(metadata, path, lambda sent: progress.advance(task, sent)), timeout=600
             )
@@ -167,13 +240,14 @@ def register(
     mapping: list[str] = MAP,
     strict: bool = STRICT,
     redact_pii: bool = REDACT,
+    encoding: str = ENCODING,
+    pii_allow: list[str] = PII_ALLOW,
     show_json: bool = JSON_OPTION,
 ) -> None:
     """Register a file the data service reads itself (no upload)."""
-    request = data_pb2.RegisterDatasetRequest(
-        source=source, options=_options(name, file_format, schema, mapping, strict, redact_pii)
-    )
-    with rpc_errors():
+    options = _options(name, file_format, schema, mapping, strict, redact_pii, encoding, pii_allow)
+    request = data_pb2.RegisterDatasetRequest(source=source, options=options)
+    with _suggesting_mapping("register", source, options):
         dataset = _data_stub().RegisterDataset(request, timeout=600)
     _print_dataset(dataset, show_json)
 
@@ -326,6 +400,29 @@ def _print_version(version: data_pb2.PreparedVersion, show_json: bool) -> None:
             for name, s in sorted(version.split_stats.items())
         ],
     )
+    pii = sorted(version.split_pii.items())
+    if any(p.findings or p.redacted or p.allowed for _, p in pii):
+        print_table(
+            "PII per split (left in the rows, redacted, kept by --pii-allow)",
+            ["split", "rows with PII", "left", "redacted", "allowed", "source lines"],
+            [
+                [
+                    name,
+                    p.rows,
+                    ", ".join(f"{count} {kind}" for kind, count in sorted(p.kinds.items())) or 0,
+                    p.redacted,
+                    p.allowed,
+                    ", ".join(map(str, p.lines[:10])) + (" ..." if p.rows > 10 else ""),
+                ]
+                for name, p in pii
+            ],
+        )
+    if any(p.findings for _, p in pii):
+        console.print(
+            "PII is left in the prepared rows: prepare again with --redact-pii (and --pii-allow for "
+            "addresses the model should learn), or refuse such data with --strict-pii",
+            markup=False,
+        )
 
 
 @app.command()
@@ -358,6 +455,15 @@ def prepare(
     refusal_text: str = typer.Option(
         "", "--refusal-text", help="A fixed refusal answer instead of the default."
     ),
+    redact_pii: bool = typer.Option(
+        False,
+        "--redact-pii",
+        help="Replace emails, phone numbers and API keys with placeholders in the prepared rows.",
+    ),
+    strict_pii: bool = typer.Option(
+        False, "--strict-pii", help="Refuse to prepare while any PII would be left unredacted."
+    ),
+    pii_allow: list[str] = PII_ALLOW,
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the job's progress until it ends."),
     show_json: bool = JSON_OPTION,
 ) -> None:
@@ -374,6 +480,7 @@ def prepare(
         refusals=data_pb2.RefusalOptions(
             domain=refusal_domain, fraction=refusal_fraction, refusal_text=refusal_text
         ),
+        pii=data_pb2.PiiOptions(redact=redact_pii, strict=strict_pii, allow=pii_allow),
     )
     client = _data_stub()
     with rpc_errors():
