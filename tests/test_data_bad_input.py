@@ -159,3 +159,39 @@ def test_upload_over_the_limit(trainer_server, tmp_path: Path):
             )
     finally:
         server.stop(grace=1)
+
+
+def test_a_file_in_another_encoding_names_the_line_and_the_option(data_stub, data_root):
+    data = "question,answer\nWhat is it?,A platform.\nCaf\u00e9?,Yes.\n".encode("cp1252")
+    expect_rejected(
+        data_stub,
+        data_root,
+        lambda: upload(data_stub, data, "legacy.csv"),
+        mentions=["field 'encoding', line 3", "not UTF-8", "--encoding cp1252"],
+    )
+    utf16 = "question,answer\nWhat is it?,A platform.\n".encode("utf-16")
+    expect_rejected(
+        data_stub,
+        data_root,
+        lambda: upload(data_stub, utf16 + b"\x00\xd8", "odd.csv", encoding="utf-16"),
+        mentions=["field 'encoding', line 3", "not utf-16"],
+    )
+    expect_rejected(
+        data_stub,
+        data_root,
+        lambda: upload(data_stub, data, "legacy.csv", encoding="klingon"),
+        mentions=["field 'encoding'", "unknown text encoding 'klingon'"],
+    )
+
+
+def test_a_failed_schema_detection_suggests_the_mapping_that_works(data_stub, data_root):
+    data = b"q,a\nWhat is it?,A platform.\n"
+    err = expect_rejected(
+        data_stub,
+        data_root,
+        lambda: upload(data_stub, data, "qa.csv"),
+        mentions=["'question', 'answer'", "(its columns are: q, a)", "--map question=q --map answer=a"],
+    )
+    assert ("suggested-field-mapping", '{"question": "q", "answer": "a"}') in err.trailing_metadata()
+    mapping = {"question": "q", "answer": "a"}
+    assert upload(data_stub, data, "qa.csv", field_mapping=mapping).counts.rows_kept == 1

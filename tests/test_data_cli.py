@@ -1,6 +1,7 @@
 """`ftctl data` against the real data service: upload with progress, list, report, preview, prepare, delete."""
 
 import json
+import shlex
 
 import pytest
 from data_fixtures import jsonl, qa_rows
@@ -74,3 +75,14 @@ def test_prepare_without_waiting_prints_the_job(cli_env, tmp_path):
         invoke("prepare", dataset_id, "--base-model", "smollm2-135m-instruct", "--no-wait", "--json")
     )
     assert job["status"]["id"].startswith("prep-")
+
+
+def test_a_failed_schema_detection_prints_the_command_that_works(cli_env, tmp_path):
+    path = tmp_path / "my questions.csv"
+    path.write_text("q;a\nWhat is it?;A platform, for fine-tuning.\n")
+    result = runner.invoke(app, ["upload", str(path), "--name", "faq"])
+    assert result.exit_code == 1 and "INVALID_ARGUMENT" in result.output
+    command = result.output.split("this would work:\n")[1].splitlines()[0].strip()
+    assert command == f"ftctl data upload '{path}' --name faq --map question=q --map answer=a"
+    dataset = json.loads(invoke(*shlex.split(command)[2:], "--json"))
+    assert dataset["counts"]["rows_kept"] == "1" and dataset["name"] == "faq"

@@ -222,3 +222,48 @@ def test_get_list_preview_and_delete(data_stub):
     with pytest.raises(grpc.RpcError) as err:
         data_stub.GetDataset(data_pb2.GetDatasetRequest(id=dataset.id))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("filename", "data"),
+    [
+        # Excel in locales with a decimal comma writes ";": commas inside the fields stay text.
+        (
+            "excel.csv",
+            b"question;answer\r\nHow do I upload a dataset?;Run ftctl data upload with the file.\r\n"
+            b'"How do I prepare it?";Run ftctl data prepare with a base model.\r\n',
+        ),
+        (
+            "export.tsv.csv",
+            b"question\tanswer\nHow do I upload a dataset?\tRun ftctl data upload with the file.\n"
+            b"How do I prepare it?\tRun ftctl data prepare with a base model.\n",
+        ),
+    ],
+)
+def test_csv_delimiter_is_sniffed(data_stub, filename, data):
+    dataset = upload(data_stub, data, filename)
+    assert dataset.format == data_pb2.DATASET_FORMAT_CSV and dataset.counts.rows_rejected == 0
+    assert conversations(data_stub, dataset.id) == EXPECTED_QA
+
+
+def test_commas_inside_semicolon_fields_stay_text(data_stub):
+    data = "question;answer\nWhere, exactly?;Here, and there.\nWho, then?;Me, you, all of us.\n"
+    dataset = upload(data_stub, data.encode(), "commas.csv")
+    assert conversations(data_stub, dataset.id) == [
+        [("user", "Where, exactly?"), ("assistant", "Here, and there.")],
+        [("user", "Who, then?"), ("assistant", "Me, you, all of us.")],
+    ]
+
+
+def test_the_csv_extension_wins_over_a_header_starting_with_a_bracket(data_stub):
+    data = b"[id],question,answer\n1,How do I upload a dataset?,Run ftctl data upload with the file.\n"
+    dataset = upload(data_stub, data, "bracket.csv")
+    assert dataset.format == data_pb2.DATASET_FORMAT_CSV and dataset.counts.rows_kept == 1
+
+
+def test_an_encoding_reads_a_legacy_file(data_stub):
+    data = "question,answer\nQu'est-ce qu'un café ?,Une boisson – chaude.\n".encode("cp1252")
+    dataset = upload(data_stub, data, "legacy.csv", encoding="cp1252")
+    assert conversations(data_stub, dataset.id) == [
+        [("user", "Qu'est-ce qu'un café ?"), ("assistant", "Une boisson – chaude.")]
+    ]

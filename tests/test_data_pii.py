@@ -3,8 +3,10 @@
 import grpc
 import pytest
 from data_fixtures import jsonl, prepare, qa_rows, report, split_rows, upload
+from typer.testing import CliRunner
 
 from finetune.v1 import data_pb2
+from ftctl.data import app
 from services.data.splitting import SPLITS
 
 PERSON = "jane.doe@gmail.com"
@@ -16,6 +18,7 @@ ROWS = [
     {"question": "Where do print jobs go?", "answer": f"Mail them to {PRINTER}."},
 ]
 PERSON_LINE, PRINTER_LINE = 17, 18
+runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +110,17 @@ def test_upload_redaction_honours_the_allow_list(data_stub):
         (PRINTER_LINE, "email", False, True),
     }
     assert dataset.counts.pii_found == 2 and dataset.counts.pii_allowed == 1
+
+
+def test_cli_prepare_redacts_refuses_and_shows_pii_per_split(data_server, dataset, monkeypatch):
+    monkeypatch.setenv("FT_DATA_ADDRESS", data_server.address)
+    base = ["prepare", dataset.id, "--base-model", "smollm2-135m-instruct", "--max-seq-len", "128"]
+    refused = runner.invoke(app, [*base, "--strict-pii", "--pii-allow", "company.internal"])
+    assert refused.exit_code == 1, refused.output
+    assert "INVALID_ARGUMENT" in refused.output and f"line {PERSON_LINE}" in refused.output
+    kept = runner.invoke(app, [*base, "--split", "0.5,0.25,0.25"])
+    assert kept.exit_code == 0, kept.output
+    assert "PII per split" in kept.output and "PII is left in the prepared rows" in kept.output
+    redacted = runner.invoke(app, [*base, "--redact-pii", "--pii-allow", "company.internal"])
+    assert redacted.exit_code == 0, redacted.output
+    assert "PII per split" in redacted.output and "PII is left" not in redacted.output
