@@ -114,6 +114,8 @@ class PipelineRunner:
             field_mapping=self.spec.dataset.field_mapping,
             strict=self.spec.dataset.strict,
             redact_pii=self.spec.dataset.redact_pii,
+            encoding=self.spec.dataset.encoding,
+            pii_allow=self.spec.dataset.pii_allow,
         )
         metadata = data_pb2.UploadMetadata(
             options=options,
@@ -146,6 +148,7 @@ class PipelineRunner:
             truncation=TRUNCATIONS[spec.truncation],
             split=data_pb2.SplitFractions(train=train, validation=validation, test=test),
             seed=spec.seed,
+            pii=data_pb2.PiiOptions(redact=spec.redact_pii, strict=spec.strict_pii, allow=spec.pii_allow),
         )
         if spec.refusals:
             request.refusals.CopyFrom(

@@ -18,6 +18,9 @@ class DatasetSpec(Strict):
     field_mapping: dict[str, str] = {}
     strict: bool = False
     redact_pii: bool = False
+    encoding: str = ""  # empty: utf-8
+    # Email domains, addresses or phone numbers the model should learn: never redacted.
+    pii_allow: list[str] = []
 
 
 class RefusalSpec(Strict):
@@ -34,6 +37,9 @@ class PrepareSpec(Strict):
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
     refusals: RefusalSpec | None = None
+    redact_pii: bool = False
+    strict_pii: bool = False  # refuse to prepare while unredacted PII remains
+    pii_allow: list[str] = []
 
 
 class EvalSpec(Strict):

@@ -124,3 +124,32 @@ def test_cli_prepare_redacts_refuses_and_shows_pii_per_split(data_server, datase
     redacted = runner.invoke(app, [*base, "--redact-pii", "--pii-allow", "company.internal"])
     assert redacted.exit_code == 0, redacted.output
     assert "PII per split" in redacted.output and "PII is left" not in redacted.output
+
+
+def test_a_pipeline_file_takes_the_same_options(data_stub, data_server, data_root, tmp_path):
+    from ftcommon.settings import ServiceAddresses
+    from ftctl.pipeline import PipelineRunner
+    from ftctl.pipeline_spec import load_spec
+
+    rows = "".join(f"{r['question']};{r['answer']}\n" for r in ROWS)
+    (tmp_path / "people.csv").write_bytes(f"question;answer\n{rows}Café?;Oui.\n".encode("cp1252"))
+    (tmp_path / "pipeline.yaml").write_text(
+        "name: pii\nbase_model: smollm2-135m-instruct\n"
+        "dataset: {path: people.csv, name: people, encoding: cp1252}\n"
+        "prepare: {max_seq_len: 128, redact_pii: true, strict_pii: true, pii_allow: [company.internal]}\n"
+    )
+    runner = PipelineRunner(
+        load_spec(tmp_path / "pipeline.yaml"),
+        tmp_path / "state.json",
+        ServiceAddresses(data_address=data_server.address),
+    )
+    runner.upload()
+    runner.prepare()
+    version = data_stub.GetPreparedVersion(
+        data_pb2.GetPreparedVersionRequest(id=runner.state.prepared_version_id)
+    )
+    assert version.request.pii == data_pb2.PiiOptions(redact=True, strict=True, allow=["company.internal"])
+    # A CSV's rows start on line 2, after its header.
+    rows_by_line = texts(data_root, version)
+    assert "Café?" in rows_by_line[len(ROWS) + 2] and PRINTER in rows_by_line[PRINTER_LINE + 1]
+    assert PERSON not in rows_by_line[PERSON_LINE + 1] and "[EMAIL]" in rows_by_line[PERSON_LINE + 1]
