@@ -153,3 +153,46 @@ def test_a_pipeline_file_takes_the_same_options(data_stub, data_server, data_roo
     rows_by_line = texts(data_root, version)
     assert "Café?" in rows_by_line[len(ROWS) + 2] and PRINTER in rows_by_line[PRINTER_LINE + 1]
     assert PERSON not in rows_by_line[PERSON_LINE + 1] and "[EMAIL]" in rows_by_line[PERSON_LINE + 1]
+
+
+def test_a_database_from_before_gains_the_split_pii_column(tmp_path):
+    from datetime import datetime
+
+    from sqlalchemy import Column, MetaData, Table, create_engine, inspect
+
+    from ftcommon.db import Database
+    from services.data import tables
+    from services.data.catalog import Catalog
+
+    url = f"sqlite:///{tmp_path / 'data.db'}"
+    old = MetaData()
+    for table in tables.metadata.tables.values():
+        columns = [Column(c.name, c.type, primary_key=c.primary_key) for c in table.columns]
+        Table(table.name, old, *[c for c in columns if c.name != "split_pii"])
+    engine = create_engine(url)
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            old.tables["prepared_versions"]
+            .insert()
+            .values(
+                id="pv-old",
+                dataset_id="ds-old",
+                base_model_id="bm",
+                request="{}",
+                artifact_uri="trees/x",
+                artifact_sha256="x",
+                artifact_size=1,
+                split_stats="{}",
+                dropped_too_long=0,
+                truncated=0,
+                refusal_rows=0,
+                tokenizer_sha256="t",
+                chat_template_sha256="c",
+                created_at=datetime(2026, 1, 1),
+            )
+        )
+    database = Database(url, tables.metadata, tables.MIGRATIONS)
+    assert database.migrate() == ["0001_initial", "0002_prepared_version_split_pii"]
+    assert "split_pii" in {c["name"] for c in inspect(engine).get_columns("prepared_versions")}
+    assert Catalog(database).get_version("pv-old").split_pii == {}
