@@ -341,8 +341,8 @@ def report(
     if result.pii:
         print_table(
             "pii",
-            ["line", "kind", "field", "redacted"],
-            [[p.line, p.kind, p.field, p.redacted] for p in result.pii[:limit]],
+            ["line", "kind", "field", "redacted", "allowed"],
+            [[p.line, p.kind, p.field, p.redacted, p.allowed] for p in result.pii[:limit]],
         )
 
 
