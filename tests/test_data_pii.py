@@ -80,7 +80,12 @@ def test_strict_pii_refuses_naming_rows_and_kinds(data_stub, dataset):
         )
     details = err.value.details()
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    for text in ("field 'pii.strict'", f"line {PERSON_LINE}", "in 1 row (1 email, 1 phone)", "(assistant)"):
+    for text in (
+        "field 'pii.strict'",
+        f"line {PERSON_LINE}",
+        "in 1 row (1 email, 1 phone)",
+        "email at gmail.com in messages[1] (assistant)",
+    ):
         assert text in details, details
     assert f"line {PRINTER_LINE}" not in details  # the allowed address is not PII left behind
     # Redacted, nothing is left, so strict mode prepares.

@@ -122,11 +122,7 @@ def scan_conversation(
         spans = scan_text(text)
         if not spans:
             continue
-        field = (
-            conversation.fields[index]
-            if index < len(conversation.fields)
-            else f"messages[{index}] ({message['role']})"
-        )
+        field = _field_of(conversation, index)
         allowed = [allow.allows(kind, text[start:end]) for kind, start, end in spans]
         findings.extend(
             PiiFinding(conversation.line, kind, field, redact and not ok, ok)
@@ -139,32 +135,41 @@ def scan_conversation(
     return findings
 
 
+def _field_of(conversation: Conversation, index: int) -> str:
+    """The file's field a message came from; in prepared data (fields are not stored) its position and role."""
+    if index < len(conversation.fields):
+        return conversation.fields[index]
+    return f"messages[{index}] ({conversation.messages[index]['role']})"
+
+
 def refuse_remaining_pii(conversations: Sequence[Conversation], allow: PiiAllowList) -> None:
     """Strict mode: InvalidArgument naming the rows, fields and kinds of PII that is neither allowed nor
     redacted (the conversations are scanned, not changed)."""
-    remaining = [
-        (conversation.line, [f for f in scan_conversation(conversation, False, allow) if not f.allowed])
-        for conversation in conversations
-    ]
-    remaining = [(line, findings) for line, findings in remaining if findings]
-    if not remaining:
-        return
+    rows: list[tuple[int, list[str]]] = []
     kinds: dict[str, int] = {}
-    for _, findings in remaining:
-        for finding in findings:
-            kinds[finding.kind] = kinds.get(finding.kind, 0) + 1
-    quoted = "; ".join(
-        f"line {line}: {', '.join(sorted({f'{f.kind} in {f.field}' for f in findings}))}"
-        for line, findings in remaining[:_QUOTED_ROWS]
-    )
-    more = f"; and {len(remaining) - _QUOTED_ROWS} more rows" if len(remaining) > _QUOTED_ROWS else ""
+    for conversation in conversations:
+        described = []
+        for index, message in enumerate(conversation.messages):
+            text = message["content"]
+            for kind, start, end in scan_text(text):
+                if allow.allows(kind, text[start:end]):
+                    continue
+                kinds[kind] = kinds.get(kind, 0) + 1
+                # An email's domain is what an allow-list entry would name; the address stays out of logs.
+                what = f"email at {text[start:end].rpartition('@')[2]}" if kind == "email" else kind
+                described.append(f"{what} in {_field_of(conversation, index)}")
+        if described:
+            rows.append((conversation.line, described))
+    if not rows:
+        return
+    quoted = "; ".join(f"line {line}: {', '.join(sorted(set(found)))}" for line, found in rows[:_QUOTED_ROWS])
+    more = f"; and {len(rows) - _QUOTED_ROWS} more rows" if len(rows) > _QUOTED_ROWS else ""
     raise InvalidArgument(
-        f"strict PII mode refuses to prepare: PII left in {len(remaining)} "
-        f"row{'s' if len(remaining) > 1 else ''} "
+        f"strict PII mode refuses to prepare: PII left in {len(rows)} row{'s' if len(rows) > 1 else ''} "
         f"({', '.join(f'{count} {kind}' for kind, count in sorted(kinds.items()))}): {quoted}{more}; "
-        "redact them (--redact-pii) or allow what the model should learn (--pii-allow company.internal)",
+        "redact it (--redact-pii) or allow what the model should learn (--pii-allow DOMAIN)",
         field="pii.strict",
-        row=remaining[0][0],
+        row=rows[0][0],
     )
 
 
