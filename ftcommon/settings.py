@@ -24,11 +24,16 @@ class ServiceSettings(BaseSettings):
     shutdown_grace_seconds: float = 20.0
     log_level: str = "INFO"
 
+    def default_sqlite_path(self, service: str) -> Path | None:
+        """The SQLite file the service uses when no database_url is set (None when one is)."""
+        return None if self.database_url else (self.data_dir / f"{service}.db").resolve()
+
     def resolved_database_url(self, service: str) -> str:
-        if self.database_url:
+        sqlite_path = self.default_sqlite_path(service)
+        if sqlite_path is None:
             return self.database_url
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{(self.data_dir / f'{service}.db').resolve()}"
+        return f"sqlite:///{sqlite_path}"
 
     def resolved_artifact_store_url(self) -> str:
         return self.artifact_store_url or str((self.data_dir / "artifacts").resolve())

@@ -3,11 +3,10 @@
 import os
 import sys
 
-import openai
 import typer
 from rich.markup import escape
 
-from ftctl.common import addresses, console
+from ftctl.common import addresses, console, gateway_unreachable
 
 
 def chat(
@@ -21,6 +20,8 @@ def chat(
     ),
 ) -> None:
     """Streams the answer through the OpenAI-compatible gateway (FT_GATEWAY_URL)."""
+    import openai  # here, not at the top: it takes a second to import and only this command needs it
+
     client = openai.OpenAI(
         base_url=f"{addresses().gateway_url.rstrip('/')}/v1",
         api_key=api_key or os.environ.get("FT_API_KEY") or "none",
@@ -43,6 +44,6 @@ def chat(
         console.print(f"[red]error[/red] {err.status_code}: {escape(detail or err.message)}")
         raise typer.Exit(1) from None
     except openai.APIConnectionError:
-        console.print(f"[red]error[/red] the gateway at {addresses().gateway_url} is unreachable")
+        console.print(f"[red]error[/red] {gateway_unreachable(addresses().gateway_url)}")
         raise typer.Exit(1) from None
     sys.stdout.write("\n")

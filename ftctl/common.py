@@ -1,9 +1,15 @@
-"""What every ftctl command shares: service stubs, JSON or table output, live job progress, RPC errors."""
+"""What every ftctl command shares: service stubs, JSON or table output, live job progress, RPC errors.
+
+Strings that come from a server or a file are printed as rich `Text` or escaped, never read as markup.
+"""
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -11,15 +17,30 @@ import typer
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperOption
 
 from finetune.v1 import common_pb2
 from ftcommon.grpc_client import open_channel
 from ftcommon.settings import ServiceAddresses
 
+# Piped output is not cut at 80 columns: a table as wide as its content, unless COLUMNS says otherwise.
+PIPED_WIDTH = 10_000
 console = Console(stderr=True)
-stdout = Console()
+stdout = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPED_WIDTH)
+
+
+def _flags_take_no_type(option: TyperOption, ctx: Any) -> str | None:
+    """typer 0.29's help shows a `<bool>` type beside every flag (`--json`, `--help`), as if it took a value;
+    a flag takes none, so its type column stays empty. Installed once, for every ftctl command."""
+    return None if option.is_flag else _typer_display_type_rich(option, ctx)
+
+
+_typer_display_type_rich = TyperOption.display_type_rich
+TyperOption.display_type_rich = _flags_take_no_type  # type: ignore[method-assign]
 
 JSON_OPTION = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table.")
 
@@ -28,8 +49,46 @@ def addresses() -> ServiceAddresses:
     return ServiceAddresses()
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """A service as the CLI reaches it, for error messages."""
+
+    service: str
+    address: str
+    variable: str  # the environment variable that sets the address
+
+
+_endpoint_called: ContextVar[Endpoint | None] = ContextVar("endpoint_called", default=None)
+
+
+class ServiceClient:
+    """A generated stub that records which service each call goes to, so a failure can name it."""
+
+    def __init__(self, generated_stub: Any, endpoint: Endpoint) -> None:
+        self._stub = generated_stub
+        self.endpoint = endpoint
+
+    def __getattr__(self, method_name: str) -> Callable[..., Any]:
+        method = getattr(self._stub, method_name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            _endpoint_called.set(self.endpoint)
+            return method(*args, **kwargs)
+
+        return call
+
+
 def stub(stub_class: Callable[[grpc.Channel], Any], address: str) -> Any:
-    return stub_class(open_channel(address, addresses().rpc_timeout_seconds))
+    service = stub_class.__name__.removesuffix("ServiceStub").lower()
+    endpoint = Endpoint(service, address, f"FT_{service.upper()}_ADDRESS")
+    return ServiceClient(stub_class(open_channel(address, addresses().rpc_timeout_seconds)), endpoint)
+
+
+def gateway_unreachable(url: str) -> str:
+    return (
+        f"cannot reach the gateway at {escape(url)} (FT_GATEWAY_URL sets the address; "
+        "`ftctl stack up` starts the services)"
+    )
 
 
 def to_dict(message: Message) -> dict[str, Any]:
@@ -45,11 +104,12 @@ def print_json(value: Any) -> None:
 
 
 def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    table = Table(title=title)
+    """Every title, header and cell is plain text: names and values come from servers and files."""
+    table = Table(title=Text(title))
     for column in columns:
-        table.add_column(column)
+        table.add_column(Text(column))
     for row in rows:
-        table.add_row(*[str(v) for v in row])
+        table.add_row(*[Text(str(v)) for v in row])
     stdout.print(table)
 
 
@@ -60,7 +120,15 @@ def rpc_errors() -> Iterator[None]:
         yield
     except grpc.RpcError as err:
         code = err.code().name if err.code() else "UNKNOWN"
-        console.print(f"[red]error[/red] {code}: {err.details()}")
+        endpoint = _endpoint_called.get()
+        if err.code() == grpc.StatusCode.UNAVAILABLE and endpoint is not None:
+            console.print(
+                f"[red]error[/red] {code}: the {endpoint.service} service at {escape(endpoint.address)} is "
+                f"unavailable ({endpoint.variable} sets the address; `ftctl stack up` starts the services): "
+                f"{escape(err.details() or '')}"
+            )
+        else:
+            console.print(f"[red]error[/red] {code}: {escape(err.details() or '')}")
         raise typer.Exit(1) from None
 
 
@@ -84,7 +152,7 @@ def follow_job(events: Iterable[common_pb2.JobEvent], description: str, show_jso
         TextColumn("{task.percentage:>5.1f}%"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[detail]}"),
+        TextColumn("{task.fields[detail]}", markup=False),  # server text
     )
     with Progress(*columns, console=console) as progress:
         task = progress.add_task(description, total=1.0, detail="")
@@ -108,10 +176,10 @@ def _log_job(events: Iterable[common_pb2.JobEvent], description: str) -> int:
         detail = "  ".join(f"{k}={_short(v)}" for k, v in event.metrics.items())
         if event.kind == common_pb2.EVENT_KIND_STATE:
             final_state = event.state
-            console.print(f"{description}: {STATE_NAMES.get(event.state, '')} {event.message}".rstrip())
+            console.print(Text(f"{description}: {STATE_NAMES.get(event.state, '')} {event.message}".rstrip()))
         elif int(event.progress * 10) > reported_tenth:
             reported_tenth = int(event.progress * 10)
-            console.print(f"{description}: {event.progress:6.1%} {detail or event.message}")
+            console.print(Text(f"{description}: {event.progress:6.1%} {detail or event.message}"))
     return final_state
 
 

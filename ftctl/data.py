@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from finetune.v1 import common_pb2, data_pb2, data_pb2_grpc
@@ -376,7 +377,7 @@ def delete(dataset_id: str = typer.Argument(...), show_json: bool = JSON_OPTION)
     if show_json:
         print_json({"deleted": dataset_id})
     else:
-        console.print(f"deleted {dataset_id}")
+        console.print(f"deleted {escape(dataset_id)}")
 
 
 def _split(value: str) -> data_pb2.SplitFractions:
@@ -496,7 +497,7 @@ def prepare(
         job = client.GetPrepareJob(data_pb2.GetPrepareJobRequest(id=job.status.id))
         if final != common_pb2.JOB_STATE_SUCCEEDED:
             console.print(
-                f"[red]prepare job {job.status.id} {STATE_NAMES.get(final, '')}[/red]: {job.status.error}"
+                f"[red]prepare job {job.status.id} {STATE_NAMES.get(final, '')}[/red]: {escape(job.status.error)}"
             )
             raise typer.Exit(1)
         version = client.GetPreparedVersion(data_pb2.GetPreparedVersionRequest(id=job.prepared_version_id))

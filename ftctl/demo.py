@@ -14,11 +14,10 @@ from rich.table import Table
 
 from finetune.v1 import common_pb2, data_pb2, eval_pb2, trainer_pb2
 from ftctl.common import console, stdout
+from ftctl.keys import bootstrap_admin_token, create_api_key
 from ftctl.local_stack import StackPorts, running_stack
 from ftctl.pipeline import PipelineRunner
 from ftctl.pipeline_spec import load_spec
-from services.inference.config import InferenceSettings
-from services.inference.server import open_key_store
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_SPEC = REPO_ROOT / "pipelines" / "demo.yaml"
@@ -72,9 +71,10 @@ def main(
         runner.trainer.RegisterBaseModel(
             trainer_pb2.RegisterBaseModelRequest(name=spec.base_model, path=str(BASE_MODEL_DIR)), timeout=300
         )
+        admin_token = bootstrap_admin_token(stack.environment())
         client = OpenAI(
             base_url=f"{addresses.gateway_url}/v1",
-            api_key=open_key_store(InferenceSettings(data_dir=data_root)).create("demo")[1],
+            api_key=create_api_key(addresses.gateway_url, admin_token, "demo")["secret"],
             timeout=300,
         )
         console.rule("[bold]upload and prepare")

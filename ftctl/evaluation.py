@@ -5,6 +5,7 @@ import webbrowser
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from finetune.v1 import common_pb2, eval_pb2, eval_pb2_grpc, inference_pb2
 from ftctl.common import (
@@ -157,7 +158,7 @@ def report(
     target.write_text(fetched.report_html, encoding="utf-8")
     console.print(f"verdict [bold]{VERDICT_NAMES[fetched.verdict]}[/bold]")
     for reason in fetched.verdict_reasons:
-        console.print(f"  - {reason}")
+        console.print(f"  - {escape(reason)}")
     print(target)
     if open_browser:
         webbrowser.open(target.resolve().as_uri())
@@ -226,7 +227,7 @@ def _show_run(run: eval_pb2.EvalRun, show_json: bool) -> None:
         return
     console.print(
         f"run [bold]{run.status.id}[/bold]: {STATE_NAMES.get(run.status.state, '?')}"
-        + (f" ({run.status.error})" if run.status.error else "")
+        + (f" ({escape(run.status.error)})" if run.status.error else "")
     )
     if run.summaries:
         print_table(
@@ -240,6 +241,6 @@ def _show_run(run: eval_pb2.EvalRun, show_json: bool) -> None:
     if run.verdict:
         console.print(f"verdict [bold]{VERDICT_NAMES[run.verdict]}[/bold]")
         for reason in run.verdict_reasons:
-            console.print(f"  - {reason}")
+            console.print(f"  - {escape(reason)}")
     if run.report_html.uri:
-        console.print(f"report ({run.report_html.uri}): ftctl eval report {run.status.id} --open")
+        console.print(f"report ({escape(run.report_html.uri)}): ftctl eval report {run.status.id} --open")

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from finetune.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from ftctl.common import JSON_OPTION, addresses, console, print_json, print_table, rpc_errors, stub
@@ -94,7 +95,7 @@ def register(
     if show_json:
         print_json(record)
     else:
-        console.print(f"registered {record.name} ({record.id}, sha256 {record.artifact.sha256[:12]})")
+        console.print(f"registered {escape(record.name)} ({record.id}, sha256 {record.artifact.sha256[:12]})")
 
 
 @app.command()
@@ -109,4 +110,4 @@ def alias(
     if show_json:
         print_json(result)
     else:
-        console.print(f"{result.alias} -> {result.model_id} (revision {result.revision})")
+        console.print(f"{escape(result.alias)} -> {result.model_id} (revision {result.revision})")

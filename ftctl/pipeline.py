@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 import typer
 from google.protobuf.json_format import ParseDict, ParseError
+from rich.markup import escape
 
 from finetune.v1 import (
     common_pb2,
@@ -234,7 +235,7 @@ class PipelineRunner:
 
     def promote(self) -> None:
         if self.state.verdict != "pass":
-            console.print(f"[yellow]not promoted[/yellow]: {'; '.join(self.state.verdict_reasons)}")
+            console.print(f"[yellow]not promoted[/yellow]: {escape('; '.join(self.state.verdict_reasons))}")
             return
         self.trainer.SetAlias(
             trainer_pb2.SetAliasRequest(alias=self.spec.promote_alias, model=self.state.merged_model_id)
@@ -303,7 +304,7 @@ def run(
         try:
             result = run_pipeline(spec_path, state_dir, ServiceAddresses())
         except (PipelineSpecError, PipelineFailed) as exc:
-            console.print(f"[red]error[/red] {exc}")
+            console.print(f"[red]error[/red] {escape(str(exc))}")
             raise typer.Exit(2) from None
     if result.report_html_path:
         console.print(f"report: {result.report_html_path}")

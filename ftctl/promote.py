@@ -6,6 +6,7 @@ Mounted by ftctl/models.py as `app.command("promote")(promote)`.
 import json
 
 import typer
+from rich.markup import escape
 
 from finetune.v1 import eval_pb2, eval_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from ftctl.common import JSON_OPTION, addresses, console, print_json, rpc_errors, stub
@@ -32,7 +33,7 @@ def promote(
         print_json(result)
     else:
         console.print(
-            f"[green]{alias}[/green] -> {resolved.name} ({resolved.id}), revision {result.revision}"
+            f"[green]{escape(alias)}[/green] -> {escape(resolved.name)} ({resolved.id}), revision {result.revision}"
         )
 
 
@@ -48,5 +49,5 @@ def _require_pass(report: dict, model_id: str, run_id: str) -> None:
             f"[red]refused[/red]: run {run_id} verdict for {candidates[-1]} is {verdict['verdict']}"
         )
         for reason in verdict["reasons"]:
-            console.print(f"  - {reason}")
+            console.print(f"  - {escape(reason)}")
         raise typer.Exit(1)

@@ -6,6 +6,7 @@ from typing import Any
 import typer
 import yaml
 from google.protobuf.json_format import ParseDict, ParseError
+from rich.markup import escape
 
 from finetune.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from ftctl.common import (
@@ -111,7 +112,7 @@ def create(
     else:
         console.print(f"queued training job [bold]{job.status.id}[/bold]")
     if watch_progress:
-        watch(job.status.id, show_json=show_json)
+        follow_training(job.status.id, after_index=0, show_json=show_json)
 
 
 @app.command()
@@ -121,6 +122,11 @@ def watch(
     show_json: bool = JSON_OPTION,
 ) -> None:
     """Live progress: step, loss, tokens/s and ETA, until the job ends. Exit status 1 unless it succeeded."""
+    follow_training(job_id, after_index, show_json)
+
+
+def follow_training(job_id: str, after_index: int, show_json: bool) -> None:
+    """What `watch` and `create --watch` do; a plain function, so no typer defaults leak into it."""
     client = trainer()
     with rpc_errors():
         events = client.WatchJob(
@@ -131,7 +137,7 @@ def watch(
     if not show_json:
         console.print(
             f"{job_id}: {STATE_NAMES.get(job.status.state, '?')}"
-            + (f" ({job.status.error})" if job.status.error else "")
+            + (f" ({escape(job.status.error)})" if job.status.error else "")
         )
         if job.merged_model_id:
             console.print(f"merged model: {job.merged_model_id}   adapter: {job.adapter_model_id}")

@@ -171,7 +171,7 @@ def test_ftctl_chat_with_a_bad_key_fails_readably(gateway):
     assert not result.stdout
     error = " ".join(result.stderr.split())
     assert error.startswith("error 401: Incorrect or missing API key")
-    assert "ftctl keys create" in error
+    assert "ftctl keys create" in error and "FT_API_KEY" in error
 
 
 @contextmanager

@@ -1,7 +1,6 @@
 """Hot swap: moving the served alias while requests stream loses none of them, and new requests get the new
-model. Plus the `ftctl keys` commands against the gateway's database."""
+model."""
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -10,11 +9,9 @@ from pathlib import Path
 import openai
 import pytest
 from gateway_support import loopback_gateway_settings
-from typer.testing import CliRunner
 
 from finetune.v1 import trainer_pb2
-from services.inference.config import InferenceSettings
-from services.inference.server import InferenceServer, build_server, open_key_store
+from services.inference.server import InferenceServer, build_server
 from services.trainer.config import DEFAULT_BASE_MODEL_NAME
 
 ALIAS = "swap-test-prod"
@@ -95,23 +92,3 @@ def test_alias_switch_keeps_requests_in_flight_and_routes_new_ones(gateway, trai
             break
         time.sleep(0.2)
     assert names == {COPY_NAME}
-
-
-def test_ftctl_keys_create_list_revoke(tmp_path, monkeypatch):
-    from ftctl.keys import app
-
-    monkeypatch.setenv("FT_INFERENCE_DATA_DIR", str(tmp_path))
-    runner = CliRunner()
-    created = runner.invoke(app, ["create", "--name", "ci", "--rate-limit", "5", "--json"])
-    assert created.exit_code == 0, created.output
-    key = json.loads(created.stdout)
-    store = open_key_store(InferenceSettings(data_dir=tmp_path))
-    assert store.authenticate(key["secret"]).id == key["id"]
-
-    listed = json.loads(runner.invoke(app, ["list", "--json"]).stdout)
-    assert [(k["id"], k["rate_limit_per_minute"]) for k in listed] == [(key["id"], 5)]
-    assert key["secret"] not in json.dumps(listed)
-
-    assert runner.invoke(app, ["revoke", key["id"]]).exit_code == 0
-    assert store.authenticate(key["secret"]) is None
-    assert runner.invoke(app, ["revoke", "key-missing"]).exit_code == 1

@@ -13,7 +13,7 @@ from ftcommon.interceptors import REQUEST_ID_HEADER
 from ftcommon.logs import log_fields, new_request_id, request_id_var
 from services.inference import metrics
 from services.inference.errors import error_response, install_error_handlers, internal_error_response
-from services.inference.routers import chat, completions, health, models
+from services.inference.routers import admin, chat, completions, health, models
 from services.inference.state import GatewayState
 
 access_logger = logging.getLogger("services.inference.access")
@@ -118,7 +118,7 @@ def create_app(state: GatewayState) -> FastAPI:
         logger.error("internal error", exc_info=exc)
         return internal_error_response()
 
-    for router in (chat.router, completions.router, models.router, health.router):
+    for router in (chat.router, completions.router, models.router, health.router, admin.router):
         app.include_router(router)
     if state.settings.cors_origins:
         app.add_middleware(

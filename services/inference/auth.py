@@ -1,4 +1,4 @@
-"""API keys (Bearer tokens stored as sha256 hashes) and a per-key token-bucket rate limit."""
+"""API keys and admin tokens (Bearer tokens stored as sha256 hashes) and a per-key token-bucket rate limit."""
 
 import math
 import secrets
@@ -14,6 +14,7 @@ from ftcommon.ids import new_id, sha256_bytes
 from services.inference import tables
 
 KEY_PREFIX = "ft-"
+ADMIN_TOKEN_PREFIX = "fta-"
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,15 @@ class ApiKey:
     name: str
     prefix: str
     rate_limit_per_minute: int | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class AdminToken:
+    id: str
+    name: str
+    prefix: str
     created_at: datetime
     revoked_at: datetime | None
 
@@ -92,6 +102,74 @@ class KeyStore:
                 .first()
             )
         return _record(row) if row else None
+
+
+class AdminTokenStore:
+    """Tokens that may manage API keys through the gateway's /admin endpoints; set by the operator."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(self, name: str) -> tuple[AdminToken, str]:
+        """Returns the token and its secret; only the hash is stored, so the secret cannot be shown again."""
+        if not name or len(name) > 200:
+            raise InvalidArgument("use 1-200 characters", field="name")
+        secret = ADMIN_TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token_id = new_id("adm")
+        with self.db.begin() as conn:
+            conn.execute(
+                tables.admin_tokens.insert().values(
+                    id=token_id,
+                    name=name,
+                    prefix=secret[:11],
+                    token_sha256=_hash(secret),
+                    created_at=utcnow(),
+                )
+            )
+        return next(t for t in self.active() if t.id == token_id), secret
+
+    def active(self) -> list[AdminToken]:
+        with self.db.begin() as conn:
+            rows = conn.execute(
+                select(tables.admin_tokens)
+                .where(tables.admin_tokens.c.revoked_at.is_(None))
+                .order_by(tables.admin_tokens.c.created_at)
+            ).mappings()
+            return [_admin_record(row) for row in rows]
+
+    def revoke_all(self) -> int:
+        """Revokes every active token (a lost or leaked one is replaced this way); returns how many."""
+        with self.db.begin() as conn:
+            result = conn.execute(
+                update(tables.admin_tokens)
+                .where(tables.admin_tokens.c.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+        return result.rowcount
+
+    def authenticate(self, secret: str) -> AdminToken | None:
+        with self.db.begin() as conn:
+            row = (
+                conn.execute(
+                    select(tables.admin_tokens).where(
+                        tables.admin_tokens.c.token_sha256 == _hash(secret),
+                        tables.admin_tokens.c.revoked_at.is_(None),
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        return _admin_record(row) if row else None
+
+
+def _admin_record(row: object) -> AdminToken:
+    return AdminToken(
+        id=row["id"],  # type: ignore[index]
+        name=row["name"],  # type: ignore[index]
+        prefix=row["prefix"],  # type: ignore[index]
+        created_at=row["created_at"],  # type: ignore[index]
+        revoked_at=row["revoked_at"],  # type: ignore[index]
+    )
 
 
 def _record(row: object) -> ApiKey:

@@ -2,6 +2,7 @@
 
 import time
 import uuid
+from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -164,6 +165,35 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class ApiKeyCreateRequest(BaseModel):
+    """POST /admin/keys (admin token required)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=200)] = "default"
+    rate_limit_per_minute: Annotated[int, Field(ge=1)] | None = None  # empty: the gateway's default
+
+
+class ApiKeyInfo(BaseModel):
+    """A key as listed: never its secret, only a prefix to recognise it by."""
+
+    id: str
+    name: str
+    prefix: str
+    rate_limit_per_minute: int | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class CreatedApiKey(ApiKeyInfo):
+    secret: str  # shown in this response only: the gateway stores a hash
+
+
+class ApiKeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ApiKeyInfo]
 
 
 class ErrorBody(BaseModel):

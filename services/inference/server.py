@@ -15,15 +15,14 @@ import uvicorn
 
 from finetune.v1 import inference_pb2, inference_pb2_grpc, trainer_pb2_grpc
 from ftcommon.artifacts import ArtifactStore
-from ftcommon.db import Database
 from ftcommon.grpc_client import open_channel
 from ftcommon.grpc_server import RunningServer, serve_until_signalled, start_server
 from ftcommon.logs import configure_logging, log_fields
-from services.inference import tables
 from services.inference.app import create_app
-from services.inference.auth import KeyStore
+from services.inference.auth import AdminTokenStore, KeyStore
 from services.inference.config import InferenceSettings
 from services.inference.grpc_servicer import InferenceServicer
+from services.inference.keys import open_gateway_database
 from services.inference.model_manager import ModelManager
 from services.inference.state import GatewayState
 
@@ -33,21 +32,20 @@ logger = logging.getLogger(__name__)
 
 
 def open_key_store(settings: InferenceSettings) -> KeyStore:
-    """The API keys live in the gateway's own database; `ftctl keys` opens it the same way."""
-    db = Database(settings.resolved_database_url("inference"), tables.metadata, tables.MIGRATIONS)
-    db.migrate()
-    return KeyStore(db)
+    """The API keys live in the gateway's own database; clients manage them through /admin/keys."""
+    return KeyStore(open_gateway_database(settings))
 
 
 class InferenceServer:
     """A running gateway: HTTP on `http_port`, gRPC on `grpc.port`, engines on `loop`."""
 
     def __init__(self, settings: InferenceSettings) -> None:
-        keys = open_key_store(settings)
+        database = open_gateway_database(settings)
+        keys = KeyStore(database)
         store = ArtifactStore(settings.resolved_artifact_store_url())
         self._trainer_channel = open_channel(settings.trainer_address, settings.rpc_timeout_seconds)
         manager = ModelManager(settings, trainer_pb2_grpc.TrainerServiceStub(self._trainer_channel), store)
-        self.state = GatewayState.build(settings, manager, keys)
+        self.state = GatewayState.build(settings, manager, keys, AdminTokenStore(database))
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="gateway-loop", daemon=True)
         self._loop_thread.start()

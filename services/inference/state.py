@@ -5,12 +5,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from services.inference.auth import KeyStore, RateLimiter
+from services.inference.auth import AdminTokenStore, KeyStore, RateLimiter
 from services.inference.config import InferenceSettings
 from services.inference.model_manager import ModelManager
 from services.inference.serving_base import GenerationService
 from services.inference.serving_chat import OpenAIServingChat
 from services.inference.serving_completion import OpenAIServingCompletion
+from services.inference.serving_keys import KeyAdministration
 from services.inference.serving_models import OpenAIServingModels
 
 
@@ -23,10 +24,14 @@ class GatewayState:
     completion: OpenAIServingCompletion
     models: OpenAIServingModels
     keys: KeyStore
+    key_admin: KeyAdministration
+    admin_tokens: AdminTokenStore
     limiter: RateLimiter
 
     @classmethod
-    def build(cls, settings: InferenceSettings, manager: ModelManager, keys: KeyStore) -> "GatewayState":
+    def build(
+        cls, settings: InferenceSettings, manager: ModelManager, keys: KeyStore, admin_tokens: AdminTokenStore
+    ) -> "GatewayState":
         core = GenerationService(settings, manager)
         return cls(
             settings=settings,
@@ -36,6 +41,8 @@ class GatewayState:
             completion=OpenAIServingCompletion(core),
             models=OpenAIServingModels(settings, manager),
             keys=keys,
+            key_admin=KeyAdministration(keys),
+            admin_tokens=admin_tokens,
             limiter=RateLimiter(),
         )
 

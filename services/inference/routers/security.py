@@ -1,23 +1,48 @@
-"""The dependency every /v1 route takes: a valid Bearer key within its rate limit."""
+"""The dependencies routes take: a valid Bearer key within its rate limit (/v1), an admin token (/admin)."""
 
 from fastapi import Request
 
 from services.inference import metrics
-from services.inference.auth import ApiKey
+from services.inference.auth import AdminToken, ApiKey
 from services.inference.errors import ApiError
 from services.inference.state import Gateway
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" else ""
+
+
+def require_admin(request: Request, state: Gateway) -> AdminToken:
+    """Always on, also when API keys are not required: admin routes hand out credentials."""
+    secret = _bearer(request)
+    token = state.admin_tokens.authenticate(secret) if secret else None
+    if token is None:
+        metrics.REJECTED.labels("unauthorized").inc()
+        raise ApiError(
+            401,
+            "Incorrect or missing admin token: pass it as 'Authorization: Bearer <token>' (ftctl reads "
+            "FT_ADMIN_TOKEN or --admin-token). The gateway's operator creates one on the gateway's host with "
+            "`python -m services.inference.keys bootstrap`.",
+            "invalid_request_error",
+            code="invalid_admin_token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    request.state.api_key_id = token.id
+    return token
 
 
 def require_key(request: Request, state: Gateway) -> ApiKey | None:
     if not state.settings.require_api_key:
         return None
-    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
-    key = state.keys.authenticate(secret.strip()) if scheme.lower() == "bearer" and secret else None
+    secret = _bearer(request)
+    key = state.keys.authenticate(secret) if secret else None
     if key is None:
         metrics.REJECTED.labels("unauthorized").inc()
         raise ApiError(
             401,
-            "Incorrect or missing API key: pass it as 'Authorization: Bearer <key>' (create one with `ftctl keys create`).",
+            "Incorrect or missing API key: pass it as 'Authorization: Bearer <key>'. `ftctl keys create` prints "
+            "one to export as FT_API_KEY (that needs an admin token in FT_ADMIN_TOKEN).",
             "invalid_request_error",
             code="invalid_api_key",
             headers={"WWW-Authenticate": "Bearer"},
