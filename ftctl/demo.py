@@ -15,7 +15,7 @@ from rich.table import Table
 from finetune.v1 import common_pb2, data_pb2, eval_pb2, trainer_pb2
 from ftctl.common import console, stdout
 from ftctl.keys import bootstrap_admin_token, create_api_key
-from ftctl.local_stack import StackPorts, running_stack
+from ftctl.local_stack import StackPorts, refuse_running_stack, running_stack
 from ftctl.pipeline import PipelineRunner
 from ftctl.pipeline_spec import load_spec
 
@@ -62,8 +62,14 @@ def main(
     data_root: Path = REPO_ROOT / "var" / "demo", spec_path: Path = DEMO_SPEC, ports: StackPorts | None = None
 ) -> None:
     started = time.monotonic()
+    refuse_running_stack(data_root)  # never wipe (or stop) another demo's stack
     shutil.rmtree(data_root, ignore_errors=True)
     spec = load_spec(spec_path)
+    if ports is None:
+        # Another stack (`ftctl stack up`) may hold the defaults: the demo runs beside it.
+        ports, notes = StackPorts.from_environment().with_free_ports()
+        for note in notes:
+            console.print(note, markup=False)
     console.rule("[bold]starting the four services")
     with running_stack(data_root, ports) as stack:
         addresses = stack.ports.addresses()

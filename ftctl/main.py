@@ -2,7 +2,7 @@
 
 import typer
 
-from ftctl import chat, data, evaluation, keys, models, pipeline, train
+from ftctl import chat, data, evaluation, keys, models, pipeline, stack, train
 
 app = typer.Typer(
     help="Prepare data, fine-tune, evaluate and serve models on the self-hosted fine-tuning platform.",
@@ -15,6 +15,7 @@ app.add_typer(evaluation.app, name="eval", help="Evaluate models against each ot
 app.add_typer(keys.app, name="keys", help="API keys for the chat gateway.")
 app.add_typer(pipeline.app, name="pipeline", help="Run prepare, train, evaluate, promote from one file.")
 app.command("chat", help="Ask a served model a question; the answer streams.")(chat.chat)
+app.add_typer(stack.app, name="stack", help="Start, stop and inspect the platform on this machine.")
 
 if __name__ == "__main__":
     app()

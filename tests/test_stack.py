@@ -1,0 +1,200 @@
+"""`ftctl stack`: up on free, non-default ports in a temporary data directory, status, logs, down; down
+after the process that started the stack was killed; a taken port; down with no stack."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+
+from finetune.v1 import trainer_pb2, trainer_pb2_grpc
+from ftctl.local_stack import StackPorts, free_port
+from ftctl.stack_record import StackRecord, group_alive, record_path
+from services.trainer.config import DEFAULT_BASE_MODEL_NAME
+
+PORT_VARIABLES = {
+    "data": "FT_DATA_PORT",
+    "trainer": "FT_TRAINER_PORT",
+    "eval": "FT_EVAL_PORT",
+    "inference": "FT_INFERENCE_PORT",
+    "gateway": "FT_INFERENCE_HTTP_PORT",
+}
+
+
+def free_layout() -> StackPorts:
+    """Five distinct free ports, none of them a default: the stack must not assume its defaults."""
+    ports: list[int] = []
+    while len(ports) < 5:
+        port = free_port()
+        if port not in ports and port not in StackPorts().as_dict().values():
+            ports.append(port)
+    return StackPorts(*ports)
+
+
+def stack_env(ports: StackPorts, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FT_")}
+    # The transformers engine loads the default model in seconds.
+    env.update({"FT_INFERENCE_ENGINE": "transformers", "HF_HUB_OFFLINE": "1", **extra})
+    env.update({variable: str(getattr(ports, name)) for name, variable in PORT_VARIABLES.items()})
+    return env
+
+
+def ftctl(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "ftctl.main", "stack", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def assert_all_stopped(record: StackRecord, ports: StackPorts) -> None:
+    for process in record.processes:
+        # Zombies count as stopped: their reaper (this machine's init) may come late.
+        assert not group_alive(process), f"{process.name} ({process.pid}) still runs"
+    for port in ports.as_dict().values():
+        assert not listening(port), f"something still listens on {port}"
+
+
+def test_down_without_a_stack_says_so_and_succeeds(tmp_path):
+    result = ftctl("down", "--data-dir", str(tmp_path / "var"), env=stack_env(free_layout()))
+    assert result.returncode == 0, result.stderr
+    assert "no stack is recorded" in result.stderr and "nothing to stop" in result.stderr
+
+
+def test_up_refuses_a_taken_port_naming_it_and_starts_nothing(tmp_path):
+    ports = free_layout()
+    data_dir = tmp_path / "var"
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports.eval))
+        squatter.listen()
+        result = ftctl("up", "--data-dir", str(data_dir), env=stack_env(ports), timeout=60)
+    assert result.returncode == 1
+    assert f"port {ports.eval} for the eval service is already in use" in result.stderr
+    assert "FT_EVAL_PORT" in result.stderr
+    assert result.stdout == ""
+    assert not record_path(data_dir).exists() and not (data_dir / "logs").exists()
+    for port in (ports.data, ports.trainer, ports.inference, ports.gateway):
+        assert not listening(port), f"something listens on {port}"
+
+
+@pytest.mark.slow
+def test_up_status_logs_down_on_a_custom_layout(tmp_path):
+    ports = free_layout()
+    data_dir = tmp_path / "var"
+    eval_dir = tmp_path / "eval-data"
+    env = stack_env(ports, FT_EVAL_DATA_DIR=str(eval_dir))
+    up = ftctl("up", "--data-dir", str(data_dir), env=env)
+    record = StackRecord.load(record_path(data_dir))
+    try:
+        assert up.returncode == 0, up.stderr
+        assert up.stdout.splitlines() == [f"export {name}={value}" for name, value in ports.exports().items()]
+        assert record is not None and record.supervisor is None
+        assert [p.name for p in record.processes] == [
+            "trainer",
+            "trainer-worker",
+            "data",
+            "eval",
+            "inference",
+        ]
+        assert (eval_dir / "eval.db").exists() and not (data_dir / "eval.db").exists()
+        assert (data_dir / "trainer.db").exists() and (data_dir / "inference.db").exists()
+        with grpc.insecure_channel(ports.addresses().trainer_address) as channel:
+            base = trainer_pb2_grpc.TrainerServiceStub(channel).GetModel(
+                trainer_pb2.GetModelRequest(name=DEFAULT_BASE_MODEL_NAME), timeout=10
+            )
+        assert base.name == DEFAULT_BASE_MODEL_NAME
+
+        status = ftctl("status", "--data-dir", str(data_dir), "--json", env=env)
+        assert status.returncode == 0, status.stdout + status.stderr
+        health = {row["service"]: row["health"] for row in json.loads(status.stdout)}
+        assert health == {
+            "trainer": "serving",
+            "trainer-worker": "running",
+            "data": "serving",
+            "eval": "serving",
+            "inference": "ready",
+        }
+
+        logs = ftctl("logs", "inference", "-n", "2", "--data-dir", str(data_dir), env=env)
+        assert logs.returncode == 0 and len(logs.stdout.splitlines()) == 2
+        assert all(json.loads(line)["ts"] for line in logs.stdout.splitlines())
+        unknown = ftctl("logs", "gateway", "--data-dir", str(data_dir), env=env)
+        assert unknown.returncode == 1 and "choose one of trainer, trainer-worker" in unknown.stderr
+
+        again = ftctl("up", "--data-dir", str(data_dir), env=env)
+        assert again.returncode == 0 and "already running" in again.stderr
+        assert again.stdout == up.stdout
+    finally:
+        down = ftctl("down", "--data-dir", str(data_dir), env=env)
+    assert down.returncode == 0, down.stderr
+    assert "stopped trainer, trainer-worker, data, eval, inference" in down.stderr
+    assert_all_stopped(record, ports)
+    assert not record_path(data_dir).exists()
+    after = ftctl("status", "--data-dir", str(data_dir), env=env)
+    assert after.returncode == 1 and "no stack is recorded" in after.stderr
+
+
+@pytest.mark.slow
+def test_down_stops_everything_after_the_supervisor_was_killed(tmp_path):
+    ports = free_layout()
+    data_dir = tmp_path / "var"
+    env = stack_env(ports)
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "ftctl.main", "stack", "up", "--data-dir", str(data_dir)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    record = None
+    while time.monotonic() < deadline and supervisor.poll() is None:
+        record = StackRecord.load(record_path(data_dir)) if record_path(data_dir).exists() else None
+        if record is not None and len(record.processes) == 5:
+            break
+        time.sleep(0.2)
+    supervisor.send_signal(signal.SIGKILL)
+    supervisor.wait()
+    assert record is not None and len(record.processes) == 5, "the stack never started all its processes"
+    assert record.running(), "nothing was left running to stop"
+
+    down = ftctl("down", "--data-dir", str(data_dir), env=env)
+    assert down.returncode == 0, down.stderr
+    assert_all_stopped(record, ports)
+    assert not record_path(data_dir).exists()
+
+
+def test_down_leaves_a_process_that_reused_a_recorded_pid_alone(tmp_path):
+    """A record whose pids now belong to other processes (after a reboot, say) stops nothing."""
+    bystander = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+    )
+    try:
+        data_dir = tmp_path / "var"
+        data_dir.mkdir()
+        record = {
+            "data_root": str(data_dir),
+            "ports": StackPorts().as_dict(),
+            "data_dirs": {},
+            "exports": {},
+            "processes": [{"name": "trainer", "pid": bystander.pid, "start_ticks": 1, "log": ""}],
+        }
+        record_path(data_dir).write_text(json.dumps(record))
+        down = ftctl("down", "--data-dir", str(data_dir), env=stack_env(free_layout()))
+        assert down.returncode == 0, down.stderr
+        assert "was not running" in down.stderr
+        assert bystander.poll() is None, "down signalled a process it did not start"
+    finally:
+        bystander.kill()
+        bystander.wait()
