@@ -18,6 +18,7 @@ import grpc
 import typer
 
 from ftctl.base_model import BaseModelMissing
+from ftctl.common import JSON_OPTION
 from ftctl.local_stack import (
     SERVICE_MODULES,
     STOP_GRACE_SECONDS,
@@ -71,7 +72,10 @@ def up(
     if record is not None:
         running = record.running()
         if running and len(running) == len(record.processes) and record.supervisor is None:
-            say(f"a stack is already running from {record.data_root}")
+            say(
+                f"a stack is already running from {record.data_root}; "
+                "the `stack up` that started it printed its FT_ADMIN_TOKEN"
+            )
             sys.stdout.write(export_lines(record.exports))
             return
         if running:
@@ -101,6 +105,7 @@ def up(
         fail(str(err))
     except grpc.RpcError as err:
         fail(f"the trainer refused to register the default base model: {err.details()}")
+    exports = {**ports.exports(), **first_admin_token(stack)}
     addresses = ports.addresses()
     say(f"all services healthy in {time.monotonic() - started:.0f}s")
     for name, where in (
@@ -112,7 +117,22 @@ def up(
     ):
         say(f"  {name:<22} {where}")
     say('stop with `ftctl stack down`; set these in your shell (or run: eval "$(ftctl stack up)"):')
-    sys.stdout.write(export_lines(ports.exports()))
+    sys.stdout.write(export_lines(exports))
+
+
+def first_admin_token(stack: LocalStack) -> dict[str, str]:
+    """A fresh gateway gets its first admin token (for `ftctl keys`), printed once and never stored in
+    clear; a gateway that has one keeps it."""
+    from ftctl.keys import bootstrap_admin_token
+
+    try:
+        return {"FT_ADMIN_TOKEN": bootstrap_admin_token(stack.environment(), name="local stack")}
+    except RuntimeError as err:
+        say(
+            f"no new admin token: {err} (FT_INFERENCE_DATA_DIR={stack.data_dirs['INFERENCE']} "
+            f"{sys.executable} -m services.inference.keys bootstrap --replace)"
+        )
+        return {}
 
 
 @app.command()
@@ -183,7 +203,7 @@ HEALTHY = {"serving", "ready", "running"}
 @app.command()
 def status(
     data_dir: Path = DATA_DIR_OPTION,
-    json_output: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
+    json_output: bool = JSON_OPTION,
 ) -> None:
     """Each service's health. Exit status 0 only when every service is healthy."""
     record = load_record(data_dir)

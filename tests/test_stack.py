@@ -99,7 +99,18 @@ def test_up_status_logs_down_on_a_custom_layout(tmp_path):
     record = StackRecord.load(record_path(data_dir))
     try:
         assert up.returncode == 0, up.stderr
-        assert up.stdout.splitlines() == [f"export {name}={value}" for name, value in ports.exports().items()]
+        address_lines = [f"export {name}={value}" for name, value in ports.exports().items()]
+        *exported_addresses, token_line = up.stdout.splitlines()
+        assert exported_addresses == address_lines
+        assert token_line.startswith("export FT_ADMIN_TOKEN=")
+        admin_env = {**env, **ports.exports(), "FT_ADMIN_TOKEN": token_line.split("=", 1)[1]}
+        keys = subprocess.run(
+            [sys.executable, "-m", "ftctl.main", "keys", "list"],
+            env=admin_env,
+            capture_output=True,
+            text=True,
+        )
+        assert keys.returncode == 0, keys.stderr
         assert record is not None and record.supervisor is None
         assert [p.name for p in record.processes] == [
             "trainer",
@@ -135,7 +146,7 @@ def test_up_status_logs_down_on_a_custom_layout(tmp_path):
 
         again = ftctl("up", "--data-dir", str(data_dir), env=env)
         assert again.returncode == 0 and "already running" in again.stderr
-        assert again.stdout == up.stdout
+        assert again.stdout.splitlines() == address_lines, "a running stack's admin token is not kept"
     finally:
         down = ftctl("down", "--data-dir", str(data_dir), env=env)
     assert down.returncode == 0, down.stderr
