@@ -121,11 +121,13 @@ def rpc_errors() -> Iterator[None]:
     except grpc.RpcError as err:
         code = err.code().name if err.code() else "UNKNOWN"
         endpoint = _endpoint_called.get()
-        if err.code() == grpc.StatusCode.UNAVAILABLE and endpoint is not None:
+        # Every service sends initial metadata (the request id) first: without it, the call never got there.
+        unreached = err.code() == grpc.StatusCode.UNAVAILABLE and not err.initial_metadata()
+        if unreached and endpoint is not None:
             console.print(
-                f"[red]error[/red] {code}: the {endpoint.service} service at {escape(endpoint.address)} is "
-                f"unavailable ({endpoint.variable} sets the address; `ftctl stack up` starts the services): "
-                f"{escape(err.details() or '')}"
+                f"[red]error[/red] {code}: cannot reach the {endpoint.service} service at "
+                f"{escape(endpoint.address)} ({endpoint.variable} sets the address; `ftctl stack up` starts the "
+                f"services): {escape(err.details() or '')}"
             )
         else:
             console.print(f"[red]error[/red] {code}: {escape(err.details() or '')}")
