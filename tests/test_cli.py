@@ -156,13 +156,6 @@ def test_connection_errors_name_the_service_its_address_and_variable(command, se
     assert f"cannot reach the {service} service at 127.0.0.1:1" in error and variable in error
 
 
-def test_chat_with_an_unreachable_gateway_names_its_address_and_variable():
-    result = CliRunner().invoke(app, ["chat", "Hello?"], env={"FT_GATEWAY_URL": "http://127.0.0.1:1"})
-    assert result.exit_code == 1
-    error = " ".join(result.stderr.split())
-    assert "gateway at http://127.0.0.1:1" in error and "FT_GATEWAY_URL" in error
-
-
 def test_names_and_text_with_markup_are_printed_as_text(data_server, tmp_path, monkeypatch):
     monkeypatch.setenv("FT_DATA_ADDRESS", data_server.address)
     runner = CliRunner()

@@ -188,4 +188,5 @@ def test_ftctl_chat_without_a_gateway_fails_readably(api_key):
             ftctl_app, ["chat", "Hello?"], env={"FT_GATEWAY_URL": url, "FT_API_KEY": api_key}
         )
     assert result.exit_code == 1
-    assert f"the gateway at {url} is unreachable" in " ".join(result.stderr.split())
+    error = " ".join(result.stderr.split())
+    assert f"cannot reach the gateway at {url}" in error and "FT_GATEWAY_URL" in error
