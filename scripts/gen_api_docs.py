@@ -192,8 +192,9 @@ def gateway_openapi() -> dict | None:
 def render_http(schema: dict) -> list[str]:
     lines = [f"## HTTP API: {schema['info']['title']}", ""]
     lines += [
-        "OpenAI-compatible; every route but the health and metrics ones needs `Authorization: Bearer <key>`",
-        "(`ftctl keys create`). The full OpenAPI document follows the table.",
+        "OpenAI-compatible; the /v1 routes need `Authorization: Bearer <key>` (`ftctl keys create`), the",
+        "/admin routes (what `ftctl keys` calls) an admin token (`python -m services.inference.keys bootstrap`",
+        "on the gateway's host). The full OpenAPI document follows the table.",
         "",
         "| method | path | summary |",
         "|---|---|---|",
