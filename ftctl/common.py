@@ -157,7 +157,7 @@ def follow_job(events: Iterable[common_pb2.JobEvent], description: str, show_jso
         TextColumn("{task.fields[detail]}", markup=False),  # server text
     )
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task(description, total=1.0, detail="")
+        task = progress.add_task(escape(description), total=1.0, detail="")  # names a user typed
         for event in events:
             detail = event.message
             if event.metrics:

@@ -4,6 +4,7 @@ cannot reach, shows no `<bool>` types, keeps piped tables whole, prints server t
 
 import ast
 import importlib.metadata
+import io
 import json
 import os
 import subprocess
@@ -18,11 +19,13 @@ import pytest
 from data_fixtures import prepared_qa_version
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
+from rich.console import Console
 from trainer_support import FACTS
 from typer.main import get_command
 from typer.testing import CliRunner
 
 from finetune.v1 import common_pb2, data_pb2, trainer_pb2
+from ftctl import common
 from ftctl.main import app
 from services.trainer.config import TrainerSettings
 
@@ -180,6 +183,19 @@ def test_names_and_text_with_markup_are_printed_as_text(data_server, tmp_path, m
     odd.write_text(json.dumps({"q[/x]": "a question?", "reply": "an answer"}) + "\n")
     failed = runner.invoke(app, ["data", "upload", str(odd)])
     assert failed.exit_code == 1 and "q[/x]" in failed.stderr
+
+
+def test_live_progress_prints_names_and_server_messages_as_text(monkeypatch):
+    screen = io.StringIO()
+    monkeypatch.setattr(common, "console", Console(file=screen, force_terminal=True, width=200))
+    done = common_pb2.JobEvent(
+        kind=common_pb2.EVENT_KIND_STATE,
+        state=common_pb2.JOB_STATE_SUCCEEDED,
+        message="done [/x]",
+        progress=1,
+    )
+    assert common.follow_job(iter([done]), "preparing x[/red]") == common_pb2.JOB_STATE_SUCCEEDED
+    assert "preparing x[/red]" in screen.getvalue() and "done [/x]" in screen.getvalue()
 
 
 @pytest.fixture(scope="module")
