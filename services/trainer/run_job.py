@@ -19,6 +19,7 @@ import torch
 
 from ftcommon.artifacts import ArtifactStore
 from ftcommon.db import Database
+from ftcommon.hardware import usable_cpu_count
 from ftcommon.jobs import EventKind, JobState, JobStore
 from ftcommon.logs import configure_logging
 from services.trainer import tables
@@ -94,6 +95,10 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
         )
     )
     recipe.setup()
+    if recipe.is_main:
+        store.emit(
+            job_id, EventKind.LOG, message=f"training in {recipe.precision} ({precision_reason(recipe)})"
+        )
     checkpoint = latest_checkpoint(db, job_id)
     if checkpoint is not None:
         recipe.load_checkpoint(artifacts.local_dir(checkpoint.artifact.uri))
@@ -138,7 +143,8 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
         "base_model_id": payload["base_model_id"],
         "prepared_version_id": payload["prepared_version_id"],
         "job_id": job_id,
-        "hyperparameters_json": hyperparameters.to_json(),
+        # The precision it actually ran in, not "auto": it depends on the worker's hardware.
+        "hyperparameters_json": hyperparameters.model_copy(update={"precision": recipe.precision}).to_json(),
         "code_version": code_version(),
     }
     merged_info = inspect_model_folder(exported.merged_dir)
@@ -177,12 +183,20 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
     return 0
 
 
+def precision_reason(recipe: FinetuneRecipe) -> str:
+    if recipe.hp.precision:
+        return "requested"
+    if recipe.device.type == "cuda":
+        return "GPU"
+    return "this CPU computes bf16 natively" if recipe.precision == "bf16" else "this CPU has no native bf16"
+
+
 def main() -> None:
     job_id, worker_id = sys.argv[1], sys.argv[2]
     settings = TrainerSettings()
     configure_logging("trainer", settings.log_level)
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
+    # The CPUs this process may use (affinity, cgroup quota), not the host's: oversubscribed threads spin.
+    torch.set_num_threads(settings.torch_threads or usable_cpu_count())
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.exit(run(settings, job_id, worker_id))
 
