@@ -27,6 +27,8 @@ sys.path.insert(0, str(REPO_ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The benchmark's services run on loopback in plaintext without a service token.
+os.environ.setdefault("FT_INSECURE_LOCAL_DEV", "1")
 
 LAMINI_DOCS = REPO_ROOT.parent / "shared" / "datasets" / "lamini_docs" / "lamini_docs.jsonl"
 MODEL_DIR = REPO_ROOT / "var" / "base_models" / "smollm2-135m-instruct"

@@ -23,6 +23,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The benchmark's services run on loopback in plaintext without a service token.
+os.environ.setdefault("FT_INSECURE_LOCAL_DEV", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))

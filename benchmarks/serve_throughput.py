@@ -28,6 +28,8 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+# The benchmark's services run on loopback in plaintext without a service token.
+os.environ.setdefault("FT_INSECURE_LOCAL_DEV", "1")
 
 from services.trainer.config import DEFAULT_BASE_MODEL_NAME  # noqa: E402
 

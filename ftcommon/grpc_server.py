@@ -12,8 +12,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from ftcommon.interceptors import ServerInterceptor
-from ftcommon.settings import ServiceSettings
+from ftcommon.interceptors import ServerInterceptor, ServiceTokenInterceptor
+from ftcommon.settings import ServiceSettings, TransportSecurity
 
 logger = logging.getLogger("ftcommon.server")
 
@@ -38,10 +38,46 @@ class RunningServer:
         return f"127.0.0.1:{self.port}"
 
 
+class InsecureConfiguration(RuntimeError):
+    """The service was given no credentials to check and no explicit local-development setting."""
+
+
+def auth_interceptors(security: TransportSecurity) -> list[grpc.ServerInterceptor]:
+    """The token check when a token is set; nothing when mutual TLS authenticates the peer instead.
+    Without either, only the explicit local-development setting lets a service start."""
+    if security.token:
+        return [ServiceTokenInterceptor(security.token)]
+    if security.tls_ca_file is not None and security.tls_cert_file is not None:
+        return []
+    if security.insecure_local_dev:
+        logger.warning("no service credentials: any caller is served (FT_INSECURE_LOCAL_DEV=1)")
+        return []
+    raise InsecureConfiguration(
+        "no service credentials configured: set FT_SERVICE_TOKEN (and optionally FT_TLS_CERT_FILE, "
+        "FT_TLS_KEY_FILE, FT_TLS_CA_FILE for mutual TLS), or FT_INSECURE_LOCAL_DEV=1 on a development machine"
+    )
+
+
+def server_credentials(security: TransportSecurity) -> grpc.ServerCredentials | None:
+    """TLS from the operator's PEM files; clients must present a certificate when a CA is given."""
+    if security.tls_cert_file is None and security.tls_key_file is None:
+        return None
+    if security.tls_cert_file is None or security.tls_key_file is None:
+        raise InsecureConfiguration("FT_TLS_CERT_FILE and FT_TLS_KEY_FILE must be set together")
+    ca = security.tls_ca_file.read_bytes() if security.tls_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(security.tls_key_file.read_bytes(), security.tls_cert_file.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
 def start_server(settings: ServiceSettings, registrations: Iterable[Registration]) -> RunningServer:
+    security = settings.security
+    credentials = server_credentials(security)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.max_workers),
-        interceptors=[ServerInterceptor()],
+        interceptors=[*auth_interceptors(security), ServerInterceptor()],
         options=[
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -56,7 +92,8 @@ def start_server(settings: ServiceSettings, registrations: Iterable[Registration
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    where = f"{settings.host}:{settings.port}"
+    port = server.add_secure_port(where, credentials) if credentials else server.add_insecure_port(where)
     if port == 0:
         raise RuntimeError(f"could not bind {settings.host}:{settings.port}")
     server.start()

@@ -1,5 +1,8 @@
-"""Server interceptor: request id, access log, Prometheus metrics and error mapping for every RPC."""
+"""Server interceptors: service credentials, then request id, access log, Prometheus metrics and error
+mapping for every RPC."""
 
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +15,14 @@ from ftcommon.errors import ServiceError
 from ftcommon.logs import log_fields, new_request_id, request_id_var
 
 REQUEST_ID_HEADER = "x-request-id"
+AUTHORIZATION_HEADER = "authorization"
+# Probes (kubelet's gRPC probe, the compose healthcheck) carry no credentials, and health tells only
+# SERVING or not. Everything else, reflection included, needs the token.
+OPEN_SERVICES = frozenset({"grpc.health.v1.Health"})
+UNAUTHENTICATED_DETAILS = (
+    "missing or wrong service credentials: send metadata 'authorization: Bearer <token>' "
+    "with the token the service was given (FT_SERVICE_TOKEN)"
+)
 
 RPC_TOTAL = Counter("grpc_server_handled_total", "RPCs handled", ["service", "method", "code"])
 RPC_SECONDS = Histogram("grpc_server_handling_seconds", "RPC handling time", ["service", "method"])
@@ -24,6 +35,62 @@ def _request_id(context: grpc.ServicerContext) -> str:
         if key == REQUEST_ID_HEADER and value:
             return str(value)
     return new_request_id()
+
+
+def bearer(token: str) -> str:
+    return f"Bearer {token}"
+
+
+def _digest(value: str) -> bytes:
+    # Comparing fixed-length digests keeps the comparison's time independent of the token's length too.
+    return hashlib.sha256(value.encode()).digest()
+
+
+class ServiceTokenInterceptor(grpc.ServerInterceptor):
+    """Refuses every call but health with UNAUTHENTICATED unless it carries the shared service token."""
+
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise ValueError("the service token must not be empty")
+        self._expected = _digest(bearer(token))
+
+    def _authorized(self, metadata: Any) -> bool:
+        presented = [str(value) for key, value in metadata or () if key == AUTHORIZATION_HEADER]
+        return len(presented) == 1 and hmac.compare_digest(_digest(presented[0]), self._expected)
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler], details: Any
+    ) -> grpc.RpcMethodHandler | None:
+        service = details.method.split("/")[1] if details.method.count("/") == 2 else ""
+        if service in OPEN_SERVICES or self._authorized(details.invocation_metadata):
+            return continuation(details)
+        handler = continuation(details)
+        return None if handler is None else _refusal(handler, details.method)
+
+
+def _refusal(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that only answers UNAUTHENTICATED."""
+
+    def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+        log_fields(
+            logger, logging.WARNING, "unauthenticated call refused", method=method, peer=context.peer()
+        )
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAILS)
+
+    def refuse_stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        refuse(request, context)
+        yield from ()
+
+    make = {
+        "unary_unary": (grpc.unary_unary_rpc_method_handler, refuse),
+        "unary_stream": (grpc.unary_stream_rpc_method_handler, refuse_stream),
+        "stream_unary": (grpc.stream_unary_rpc_method_handler, refuse),
+        "stream_stream": (grpc.stream_stream_rpc_method_handler, refuse_stream),
+    }
+    for kind, (factory, behaviour) in make.items():
+        if getattr(handler, kind):
+            return factory(behaviour, handler.request_deserializer, handler.response_serializer)
+    raise ValueError(f"{method}: a handler of no known kind")
 
 
 class ServerInterceptor(grpc.ServerInterceptor):

@@ -3,8 +3,34 @@
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class TransportSecurity(BaseSettings):
+    """How services prove who they are to each other (the same variables for servers and clients).
+
+    A server needs credentials: a shared service token (checked on every call but health), TLS
+    certificates (mutual when a client CA is given), or both. Plaintext without a token only under
+    FT_INSECURE_LOCAL_DEV=1, which the tests and `ftctl stack up` set."""
+
+    model_config = SettingsConfigDict(env_prefix="FT_", extra="ignore")
+
+    service_token: SecretStr = SecretStr("")
+    insecure_local_dev: bool = False
+    # PEM files the operator provides. Server: its certificate and key; with tls_ca_file, clients must
+    # present a certificate that CA signed. Client: tls_ca_file verifies the server; cert and key are its own.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_ca_file: Path | None = None
+
+    @property
+    def token(self) -> str:
+        return self.service_token.get_secret_value()
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls_ca_file is not None or self.tls_cert_file is not None
 
 
 class ServiceSettings(BaseSettings):
@@ -23,6 +49,7 @@ class ServiceSettings(BaseSettings):
     max_workers: int = 16
     shutdown_grace_seconds: float = 20.0
     log_level: str = "INFO"
+    security: TransportSecurity = Field(default_factory=TransportSecurity)
 
     def default_sqlite_path(self, service: str) -> Path | None:
         """The SQLite file the service uses when no database_url is set (None when one is)."""

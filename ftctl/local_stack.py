@@ -198,6 +198,8 @@ class LocalStack:
             **os.environ,
             "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1",
+            # A stack on this machine's loopback: plaintext, and no token unless FT_SERVICE_TOKEN is set.
+            "FT_INSECURE_LOCAL_DEV": "1",
             **self.ports.exports(),
             "FT_DATA_PORT": str(self.ports.data),
             "FT_TRAINER_PORT": str(self.ports.trainer),

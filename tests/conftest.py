@@ -24,6 +24,9 @@ LAMINI_DOCS = SHARED_DATASETS / "lamini_docs" / "lamini_docs.jsonl"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The test services run plaintext on loopback without a token (test_service_auth turns credentials on).
+# Set here, before any settings are read, so services started as subprocesses inherit it too.
+os.environ.setdefault("FT_INSECURE_LOCAL_DEV", "1")
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from finetune.v1 import trainer_pb2, trainer_pb2_grpc
 from ftcommon.artifacts import ArtifactStore
 from ftcommon.errors import InvalidArgument, Unavailable
 from ftcommon.grpc_client import open_channel
+from ftcommon.settings import TransportSecurity
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,14 @@ class BaseModel:
 
 
 class BaseModels:
-    def __init__(self, trainer_address: str, timeout_seconds: float, store: ArtifactStore) -> None:
-        self._channel = open_channel(trainer_address, timeout_seconds)
+    def __init__(
+        self,
+        trainer_address: str,
+        timeout_seconds: float,
+        store: ArtifactStore,
+        security: TransportSecurity,
+    ) -> None:
+        self._channel = open_channel(trainer_address, timeout_seconds, security)
         self._stub = trainer_pb2_grpc.TrainerServiceStub(self._channel)
         self._store = store
         self._tokenizers: dict[str, Any] = {}

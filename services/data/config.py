@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from ftcommon.settings import ServiceSettings, peer_address
+from ftcommon.sources import LOCAL, SourcePolicy
 
 
 class DataSettings(ServiceSettings):
@@ -14,6 +15,13 @@ class DataSettings(ServiceSettings):
     port: int = 50051
     # Folders RegisterDataset may read from; empty means the data dir and the working directory.
     allowed_roots: list[Path] = []
+    # What else RegisterDataset may read: "file" (local, under allowed_roots) and, only when listed,
+    # "http", "https", "s3"; remote sources must name a host (s3: a bucket) in source_hosts. Loopback,
+    # link-local and private addresses stay refused unless their network is in source_private_networks.
+    source_protocols: list[str] = [LOCAL]
+    source_hosts: list[str] = []
+    source_private_networks: list[str] = []
+    source_timeout_seconds: float = Field(60.0, gt=0)
     max_upload_bytes: int = Field(200 * 1024 * 1024, gt=0)
     # One row (a JSONL line, a CSV record, a JSON or Parquet element) longer than this is rejected.
     max_row_bytes: int = Field(1024 * 1024, gt=0)
@@ -33,3 +41,11 @@ class DataSettings(ServiceSettings):
     def resolved_allowed_roots(self) -> list[Path]:
         roots = self.allowed_roots or [self.data_dir, Path.cwd()]
         return [root.resolve() for root in roots]
+
+    def source_policy(self) -> SourcePolicy:
+        return SourcePolicy.build(
+            self.resolved_allowed_roots(),
+            self.source_protocols,
+            self.source_hosts,
+            self.source_private_networks,
+        )

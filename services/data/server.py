@@ -45,7 +45,9 @@ def build_server(settings: DataSettings) -> DataServer:
     store = ArtifactStore(settings.resolved_artifact_store_url())
     catalog = Catalog(db)
     jobs = JobStore(db, tables.prepare_jobs, tables.prepare_job_events, id_prefix="prep")
-    base_models = BaseModels(settings.trainer_address, settings.trainer_timeout_seconds, store)
+    base_models = BaseModels(
+        settings.trainer_address, settings.trainer_timeout_seconds, store, settings.security
+    )
     scratch = settings.data_dir / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
     workers = PrepareWorkers(jobs, PrepareRunner(store, catalog, base_models, scratch), settings)

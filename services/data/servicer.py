@@ -3,9 +3,7 @@
 import hashlib
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
-import fsspec
 import grpc
 
 from finetune.v1 import common_pb2, data_pb2, data_pb2_grpc
@@ -29,6 +27,7 @@ from services.data.prepare import (
 )
 from services.data.registration import register_dataset
 from services.data.schemas import Schema
+from services.data.source_reader import read_source
 from services.data.splitting import SPLITS
 from services.data.worker import PREPARE_KIND, PrepareWorkers
 
@@ -132,6 +131,12 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             received += message.chunk
             if len(received) > limit:
                 raise InvalidArgument(f"the upload is over the limit of {limit:,} bytes", field="chunk")
+            if metadata.size_bytes and len(received) > metadata.size_bytes:
+                raise InvalidArgument(
+                    f"declared {metadata.size_bytes:,} bytes, received at least {len(received):,}: "
+                    "the upload is longer than declared",
+                    field="size_bytes",
+                )
         data = bytes(received)
         if metadata.size_bytes and metadata.size_bytes != len(data):
             raise InvalidArgument(
@@ -152,47 +157,29 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         return dataset_message(record)
 
     def RegisterDataset(self, request: data_pb2.RegisterDatasetRequest, context):  # noqa: N802
-        data, filename = self._read_source(request.source)
-        record = register_dataset(
-            data,
-            request.options.name,
-            request.source,
-            ingest_options(request.options, filename),
-            self.settings,
-            self.store,
-            self.catalog,
-        )
+        source, data, filename = read_source(request.source, self.settings)
+        try:
+            record = register_dataset(
+                data,
+                request.options.name,
+                source.location,
+                ingest_options(request.options, filename),
+                self.settings,
+                self.store,
+                self.catalog,
+            )
+        except InvalidArgument as err:
+            if source.is_local:
+                raise
+            # Rows or column names of a remote answer would turn this service into a reader of any
+            # page it can reach: say only where it failed.
+            raise InvalidArgument(
+                f"what {source.host} sent is not a dataset this service reads "
+                "(its content is not repeated for remote sources)",
+                field="source",
+                row=err.row,
+            ) from None
         return dataset_message(record)
-
-    def _read_source(self, source: str) -> tuple[bytes, str]:
-        if not source:
-            raise InvalidArgument("is required", field="source")
-        limit = self.settings.max_upload_bytes
-        if "://" in source and not source.startswith("file://"):
-            try:
-                with fsspec.open(source, "rb") as handle:
-                    data = handle.read(limit + 1)
-            except (OSError, ValueError, ImportError) as exc:
-                raise InvalidArgument(f"cannot read {source}: {exc}", field="source") from None
-            filename = source.rstrip("/").rsplit("/", 1)[-1]
-        else:
-            path = Path(source.removeprefix("file://")).resolve()
-            roots = self.settings.resolved_allowed_roots()
-            if not any(path.is_relative_to(root) for root in roots):
-                raise InvalidArgument(
-                    f"{source} resolves to {path}, outside the allowed roots ({', '.join(map(str, roots))})",
-                    field="source",
-                )
-            if not path.is_file():
-                raise InvalidArgument(f"{path} is not a file", field="source")
-            if path.stat().st_size > limit:
-                raise InvalidArgument(
-                    f"{path} is {path.stat().st_size:,} bytes, over the limit of {limit:,}", field="source"
-                )
-            data, filename = path.read_bytes(), path.name
-        if len(data) > limit:
-            raise InvalidArgument(f"{source} is over the limit of {limit:,} bytes", field="source")
-        return data, filename
 
     def GetDataset(self, request, context):  # noqa: N802
         return dataset_message(self.catalog.get_dataset(request.id))

@@ -51,9 +51,9 @@ class Clients:
         self.settings = settings
         timeout = settings.rpc_timeout_seconds
         self._channels = [
-            open_channel(settings.inference_address, timeout),
-            open_channel(settings.data_address, timeout),
-            open_channel(settings.trainer_address, timeout),
+            open_channel(settings.inference_address, timeout, settings.security),
+            open_channel(settings.data_address, timeout, settings.security),
+            open_channel(settings.trainer_address, timeout, settings.security),
         ]
         self.inference = inference_pb2_grpc.InferenceServiceStub(self._channels[0])
         self.data = data_pb2_grpc.DataServiceStub(self._channels[1])

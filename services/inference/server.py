@@ -43,7 +43,9 @@ class InferenceServer:
         database = open_gateway_database(settings)
         keys = KeyStore(database)
         store = ArtifactStore(settings.resolved_artifact_store_url())
-        self._trainer_channel = open_channel(settings.trainer_address, settings.rpc_timeout_seconds)
+        self._trainer_channel = open_channel(
+            settings.trainer_address, settings.rpc_timeout_seconds, settings.security
+        )
         manager = ModelManager(settings, trainer_pb2_grpc.TrainerServiceStub(self._trainer_channel), store)
         self.state = GatewayState.build(settings, manager, keys, AdminTokenStore(database))
         self.loop = asyncio.new_event_loop()

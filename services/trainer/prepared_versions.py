@@ -7,6 +7,7 @@ import grpc
 from finetune.v1 import data_pb2, data_pb2_grpc
 from ftcommon.errors import InvalidArgument, NotFound, Unavailable
 from ftcommon.grpc_client import open_channel
+from ftcommon.settings import TransportSecurity
 
 
 @dataclass(frozen=True)
@@ -16,10 +17,12 @@ class PreparedVersionRef:
     base_model_id: str
 
 
-def resolve_prepared_version(data_address: str, version_id: str, timeout: float) -> PreparedVersionRef:
+def resolve_prepared_version(
+    data_address: str, version_id: str, timeout: float, security: TransportSecurity
+) -> PreparedVersionRef:
     if not version_id:
         raise InvalidArgument("is required", field="prepared_version_id")
-    with open_channel(data_address, default_timeout=timeout) as channel:
+    with open_channel(data_address, default_timeout=timeout, security=security) as channel:
         stub = data_pb2_grpc.DataServiceStub(channel)
         try:
             version = stub.GetPreparedVersion(data_pb2.GetPreparedVersionRequest(id=version_id))

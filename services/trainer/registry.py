@@ -148,15 +148,15 @@ class ModelRegistry:
         logger.info("model registered", extra={"fields": {"model_id": model_id, "model_name": name}})
         return self.get(model_id)
 
-    def get(self, ref: str) -> ModelRecord:
-        """By id, name or alias, in that order."""
+    def get(self, ref: str, field: str = "name") -> ModelRecord:
+        """By id, name or alias, in that order; `field` names the request field an unknown `ref` came in."""
         record = self._find(ref)
         if record is None:
             alias = self._alias_row(ref)
             if alias is not None:
                 record = self._find(alias["model_id"])
         if record is None:
-            raise NotFound(f"no model, name or alias '{ref}'", field="name")
+            raise NotFound(f"no model, name or alias '{ref}'", field=field)
         return record
 
     def list_models(self, kind: int | None, offset: int, limit: int) -> list[ModelRecord]:

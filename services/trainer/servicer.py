@@ -127,12 +127,15 @@ class TrainerServicer(RegistryServicer):
             if existing:
                 return self._job_message(existing)
         hyperparameters = from_proto(request.hyperparameters)
-        base = self.registry.get(request.base_model)
+        base = self.registry.get(request.base_model, field="base_model")
         if base.kind == ADAPTER:
             # Base and merged models are complete model folders; an adapter needs its base to load.
             raise InvalidArgument(f"'{request.base_model}' is an adapter, not a model", field="base_model")
         version = resolve_prepared_version(
-            self.data_address, request.prepared_version_id, self.settings.data_timeout_seconds
+            self.data_address,
+            request.prepared_version_id,
+            self.settings.data_timeout_seconds,
+            self.settings.security,
         )
         if version.base_model_id and version.base_model_id != base.id:
             raise InvalidArgument(
