@@ -9,9 +9,12 @@ exactly those process groups, also when `up` itself was killed. `down` without a
 so it is safe to run twice (and from `make down`).
 """
 
+import fcntl
 import json
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -31,6 +34,7 @@ from ftctl.local_stack import (
 from ftctl.stack_record import StackRecord, record_path, stop_groups, stop_supervisor
 
 app = typer.Typer(no_args_is_help=True)
+LOCK_NAME = "stack.lock"
 
 DATA_DIR_OPTION = typer.Option(
     Path("var"),
@@ -62,12 +66,30 @@ def load_record(data_dir: Path) -> StackRecord | None:
     return None
 
 
+@contextmanager
+def one_start_at_a_time(data_dir: Path) -> Iterator[None]:
+    """Two `stack up` in one directory at once would both pass the port check (and gRPC servers share a
+    port silently), so the second is refused."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / LOCK_NAME, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fail(f"another `ftctl stack up` is starting the stack in {data_dir.resolve()}")
+        yield
+
+
 @app.command()
 def up(
     data_dir: Path = DATA_DIR_OPTION,
     timeout: float = typer.Option(600.0, min=1, help="Seconds to wait for every service to be healthy."),
 ) -> None:
     """Start the platform in the background and print the `export` lines for this shell."""
+    with one_start_at_a_time(data_dir):
+        start_or_reuse(data_dir, timeout)
+
+
+def start_or_reuse(data_dir: Path, timeout: float) -> None:
     record = load_record(data_dir)
     if record is not None:
         running = record.running()

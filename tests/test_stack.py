@@ -1,6 +1,7 @@
 """`ftctl stack`: up on free, non-default ports in a temporary data directory, status, logs, down; down
 after the process that started the stack was killed; a taken port; down with no stack."""
 
+import fcntl
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import pytest
 
 from finetune.v1 import trainer_pb2, trainer_pb2_grpc
 from ftctl.local_stack import StackPorts, free_port
+from ftctl.stack import LOCK_NAME
 from ftctl.stack_record import StackRecord, group_alive, record_path
 from services.trainer.config import DEFAULT_BASE_MODEL_NAME
 
@@ -87,6 +89,17 @@ def test_up_refuses_a_taken_port_naming_it_and_starts_nothing(tmp_path):
     assert not record_path(data_dir).exists() and not (data_dir / "logs").exists()
     for port in (ports.data, ports.trainer, ports.inference, ports.gateway):
         assert not listening(port), f"something listens on {port}"
+
+
+def test_a_second_up_while_one_is_starting_is_refused(tmp_path):
+    data_dir = tmp_path / "var"
+    data_dir.mkdir()
+    with open(data_dir / LOCK_NAME, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # as a `stack up` that is starting holds it
+        result = ftctl("up", "--data-dir", str(data_dir), env=stack_env(free_layout()), timeout=60)
+    assert result.returncode == 1
+    assert "another `ftctl stack up` is starting the stack in" in result.stderr
+    assert not record_path(data_dir).exists()
 
 
 @pytest.mark.slow
