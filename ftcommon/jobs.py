@@ -88,6 +88,21 @@ class Job:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """One worker's hold on one attempt of a running job. An outcome written under a lease applies only
+    while the job is still that attempt of that worker's: a worker that lost its job (it looked dead and
+    the job was requeued and claimed again) cannot overwrite what the new owner decides."""
+
+    job_id: str
+    worker_id: str
+    attempt: int
+
+    @classmethod
+    def of(cls, claimed: Job) -> "Lease":
+        return cls(claimed.id, claimed.worker_id, claimed.attempt)
+
+
+@dataclass(frozen=True)
 class Event:
     job_id: str
     index: int
@@ -292,11 +307,18 @@ class JobStore:
         error: str = "",
         result: dict[str, Any] | None = None,
         require_from: set[JobState] | None = None,
+        lease: Lease | None = None,
     ) -> bool:
-        """Moves a job along the state machine; False when it was not in an allowed state."""
+        """Moves a job along the state machine; False when it was not in an allowed state, or, with a
+        lease, when the job is no longer that running attempt of that worker's."""
         allowed_from = {s for s, targets in ALLOWED_TRANSITIONS.items() if target in targets}
         if require_from is not None:
             allowed_from &= require_from
+        guard = [self.jobs.c.id == job_id]
+        if lease is not None:
+            allowed_from &= {JobState.RUNNING}
+            guard += [self.jobs.c.worker_id == lease.worker_id, self.jobs.c.attempt == lease.attempt]
+        guard.append(self.jobs.c.state.in_([int(s) for s in allowed_from]))
         values: dict[str, Any] = {"state": int(target)}
         if target.terminal:
             values["finished_at"] = utcnow()
@@ -309,11 +331,7 @@ class JobStore:
         if result is not None:
             values["result"] = json.dumps(result)
         with self.db.begin() as conn:
-            changed = conn.execute(
-                update(self.jobs)
-                .where(and_(self.jobs.c.id == job_id, self.jobs.c.state.in_([int(s) for s in allowed_from])))
-                .values(**values)
-            ).rowcount
+            changed = conn.execute(update(self.jobs).where(and_(*guard)).values(**values)).rowcount
             if changed == 1:
                 self._append(
                     conn,

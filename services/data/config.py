@@ -1,16 +1,23 @@
 """The data service's settings (env prefix FT_DATA_)."""
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from ftcommon.job_runtime import JobRuntimeSettings, fold_older_job_setting_names
 from ftcommon.settings import ServiceSettings, peer_address
 from ftcommon.sources import LOCAL, SourcePolicy
 
 
+class PrepareJobSettings(JobRuntimeSettings):
+    # A prepare is restarted from scratch when its worker is lost; lost workers are noticed sooner.
+    stale_after_seconds: float = Field(10.0, gt=0)
+
+
 class DataSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="FT_DATA_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FT_DATA_", extra="ignore", env_nested_delimiter="__")
 
     port: int = 50051
     # Folders RegisterDataset may read from; empty means the data dir and the working directory.
@@ -27,16 +34,25 @@ class DataSettings(ServiceSettings):
     max_row_bytes: int = Field(1024 * 1024, gt=0)
     trainer_address: str = peer_address("trainer")
     trainer_timeout_seconds: float = Field(30.0, gt=0)
-    # Background threads running prepare jobs in this process.
-    prepare_workers: int = Field(1, ge=1)
-    job_poll_seconds: float = Field(0.5, gt=0)
-    job_heartbeat_seconds: float = Field(2.0, gt=0)
-    # A running job whose heartbeat is older than this lost its worker (a killed process) and is requeued.
-    job_stale_seconds: float = Field(10.0, gt=0)
-    # A job that keeps killing its worker is failed instead of being retried forever.
-    job_max_attempts: int = Field(3, ge=1)
+    # Prepare jobs run in this process (FT_DATA_JOBS__WORKERS, FT_DATA_JOBS__POLL_SECONDS, ...).
+    jobs: PrepareJobSettings = PrepareJobSettings()
     # Near duplicates: Jaccard similarity of word 3-shingles at or above this (one changed word in a 20-word row gives 0.74).
     near_duplicate_threshold: float = Field(0.7, gt=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_job_setting_names(cls, data: Any) -> Any:
+        return fold_older_job_setting_names(
+            data,
+            "FT_DATA_",
+            {
+                "prepare_workers": "workers",
+                "job_poll_seconds": "poll_seconds",
+                "job_heartbeat_seconds": "heartbeat_seconds",
+                "job_stale_seconds": "stale_after_seconds",
+                "job_max_attempts": "max_attempts",
+            },
+        )
 
     def resolved_allowed_roots(self) -> list[Path]:
         roots = self.allowed_roots or [self.data_dir, Path.cwd()]

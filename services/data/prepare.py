@@ -51,9 +51,7 @@ TOKENIZER_FILES = (
     "merges.txt",
 )
 
-
-class PrepareCancelled(Exception):
-    pass
+_VALIDATION_DATASET_GROUP = "validation-dataset:"
 
 
 def effective_request(
@@ -82,6 +80,11 @@ def effective_request(
     if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6 or fractions[0] <= 0:
         raise InvalidArgument(
             f"fractions must be non-negative, sum to 1 and give train a share (got {fractions})",
+            field="split",
+        )
+    if effective.validation_dataset_id and fractions[1] > 0:
+        raise InvalidArgument(
+            "must give validation no share when validation_dataset_id supplies the validation rows",
             field="split",
         )
     effective.split.CopyFrom(
@@ -163,7 +166,7 @@ class PrepareRunner:
         self,
         payload: dict[str, Any],
         progress: Callable[[float, str, dict[str, float]], None],
-        cancelled: Callable[[], bool],
+        stop_if_asked: Callable[[], None],
     ) -> VersionRecord:
         target_id = payload["version_id"]
         if existing := self.catalog.find_version(target_id):
@@ -174,10 +177,14 @@ class PrepareRunner:
         dataset = self.catalog.get_dataset(request.dataset_id)
         progress(0.01, "loading the dataset and the tokenizer", {})
         conversations = load_conversations(self.store, dataset)
+        validation_rows = self._validation_rows(request)
         # Only the dataset's rows are scanned: the system prompt and refusal rows are the operator's own text.
         allow = PiiAllowList.parse(request.pii.allow, "pii.allow")
         pii_of = {id(c): scan_conversation(c, request.pii.redact, allow) for c in conversations}
         groups = self._group_keys(dataset, conversations)
+        pii_of |= {id(c): scan_conversation(c, request.pii.redact, allow) for c in validation_rows}
+        conversations += validation_rows
+        groups += [f"{_VALIDATION_DATASET_GROUP}{c.line}" for c in validation_rows]
         refusal_rows = self._refusal_rows(request, len(conversations))
         conversations += refusal_rows
         groups += [f"refusal:{c.messages[0]['content']}" for c in refusal_rows]
@@ -193,7 +200,7 @@ class PrepareRunner:
             else tokenizer.eos_token
         )
         examples, dropped, truncated = self._tokenize(
-            request, conversations, groups, tokenizer, template, end_of_turn, progress, cancelled
+            request, conversations, groups, tokenizer, template, end_of_turn, progress, stop_if_asked
         )
         if not examples:
             raise InvalidArgument(
@@ -205,6 +212,11 @@ class PrepareRunner:
             (request.split.train, request.split.validation, request.split.test),
             request.seed,
         )
+        # Rows of a separate validation dataset are the validation split, whatever the seed says.
+        splits = [
+            "validation" if e.group.startswith(_VALIDATION_DATASET_GROUP) else split
+            for e, split in zip(examples, splits, strict=True)
+        ]
         with tempfile.TemporaryDirectory(dir=self.scratch_dir) as scratch:
             folder = Path(scratch)
             split_stats = self._write_splits(folder, examples, splits, request.seed)
@@ -230,8 +242,7 @@ class PrepareRunner:
             (folder / "prepare.json").write_text(
                 json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8"
             )
-            if cancelled():
-                raise PrepareCancelled()
+            stop_if_asked()
             artifact = self.store.put_dir(folder)
         record = VersionRecord(
             id=target_id,
@@ -249,6 +260,11 @@ class PrepareRunner:
             split_pii=split_pii,
         )
         return self.catalog.add_version(record)
+
+    def _validation_rows(self, request: data_pb2.PrepareDatasetRequest) -> list[Conversation]:
+        if not request.validation_dataset_id:
+            return []
+        return load_conversations(self.store, self.catalog.get_dataset(request.validation_dataset_id))
 
     def _group_keys(self, dataset: DatasetRecord, conversations: list[Conversation]) -> list[str]:
         """Each row's duplicate group (exact or near, transitively), so a group lands in one split."""
@@ -294,7 +310,7 @@ class PrepareRunner:
         template: str,
         end_of_turn: str,
         progress: Callable[[float, str, dict[str, float]], None],
-        cancelled: Callable[[], bool],
+        stop_if_asked: Callable[[], None],
     ) -> tuple[list[_Example], int, int]:
         # Exact duplicates are tokenized once for the whole data set, not once per batch.
         keys = [tuple((m["role"], m["content"]) for m in c.messages) for c in conversations]
@@ -302,8 +318,7 @@ class PrepareRunner:
         distinct = list(first_of)
         encoded: dict[tuple, tuple[list[int], list[int]]] = {}
         for start in range(0, len(distinct), TOKENIZE_BATCH):
-            if cancelled():
-                raise PrepareCancelled()
+            stop_if_asked()
             batch = distinct[start : start + TOKENIZE_BATCH]
             messages = [conversations[first_of[key]].messages for key in batch]
             encoded.update(

@@ -4,6 +4,7 @@ from finetune.v1 import data_pb2, data_pb2_grpc
 from ftcommon.artifacts import ArtifactStore
 from ftcommon.db import Database
 from ftcommon.grpc_server import RunningServer, serve_until_signalled, start_server
+from ftcommon.job_runtime import JobRuntime
 from ftcommon.jobs import JobStore
 from ftcommon.logs import configure_logging
 from services.data import tables
@@ -12,7 +13,7 @@ from services.data.catalog import Catalog
 from services.data.config import DataSettings
 from services.data.prepare import PrepareRunner
 from services.data.servicer import DataServicer
-from services.data.worker import PrepareWorkers
+from services.data.worker import prepare_runtime
 
 SERVICE_NAME = data_pb2.DESCRIPTOR.services_by_name["DataService"].full_name
 
@@ -20,7 +21,7 @@ SERVICE_NAME = data_pb2.DESCRIPTOR.services_by_name["DataService"].full_name
 class DataServer:
     """The running gRPC server plus the prepare workers it owns; stop() ends both."""
 
-    def __init__(self, running: RunningServer, workers: PrepareWorkers, base_models: BaseModels) -> None:
+    def __init__(self, running: RunningServer, workers: JobRuntime, base_models: BaseModels) -> None:
         self.running = running
         self.workers = workers
         self.base_models = base_models
@@ -50,7 +51,7 @@ def build_server(settings: DataSettings) -> DataServer:
     )
     scratch = settings.data_dir / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
-    workers = PrepareWorkers(jobs, PrepareRunner(store, catalog, base_models, scratch), settings)
+    workers = prepare_runtime(jobs, PrepareRunner(store, catalog, base_models, scratch), settings)
     servicer = DataServicer(settings, store, catalog, jobs, base_models, workers)
     running = start_server(
         settings, [(data_pb2_grpc.add_DataServiceServicer_to_server, servicer, SERVICE_NAME)]

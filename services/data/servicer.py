@@ -9,6 +9,7 @@ import grpc
 from finetune.v1 import common_pb2, data_pb2, data_pb2_grpc
 from ftcommon.artifacts import ArtifactStore
 from ftcommon.errors import InvalidArgument, NotFound
+from ftcommon.job_runtime import JobRuntime
 from ftcommon.jobs import Job, JobStore
 from ftcommon.pagination import next_page_token, page_bounds
 from ftcommon.protoconv import artifact_ref, job_event, job_status, timestamp
@@ -29,7 +30,7 @@ from services.data.registration import register_dataset
 from services.data.schemas import Schema
 from services.data.source_reader import read_source
 from services.data.splitting import SPLITS
-from services.data.worker import PREPARE_KIND, PrepareWorkers
+from services.data.worker import PREPARE_KIND
 
 COUNT_FIELDS = data_pb2.ReportCounts.DESCRIPTOR.fields_by_name
 
@@ -102,7 +103,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         catalog: Catalog,
         jobs: JobStore,
         base_models: BaseModels,
-        workers: PrepareWorkers,
+        workers: JobRuntime,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -234,6 +235,11 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             dataset = self.catalog.get_dataset(request.dataset_id)
         except NotFound as err:
             raise NotFound(err.message, field="dataset_id") from None
+        if request.validation_dataset_id:
+            try:
+                self.catalog.get_dataset(request.validation_dataset_id)
+            except NotFound as err:
+                raise NotFound(err.message, field="validation_dataset_id") from None
         model = self.base_models.resolve(request.base_model)
         effective = effective_request(request, model)
         if effective.pii.strict and not effective.pii.redact:

@@ -15,13 +15,15 @@ from finetune.v1 import (
     common_pb2,
     data_pb2,
     data_pb2_grpc,
+    eval_pb2,
     inference_pb2,
     inference_pb2_grpc,
     trainer_pb2,
     trainer_pb2_grpc,
 )
-from ftcommon.errors import InvalidArgument
+from ftcommon.errors import InvalidArgument, Unavailable, describe_rpc_error
 from ftcommon.grpc_client import open_channel
+from ftcommon.job_runtime import JobStopped
 from services.eval.analysis import Answer
 from services.eval.config import EvalSettings
 
@@ -34,16 +36,16 @@ TRAINING_HISTORY_TIMEOUT_SECONDS = 15.0
 PAGE_SIZE = 500
 
 
-class RunStopped(Exception):
-    """The progress callback asked to stop (the run was cancelled or lost its lease)."""
-
-
 @dataclass(frozen=True)
 class ResolvedModel:
     reference: str  # what the caller wrote: id, name or alias
     model_id: str
     name: str
     job_id: str  # the training job that made it; empty for base models
+
+
+def _peer_failed(service: str, address: str, err: grpc.RpcError) -> Unavailable:
+    return Unavailable(f"the {service} service at {address} failed: {describe_rpc_error(err)}")
 
 
 class Clients:
@@ -65,16 +67,39 @@ class Clients:
 
     # Registry
 
-    def resolve_model(self, reference: str) -> ResolvedModel:
+    def resolve_model(self, reference: str, field: str = "models") -> ResolvedModel:
         try:
             model = self.trainer.GetModel(trainer_pb2.GetModelRequest(name=reference))
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 raise InvalidArgument(
-                    f"no model, name or alias {reference!r} in the registry", field="models"
+                    f"no model, name or alias {reference!r} in the registry", field=field
                 ) from err
-            raise
+            raise _peer_failed("trainer", self.settings.trainer_address, err) from None
         return ResolvedModel(reference, model.id, model.name, model.lineage.job_id)
+
+    def check_data(self, data: eval_pb2.EvalData) -> None:
+        """The prepared version or the dataset a run names exists (with the split asked for)."""
+        source = data.WhichOneof("source")
+        try:
+            if source == "prepared_version_id":
+                version = self.data.GetPreparedVersion(
+                    data_pb2.GetPreparedVersionRequest(id=data.prepared_version_id)
+                )
+                split = data.split or "test"
+                if version.split_stats and split not in version.split_stats:
+                    raise InvalidArgument(
+                        f"prepared version {version.id} has no {split!r} split "
+                        f"(it has {', '.join(sorted(version.split_stats))})",
+                        field="data.split",
+                    )
+            elif source == "dataset_id":
+                self.data.GetDataset(data_pb2.GetDatasetRequest(id=data.dataset_id))
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                value = getattr(data, source or "")
+                raise InvalidArgument(f"{value!r} does not exist", field=f"data.{source}") from err
+            raise _peer_failed("data", self.settings.data_address, err) from None
 
     def training_curve(self, job_id: str) -> list[dict[str, float]]:
         """Train-step losses and validation losses from the training job's durable event log."""
@@ -152,7 +177,7 @@ class Clients:
                     if not on_progress(done):
                         for other in pending:
                             other.cancel()
-                        raise RunStopped()
+                        raise JobStopped()
         return [answer for answer in answers if answer is not None]
 
     def _generate_one(

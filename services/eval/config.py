@@ -1,8 +1,12 @@
 """The eval service's settings (env prefix FT_EVAL_)."""
 
-from pydantic import Field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from ftcommon.job_runtime import JobRuntimeSettings, fold_older_job_setting_names
 from ftcommon.settings import ServiceSettings, peer_address
 
 DEFAULT_JUDGE_RUBRIC = (
@@ -12,8 +16,15 @@ DEFAULT_JUDGE_RUBRIC = (
 )
 
 
+class EvalJobSettings(JobRuntimeSettings):
+    # A run talks to other services for minutes; a silent minute is a lost worker, and one retry suffices.
+    heartbeat_seconds: float = Field(5.0, gt=0)
+    stale_after_seconds: float = Field(60.0, gt=0)
+    max_attempts: int = Field(2, ge=1)
+
+
 class EvalSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="FT_EVAL_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FT_EVAL_", extra="ignore", env_nested_delimiter="__")
 
     port: int = 50053
     inference_address: str = peer_address("inference")
@@ -42,9 +53,26 @@ class EvalSettings(ServiceSettings):
     judge_model: str = ""
     judge_rubric: str = DEFAULT_JUDGE_RUBRIC
 
-    # Worker: how often it looks for queued runs, how long a silent run counts as alive, how many tries.
-    poll_seconds: float = Field(0.5, gt=0)
-    heartbeat_seconds: float = Field(5.0, gt=0)
-    stale_after_seconds: float = Field(60.0, gt=0)
-    max_attempts: int = Field(2, ge=1)
+    # Runs are executed in this process (FT_EVAL_JOBS__POLL_SECONDS, ...) unless the worker is disabled.
+    jobs: EvalJobSettings = EvalJobSettings()
     worker_enabled: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_job_setting_names(cls, data: Any) -> Any:
+        return fold_older_job_setting_names(
+            data,
+            "FT_EVAL_",
+            {
+                name: name
+                for name in ("poll_seconds", "heartbeat_seconds", "stale_after_seconds", "max_attempts")
+            },
+        )
+
+    # Folders benchmark files may be read from (symlinks count where they point); empty means the data
+    # dir and the working directory.
+    benchmark_roots: list[Path] = []
+
+    def resolved_benchmark_roots(self) -> tuple[Path, ...]:
+        roots = self.benchmark_roots or [self.data_dir, Path.cwd()]
+        return tuple(root.resolve() for root in roots)

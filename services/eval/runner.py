@@ -17,10 +17,12 @@ from google.protobuf.json_format import ParseDict
 from finetune.v1 import common_pb2, eval_pb2, inference_pb2
 from ftcommon.artifacts import ArtifactStore
 from ftcommon.errors import InvalidArgument
+from ftcommon.job_runtime import JobStopped
 from ftcommon.jobs import EventKind, JobStore
+from ftcommon.sources import confine_local_path
 from services.eval import benchmarks
 from services.eval.analysis import Example, ModelOutputs, answer_rows, build_report
-from services.eval.clients import Clients, Messages, RunStopped
+from services.eval.clients import Clients, Messages
 from services.eval.config import EvalSettings
 from services.eval.metrics import DEFAULT_REFUSAL_TEXT, RefusalDetector
 from services.eval.off_topic_probes import OFF_TOPIC_PROBES
@@ -41,8 +43,9 @@ def parse_request(payload: dict[str, Any]) -> eval_pb2.CreateRunRequest:
     return ParseDict(payload, eval_pb2.CreateRunRequest(), ignore_unknown_fields=True)
 
 
-def validate_request(request: eval_pb2.CreateRunRequest) -> None:
-    """Everything that can be checked before the run is queued, so bad input fails at CreateRun."""
+def validate_request(request: eval_pb2.CreateRunRequest, benchmark_roots: tuple[Path, ...]) -> None:
+    """Everything that can be checked without other services before the run is queued, so bad input fails
+    at CreateRun."""
     if not [m for m in request.models if m.strip()]:
         raise InvalidArgument("name at least one model; the first is the baseline", field="models")
     if not request.data.WhichOneof("source") and not request.benchmarks:
@@ -62,11 +65,18 @@ def validate_request(request: eval_pb2.CreateRunRequest) -> None:
                 f"unknown benchmark {spec.name!r}; known: {', '.join(benchmarks.BENCHMARK_NAMES)}",
                 field=f"benchmarks[{index}].name",
             )
-        if not Path(spec.path).exists():
-            raise InvalidArgument(f"{spec.path} does not exist", field=f"benchmarks[{index}].path")
+        benchmark_path(spec.path, benchmark_roots, index)
     rule = request.promotion_rule
     if not 0 <= rule.min_refusal_rate <= 1 or not 0 <= rule.max_wrong_refusal_rate <= 1:
         raise InvalidArgument("rates are fractions between 0 and 1", field="promotion_rule")
+
+
+def benchmark_path(text: str, roots: tuple[Path, ...], index: int) -> Path:
+    """The benchmark file or folder, confined to the roots the operator allows the evaluator to read."""
+    path = confine_local_path(text, roots, f"benchmarks[{index}].path")
+    if not path.exists():
+        raise InvalidArgument(f"{text} does not exist", field=f"benchmarks[{index}].path")
+    return path
 
 
 class RunExecutor:
@@ -79,7 +89,7 @@ class RunExecutor:
         self.clients = clients
 
     def execute(self, job_id: str, payload: dict[str, Any], keep_going: Callable[[], bool]) -> dict[str, Any]:
-        """Runs to the end and returns the job's result; raises RunStopped when `keep_going` turns False."""
+        """Runs to the end and returns the job's result; raises JobStopped when `keep_going` turns False."""
         request = parse_request(payload)
         wanted = set(request.metrics) or {REFERENCE_LOSS, REFUSAL} | (
             {JUDGE} if request.judge_model or self.settings.judge_model else set()
@@ -94,9 +104,12 @@ class RunExecutor:
         sampling = self._sampling(request)
         probes = list(request.off_topic_probes) or list(OFF_TOPIC_PROBES)
         in_domain = list(request.in_domain_probes)
+        roots = self.settings.resolved_benchmark_roots()
         questions = {
-            spec.name: benchmarks.load_questions(spec.name, Path(spec.path), spec.limit)
-            for spec in request.benchmarks
+            spec.name: benchmarks.load_questions(
+                spec.name, benchmark_path(spec.path, roots, index), spec.limit
+            )
+            for index, spec in enumerate(request.benchmarks)
         }
         progress = _Progress(
             self.store,
@@ -337,7 +350,7 @@ class _Progress:
         self.finished += units
         self._emit()
         if not self.keep_going():
-            raise RunStopped()
+            raise JobStopped()
 
     def _emit(self) -> None:
         self.since_event = 0

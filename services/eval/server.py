@@ -6,6 +6,7 @@ from finetune.v1 import eval_pb2, eval_pb2_grpc
 from ftcommon.artifacts import ArtifactStore
 from ftcommon.db import Database
 from ftcommon.grpc_server import RunningServer, serve_until_signalled, start_server
+from ftcommon.job_runtime import JobRuntime
 from ftcommon.jobs import JobStore
 from ftcommon.logs import configure_logging
 from services.eval import tables
@@ -13,7 +14,7 @@ from services.eval.clients import Clients
 from services.eval.config import EvalSettings
 from services.eval.runner import RunExecutor
 from services.eval.servicer import EvalServicer
-from services.eval.worker import EvalWorker
+from services.eval.worker import eval_runtime
 
 SERVICE_NAME = eval_pb2.DESCRIPTOR.services_by_name["EvalService"].full_name
 
@@ -23,7 +24,7 @@ class EvalServer:
     """The gRPC server and the worker thread beside it; `stop` ends both."""
 
     running: RunningServer
-    worker: EvalWorker | None
+    worker: JobRuntime | None
     clients: Clients
 
     @property
@@ -49,11 +50,17 @@ def build_server(settings: EvalSettings) -> EvalServer:
     clients = Clients(settings)
     worker = None
     if settings.worker_enabled:
-        worker = EvalWorker(settings, store, RunExecutor(settings, store, artifacts, clients))
+        worker = eval_runtime(settings, store, RunExecutor(settings, store, artifacts, clients))
         worker.start()
     running = start_server(
         settings,
-        [(eval_pb2_grpc.add_EvalServiceServicer_to_server, EvalServicer(store, artifacts), SERVICE_NAME)],
+        [
+            (
+                eval_pb2_grpc.add_EvalServiceServicer_to_server,
+                EvalServicer(store, artifacts, settings, clients),
+                SERVICE_NAME,
+            )
+        ],
     )
     return EvalServer(running, worker, clients)
 

@@ -1,28 +1,52 @@
 """The trainer service's settings (env prefix FT_TRAINER_), shared by the server, workers and job processes."""
 
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from ftcommon.job_runtime import JobRuntimeSettings, fold_older_job_setting_names
 from ftcommon.settings import ServiceSettings, peer_address
 
 DEFAULT_BASE_MODEL_NAME = "smollm2-135m-instruct"
 
 
+class TrainJobSettings(JobRuntimeSettings):
+    poll_seconds: float = Field(1.0, gt=0)
+
+
 class TrainerSettings(ServiceSettings):
-    model_config = SettingsConfigDict(env_prefix="FT_TRAINER_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="FT_TRAINER_", extra="ignore", env_nested_delimiter="__")
 
     port: int = 50052
-    # Local folders RegisterBaseModel may read; empty allows any local folder (single-user default).
-    model_roots: list[str] = []
+    # Local folders RegisterBaseModel may read (symlinks count where they point); empty means
+    # data_dir/base_models and ./var/base_models, where `make setup` converts the default model.
+    model_roots: list[Path] = []
     alias_poll_seconds: float = 0.5
     data_address: str = peer_address("data")  # prepared versions
     data_timeout_seconds: float = 30.0
-    # Workers: how often they look for jobs and heartbeat, and when a silent worker's job is requeued.
-    worker_poll_seconds: float = 1.0
-    heartbeat_seconds: float = 2.0
-    stale_after_seconds: float = 30.0
-    # A job whose worker was lost this many times fails instead of being requeued again.
-    max_attempts: int = 3
+    # Workers (FT_TRAINER_JOBS__POLL_SECONDS, ...): a lost worker's job resumes from its last checkpoint.
+    jobs: TrainJobSettings = TrainJobSettings()
     # Seconds a cancelled job process gets to exit on SIGTERM before SIGKILL.
     cancel_grace_seconds: float = 10.0
     # Threads per training process; 0 leaves torch's default (all cores).
     torch_threads: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_job_setting_names(cls, data: Any) -> Any:
+        return fold_older_job_setting_names(
+            data,
+            "FT_TRAINER_",
+            {
+                "worker_poll_seconds": "poll_seconds",
+                "heartbeat_seconds": "heartbeat_seconds",
+                "stale_after_seconds": "stale_after_seconds",
+                "max_attempts": "max_attempts",
+            },
+        )
+
+    def resolved_model_roots(self) -> tuple[Path, ...]:
+        roots = self.model_roots or [self.data_dir / "base_models", Path.cwd() / "var" / "base_models"]
+        return tuple(root.resolve() for root in roots)
