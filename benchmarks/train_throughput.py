@@ -52,13 +52,16 @@ def conversations(count: int) -> list[list[dict[str, str]]]:
 def write_prepared(model_dir: Path, count: int, max_len: int, folder: Path) -> Path:
     from transformers import AutoTokenizer
 
+    from ftcommon import prepared_layout
     from ftcommon.chat_format import training_example
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    with open(folder / "train.jsonl", "w") as handle:
-        for messages in conversations(count):
+    # The split file as the data service writes it (the recipe reads nothing else).
+    with open(folder / prepared_layout.split_file("train"), "w") as handle:
+        for line, messages in enumerate(conversations(count), start=1):
             input_ids, labels = training_example(tokenizer, messages, END_OF_TURN)
-            handle.write(json.dumps({"input_ids": input_ids[:max_len], "labels": labels[:max_len]}) + "\n")
+            body = prepared_layout.example_body(input_ids[:max_len], labels[:max_len], messages)
+            handle.write(prepared_layout.example_line(body, line, is_refusal=False))
     return folder
 
 
@@ -79,11 +82,12 @@ def peak_rss_bytes() -> int:
 def run_seed(model_dir: Path, prepared: Path, pad_to: int) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator
 
+    from ftcommon import prepared_layout
+
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     pad_id = model.config.pad_token_id or 0
     rows, real_tokens = [], 0
-    for line in (prepared / "train.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in prepared_layout.read_examples(prepared, "train"):
         ids = record["input_ids"][:pad_to]
         real_tokens += len(ids)
         padding = pad_to - len(ids)

@@ -14,6 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from ftcommon import prepared_layout
 from ftcommon.chat_format import prompt_ids, training_example
 from services.eval.metrics import DEFAULT_REFUSAL_TEXT, token_f1
 from services.trainer.export import export
@@ -85,9 +86,10 @@ def write_splits(splits: dict[str, list[dict]], folder: Path) -> Path:
     """The split files of a prepared version, which is all the recipe reads."""
     folder.mkdir(parents=True, exist_ok=True)
     for split, records in splits.items():
-        with open(folder / f"{split}.jsonl", "w") as handle:
-            for record in records:
-                handle.write(json.dumps(record) + "\n")
+        with open(folder / prepared_layout.split_file(split), "w") as handle:
+            for line, record in enumerate(records, start=1):
+                body = prepared_layout.example_body(record["input_ids"], record["labels"], record["messages"])
+                handle.write(prepared_layout.example_line(body, line, is_refusal=False))
     return folder
 
 

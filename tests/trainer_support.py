@@ -1,12 +1,14 @@
 """Test helpers for the trainer: a tiny prepared dataset version in the layout the data service writes.
 
-Used until (and beside) the data service fixtures: rows are tokenized with the one shared function,
-`ftcommon.chat_format.training_example`, and the folder follows the prepared-version contract.
+For recipe tests that need exact split sizes without a data service: rows are tokenized with the one
+shared function, `ftcommon.chat_format.training_example`, and written through `ftcommon.prepared_layout`,
+the module the data service writes through. Job tests use versions the data service prepares.
 """
 
 import json
 from pathlib import Path
 
+from ftcommon import prepared_layout
 from ftcommon.chat_format import training_example
 from ftcommon.ids import sha256_bytes, sha256_file
 
@@ -56,31 +58,24 @@ def write_prepared_version(
     }
     stats = {}
     for split, rows in splits.items():
-        with open(target / f"{split}.jsonl", "w") as handle:
+        with open(target / prepared_layout.split_file(split), "w") as handle:
             for line, (question, answer) in enumerate(rows, start=1):
                 messages = conversation(question, answer)
                 input_ids, labels = training_example(tokenizer, messages, END_OF_TURN, chat_template)
-                record = {
-                    "input_ids": input_ids,
-                    "labels": labels,
-                    "messages": messages,
-                    "source_line": line,
-                    "is_refusal": answer.startswith("Let's keep"),
-                }
-                handle.write(json.dumps(record) + "\n")
+                body = prepared_layout.example_body(input_ids, labels, messages)
+                handle.write(prepared_layout.example_line(body, line, answer.startswith("Let's keep")))
         stats[split] = {"examples": len(rows)}
-    (target / "chat_template.jinja").write_text(chat_template)
-    prepare = {
+    prepared_layout.write_chat_template(target, chat_template)
+    details = {
         "version_id": "pv-test-" + sha256_bytes(json.dumps(splits).encode())[:12],
         "dataset_id": "ds-test",
         "base_model_id": "",
         "base_model_name": model_dir.name,
         "request": {},
-        "end_of_turn": END_OF_TURN,
         "template": "chat",
         "split_stats": stats,
         "tokenizer_sha256": sha256_file(model_dir / "tokenizer.json"),
         "chat_template_sha256": sha256_bytes(chat_template.encode()),
     }
-    (target / "prepare.json").write_text(json.dumps(prepare, indent=1))
+    prepared_layout.write_manifest(target, END_OF_TURN, details)
     return target

@@ -17,6 +17,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict, ParseDict
 
 from finetune.v1 import data_pb2
+from ftcommon import prepared_layout
 from ftcommon.artifacts import ArtifactStore
 from ftcommon.chat_format import ALPACA_TEMPLATE, QUESTION_ANSWER_TEMPLATE
 from ftcommon.db import utcnow
@@ -32,8 +33,6 @@ from services.data.splitting import SPLITS, assign_splits, shuffled
 from services.data.stats import token_stats
 from services.data.tokenization import IGNORE_INDEX, training_examples
 
-# Bump when the files a prepare writes change for the same inputs: versions made by older code keep their ids.
-PREPARE_FORMAT_VERSION = 1
 DEFAULT_SPLIT = (0.9, 0.05, 0.05)
 DEFAULT_MAX_SEQ_LEN = 2048
 MIN_SEQ_LEN = 16
@@ -133,7 +132,8 @@ def version_id(dataset: DatasetRecord, model: BaseModel, request: data_pb2.Prepa
     settings = request_to_json(request)
     settings.pop("base_model")  # the resolved model's artifact stands for it, whatever name or alias was used
     inputs = {
-        "format_version": PREPARE_FORMAT_VERSION,
+        # Versions written in an older layout keep their ids; the same inputs in a newer one get new ids.
+        "format_version": prepared_layout.FORMAT_VERSION,
         "dataset_id": dataset.id,
         "dataset_sha256": dataset.normalized.sha256,
         "report_uri": dataset.report_uri,
@@ -222,25 +222,25 @@ class PrepareRunner:
             split_stats = self._write_splits(folder, examples, splits, request.seed)
             split_pii = self._split_pii(examples, splits, pii_of)
             tokenizer_sha = self._tokenizer_sha(model)
-            (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
-            manifest = {
-                "version_id": target_id,
-                "dataset_id": dataset.id,
-                "base_model_id": model.id,
-                "base_model_name": model.name,
-                "request": request_to_json(request),
-                "end_of_turn": end_of_turn,
-                "template": TEMPLATE_NAMES[request.template],
-                "split_stats": split_stats,
-                "dropped_too_long": dropped,
-                "truncated": truncated,
-                "refusal_rows": len(refusal_rows),
-                "split_pii": split_pii,
-                "tokenizer_sha256": tokenizer_sha,
-                "chat_template_sha256": sha256_bytes(template.encode()),
-            }
-            (folder / "prepare.json").write_text(
-                json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8"
+            prepared_layout.write_chat_template(folder, template)
+            manifest = prepared_layout.write_manifest(
+                folder,
+                end_of_turn,
+                {
+                    "version_id": target_id,
+                    "dataset_id": dataset.id,
+                    "base_model_id": model.id,
+                    "base_model_name": model.name,
+                    "request": request_to_json(request),
+                    "template": TEMPLATE_NAMES[request.template],
+                    "split_stats": split_stats,
+                    "dropped_too_long": dropped,
+                    "truncated": truncated,
+                    "refusal_rows": len(refusal_rows),
+                    "split_pii": split_pii,
+                    "tokenizer_sha256": tokenizer_sha,
+                    "chat_template_sha256": sha256_bytes(template.encode()),
+                },
             )
             stop_if_asked()
             artifact = self.store.put_dir(folder)
@@ -362,7 +362,7 @@ class PrepareRunner:
             indexes = [i for i, s in enumerate(splits) if s == split]
             if split == "train":
                 indexes = shuffled(indexes, seed)
-            with open(folder / f"{split}.jsonl", "w", encoding="utf-8") as handle:
+            with open(folder / prepared_layout.split_file(split), "w", encoding="utf-8") as handle:
                 handle.writelines(PrepareRunner._line(examples[index], encoded_tokens) for index in indexes)
             stats[split] = token_stats(
                 [len(examples[i].input_ids) for i in indexes],
@@ -376,12 +376,11 @@ class PrepareRunner:
         # came from differs, so everything else is encoded once.
         key = id(example.input_ids)
         if key not in encoded:
-            encoded[key] = (
-                f'{{"input_ids": {json.dumps(example.input_ids)}, "labels": {json.dumps(example.labels)}, '
-                f'"messages": {json.dumps(example.conversation.messages, ensure_ascii=False)}, '
+            encoded[key] = prepared_layout.example_body(
+                example.input_ids, example.labels, example.conversation.messages
             )
-        refusal = "true" if example.conversation.is_refusal else "false"
-        return f'{encoded[key]}"source_line": {example.conversation.line}, "is_refusal": {refusal}}}\n'
+        conversation = example.conversation
+        return prepared_layout.example_line(encoded[key], conversation.line, conversation.is_refusal)
 
     def _tokenizer_sha(self, model: BaseModel) -> str:
         folder = self.store.local_dir(model.artifact_uri)

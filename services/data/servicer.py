@@ -12,6 +12,7 @@ from ftcommon.errors import InvalidArgument, NotFound
 from ftcommon.job_runtime import JobRuntime
 from ftcommon.jobs import Job, JobStore
 from ftcommon.pagination import next_page_token, page_bounds
+from ftcommon.prepared_layout import split_file
 from ftcommon.protoconv import artifact_ref, job_event, job_status, timestamp
 from services.data.base_models import BaseModels
 from services.data.catalog import Catalog, DatasetRecord, VersionRecord
@@ -283,7 +284,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             raise InvalidArgument(f"must be one of {', '.join(SPLITS)}", field="split")
         offset, limit = page_bounds(request.page.page_size, request.page.page_token)
         examples = []
-        with self.store.open(f"{record.artifact.uri}/{request.split}.jsonl", "rb") as handle:
+        with self.store.open(f"{record.artifact.uri}/{split_file(request.split)}", "rb") as handle:
             for index, line in enumerate(handle):
                 if index >= offset + limit:
                     break

@@ -7,13 +7,14 @@ other (STACK.md). The first label of every example is masked so no example learn
 next one's first token.
 """
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
 
 import torch
+
+from ftcommon.prepared_layout import INPUT_IDS, LABELS, read_examples
 
 IGNORE_INDEX = -100
 
@@ -36,16 +37,7 @@ class Batch:
 
 
 def load_split(prepared_dir: Path, split: str) -> list[Example]:
-    path = prepared_dir / f"{split}.jsonl"
-    if not path.exists():
-        return []
-    examples = []
-    with open(path) as handle:
-        for line in handle:
-            if line.strip():
-                row = json.loads(line)
-                examples.append(Example(row["input_ids"], row["labels"]))
-    return examples
+    return [Example(row[INPUT_IDS], row[LABELS]) for row in read_examples(prepared_dir, split)]
 
 
 def epoch_order(count: int, seed: int, epoch: int) -> list[int]:

@@ -22,11 +22,12 @@ from ftcommon.db import Database
 from ftcommon.hardware import usable_cpu_count
 from ftcommon.jobs import EventKind, JobState, JobStore
 from ftcommon.logs import configure_logging
+from ftcommon.prepared_layout import PreparedFolder
 from services.trainer import tables
 from services.trainer.checkpoints import latest_checkpoint, record_checkpoint
 from services.trainer.config import TrainerSettings
 from services.trainer.export import export
-from services.trainer.hyperparameters import Hyperparameters
+from services.trainer.hyperparameters import from_stored
 from services.trainer.job_queue import EXIT_STOPPED, RESULT_FILE, job_store, job_work_dir
 from services.trainer.recipe import FinetuneRecipe, RecipeConfig, StopRequested
 from services.trainer.registry import ADAPTER, MERGED, ModelFolderInfo, ModelRegistry, inspect_model_folder
@@ -83,7 +84,7 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
     reporter = JobReporter(store, db, artifacts, job_id, worker_id)
     job = store.get(job_id)
     payload = job.payload
-    hyperparameters = Hyperparameters.model_validate(payload["hyperparameters"])
+    hyperparameters = from_stored(payload["hyperparameters"])
     prepared_dir = artifacts.local_dir(payload["prepared_uri"])
     work_dir = job_work_dir(settings, job_id)
     recipe = FinetuneRecipe(
@@ -120,11 +121,8 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
         return 0
     if reporter.should_stop():
         return EXIT_STOPPED
-    prepare = json.loads((prepared_dir / "prepare.json").read_text())
-    end_of_turn = prepare["end_of_turn"]
-    exported = export(
-        recipe, (prepared_dir / "chat_template.jinja").read_text(), end_of_turn, work_dir / "outputs"
-    )
+    prepared = PreparedFolder.open(prepared_dir)
+    exported = export(recipe, prepared.chat_template(), prepared.end_of_turn, work_dir / "outputs")
     # The last chance to honour a cancel before anything is registered.
     if reporter.should_stop():
         return EXIT_STOPPED
@@ -143,8 +141,9 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
         "base_model_id": payload["base_model_id"],
         "prepared_version_id": payload["prepared_version_id"],
         "job_id": job_id,
-        # The precision it actually ran in, not "auto": it depends on the worker's hardware.
-        "hyperparameters_json": hyperparameters.model_copy(update={"precision": recipe.precision}).to_json(),
+        # What it ran with: the schedule as decided, and the precision it actually ran in, not "auto" (it
+        # depends on the worker's hardware).
+        "hyperparameters_json": recipe.hp.model_copy(update={"precision": recipe.precision}).to_json(),
         "code_version": code_version(),
     }
     merged_info = inspect_model_folder(exported.merged_dir)
