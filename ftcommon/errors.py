@@ -54,3 +54,12 @@ class ResourceExhausted(ServiceError):
 
 class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
+
+
+def describe_rpc_error(err: grpc.RpcError) -> str:
+    """A failed call to another service in one line ("UNAVAILABLE: failed to connect ..."): str() of a
+    grpc error is a multi-line repr with debug_error_string, never fit for a caller or a job's error."""
+    if isinstance(err, grpc.Call):
+        code = err.code()
+        return f"{code.name if code else 'UNKNOWN'}: {err.details() or 'no details'}"
+    return type(err).__name__

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Histogram
 
-from ftcommon.errors import ServiceError
+from ftcommon.errors import ServiceError, describe_rpc_error
 from ftcommon.logs import log_fields, new_request_id, request_id_var
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -192,5 +192,13 @@ def _status(exc: Exception, context: grpc.ServicerContext) -> tuple[grpc.StatusC
         return exc.code, exc.details()
     if context.code() not in (None, grpc.StatusCode.OK):
         return context.code(), None
+    if isinstance(exc, grpc.RpcError) and isinstance(exc, grpc.Call):
+        # A call this handler made to another service failed and nothing handled it.
+        logger.warning("a call to another service failed", exc_info=True)
+        waiting = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        code = grpc.StatusCode.UNAVAILABLE if exc.code() in waiting else grpc.StatusCode.INTERNAL
+        return code, (
+            f"a call to another service failed: {describe_rpc_error(exc)} (request id {request_id_var.get()})"
+        )
     logger.exception("internal error")
     return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id_var.get()})"

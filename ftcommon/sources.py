@@ -22,6 +22,8 @@ REMOTE_PROTOCOLS = ("http", "https", "s3")
 KNOWN_PROTOCOLS = (LOCAL, *REMOTE_PROTOCOLS)
 # A scheme as RFC 3986 spells it; one letter is a Windows drive, not a scheme.
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]+):(.*)", re.DOTALL)
+# `[::1]` in a URL is an address, not a chain.
+_IPV6_LITERAL = re.compile(r"\[[0-9A-Fa-f:.%]*\]")
 # Other names fsspec gives the same remote back ends.
 _REMOTE_ALIASES = {"s3a": "s3"}
 
@@ -56,7 +58,8 @@ class SourcePolicy:
         return cls(
             roots=tuple(root.resolve() for root in roots),
             protocols=enabled,
-            hosts=frozenset(h.lower() for h in hosts or []),
+            # An IPv6 host may be listed as in a URL, `[::1]`; urlsplit's hostname has no brackets.
+            hosts=frozenset(h.lower().strip("[]") for h in hosts or []),
             private_networks=tuple(ipaddress.ip_network(n, strict=False) for n in private_networks or []),
         )
 
@@ -82,7 +85,7 @@ def resolve_source(text: str, policy: SourcePolicy, field_name: str) -> Source:
     Raises InvalidArgument naming `field_name`; messages repeat only what the caller sent."""
     if not text:
         raise InvalidArgument("is required", field=field_name)
-    if "::" in text:
+    if "::" in _IPV6_LITERAL.sub("", text):
         raise InvalidArgument(
             "chained URLs ('a::b') are not accepted; name one file or one URL", field=field_name
         )

@@ -1,4 +1,6 @@
-"""EvalService as a durable job service, without models: validation, listing, cancel, recovery."""
+"""EvalService as a durable job service, without generating: validation, listing, cancel, recovery.
+The registry and the data service are real (CreateRun checks the models and the data before queuing);
+nothing listens where the gateway would be."""
 
 import time
 from collections.abc import Iterator
@@ -6,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from data_fixtures import jsonl, qa_rows, upload
 
 from finetune.v1 import common_pb2, eval_pb2, eval_pb2_grpc
 from ftcommon.db import Database
@@ -14,9 +17,21 @@ from ftcommon.jobs import JobState, JobStore
 from services.eval import tables
 from services.eval.config import EvalSettings
 from services.eval.server import EvalServer, build_server
+from services.trainer.config import DEFAULT_BASE_MODEL_NAME
 
 # Nothing listens here: these tests never reach a model.
 NOWHERE = "127.0.0.1:9"
+PEERS: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def peers(trainer_server, data_server, data_stub) -> None:
+    """The session's registry and data service, and one small dataset the runs name."""
+    PEERS.update(
+        trainer=trainer_server.address,
+        data=data_server.address,
+        dataset=upload(data_stub, jsonl(qa_rows(3)), "eval-jobs.jsonl").id,
+    )
 
 
 def _settings(data_dir: Path, **overrides: object) -> EvalSettings:
@@ -24,8 +39,8 @@ def _settings(data_dir: Path, **overrides: object) -> EvalSettings:
         "data_dir": data_dir,
         "port": 0,
         "inference_address": NOWHERE,
-        "data_address": NOWHERE,
-        "trainer_address": NOWHERE,
+        "data_address": PEERS["data"],
+        "trainer_address": PEERS["trainer"],
         "worker_enabled": False,
         "poll_seconds": 0.05,
     }
@@ -46,8 +61,8 @@ def _stub(server: EvalServer) -> eval_pb2_grpc.EvalServiceStub:
 
 def _request(**fields: object) -> eval_pb2.CreateRunRequest:
     values: dict[str, object] = {
-        "models": ["base", "tuned"],
-        "data": eval_pb2.EvalData(prepared_version_id="pv-1", split="test"),
+        "models": [DEFAULT_BASE_MODEL_NAME, DEFAULT_BASE_MODEL_NAME],
+        "data": eval_pb2.EvalData(dataset_id=PEERS["dataset"]),
     }
     values.update(fields)
     return eval_pb2.CreateRunRequest(**values)
@@ -79,7 +94,10 @@ def test_runs_are_listed_fetched_and_cancelled(idle_server: EvalServer) -> None:
     second = stub.CreateRun(_request(max_examples=5))
     assert first.status.id == again.status.id
     assert first.status.state == common_pb2.JOB_STATE_QUEUED
-    assert list(stub.GetRun(eval_pb2.GetRunRequest(id=second.status.id)).request.models) == ["base", "tuned"]
+    assert (
+        list(stub.GetRun(eval_pb2.GetRunRequest(id=second.status.id)).request.models)
+        == [DEFAULT_BASE_MODEL_NAME] * 2
+    )
     listed = stub.ListRuns(eval_pb2.ListRunsRequest(page=common_pb2.PageRequest(page_size=1)))
     assert len(listed.runs) == 1 and listed.next_page_token
     cancelled = stub.CancelRun(eval_pb2.GetRunRequest(id=first.status.id))

@@ -42,6 +42,7 @@ def eval_server(data_root, trainer_server, data_server, inference_server) -> Ite
         trainer_address=trainer_server.address,
         poll_seconds=0.1,
         concurrency=8,
+        benchmark_roots=[data_root, MMLU_DIR.parent],
     )
     server = build_server(settings)
     yield server

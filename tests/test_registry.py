@@ -32,11 +32,12 @@ def test_unknown_model_is_not_found(trainer_stub):
     assert "no-such-model" in err.value.details()
 
 
-def test_register_rejects_a_folder_that_is_not_a_model(trainer_stub, tmp_path):
+def test_register_rejects_a_folder_that_is_not_a_model(trainer_stub, data_root):
+    # Under the trainer's model roots (its data dir's base_models), so the folder itself is what fails.
+    folder = data_root / "base_models" / "broken"
+    folder.mkdir(parents=True, exist_ok=True)
     with pytest.raises(grpc.RpcError) as err:
-        trainer_stub.RegisterBaseModel(
-            trainer_pb2.RegisterBaseModelRequest(name="broken", path=str(tmp_path))
-        )
+        trainer_stub.RegisterBaseModel(trainer_pb2.RegisterBaseModelRequest(name="broken", path=str(folder)))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "field 'path'" in err.value.details()
     names = [m.name for m in trainer_stub.ListModels(trainer_pb2.ListModelsRequest()).models]

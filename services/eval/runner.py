@@ -12,11 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import grpc
 from google.protobuf.json_format import ParseDict
 
 from finetune.v1 import common_pb2, eval_pb2, inference_pb2
 from ftcommon.artifacts import ArtifactStore
-from ftcommon.errors import InvalidArgument
+from ftcommon.errors import InvalidArgument, Unavailable, describe_rpc_error
 from ftcommon.job_runtime import JobStopped
 from ftcommon.jobs import EventKind, JobStore
 from ftcommon.sources import confine_local_path
@@ -89,7 +90,16 @@ class RunExecutor:
         self.clients = clients
 
     def execute(self, job_id: str, payload: dict[str, Any], keep_going: Callable[[], bool]) -> dict[str, Any]:
-        """Runs to the end and returns the job's result; raises JobStopped when `keep_going` turns False."""
+        """Runs to the end and returns the job's result; raises JobStopped when `keep_going` turns False.
+        A failed call to another service fails the run with one line, never the grpc error's repr."""
+        try:
+            return self._execute(job_id, payload, keep_going)
+        except grpc.RpcError as err:
+            raise Unavailable(f"a call to another service failed: {describe_rpc_error(err)}") from None
+
+    def _execute(
+        self, job_id: str, payload: dict[str, Any], keep_going: Callable[[], bool]
+    ) -> dict[str, Any]:
         request = parse_request(payload)
         wanted = set(request.metrics) or {REFERENCE_LOSS, REFUSAL} | (
             {JUDGE} if request.judge_model or self.settings.judge_model else set()

@@ -12,6 +12,8 @@ from ftcommon.artifacts import ArtifactStore
 from ftcommon.errors import FailedPrecondition, NotFound
 from ftcommon.jobs import Job, JobState, JobStore
 from ftcommon.pagination import next_page_token, page_bounds
+from services.eval.clients import Clients
+from services.eval.config import EvalSettings
 from services.eval.runner import parse_request, validate_request
 from services.eval.worker import KIND
 
@@ -19,17 +21,31 @@ VERDICTS = {"PASS": eval_pb2.VERDICT_PASS, "FAIL": eval_pb2.VERDICT_FAIL}
 
 
 class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
-    def __init__(self, store: JobStore, artifacts: ArtifactStore) -> None:
+    def __init__(
+        self, store: JobStore, artifacts: ArtifactStore, settings: EvalSettings, clients: Clients
+    ) -> None:
         self.store = store
         self.artifacts = artifacts
+        self.settings = settings
+        self.clients = clients
 
     def CreateRun(
         self, request: eval_pb2.CreateRunRequest, context: grpc.ServicerContext
     ) -> eval_pb2.EvalRun:
-        validate_request(request)
+        validate_request(request, self.settings.resolved_benchmark_roots())
+        self._check_references(request)
         payload = MessageToDict(request, preserving_proto_field_name=True)
         job = self.store.create(KIND, payload, idempotency_key=request.idempotency_key or None)
         return self._run(job)
+
+    def _check_references(self, request: eval_pb2.CreateRunRequest) -> None:
+        """The models and the data exist now, so a typo fails here and not minutes later in the worker."""
+        for reference in request.models:
+            if reference.strip():
+                self.clients.resolve_model(reference.strip())
+        if request.judge_model:
+            self.clients.resolve_model(request.judge_model, field="judge_model")
+        self.clients.check_data(request.data)
 
     def GetRun(self, request: eval_pb2.GetRunRequest, context: grpc.ServicerContext) -> eval_pb2.EvalRun:
         return self._run(self._job(request.id))

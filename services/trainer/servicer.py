@@ -2,7 +2,6 @@
 
 import json
 import time
-from pathlib import Path
 
 import grpc
 from sqlalchemy import and_, select
@@ -13,6 +12,7 @@ from ftcommon.errors import InvalidArgument
 from ftcommon.jobs import EventKind, Job, JobState, JobStore
 from ftcommon.pagination import next_page_token, page_bounds
 from ftcommon.protoconv import artifact_ref, job_event, job_status, timestamp
+from ftcommon.sources import confine_local_path
 from services.trainer import tables
 from services.trainer.checkpoints import list_checkpoints
 from services.trainer.config import TrainerSettings
@@ -61,10 +61,9 @@ class RegistryServicer(trainer_pb2_grpc.TrainerServiceServicer):
             raise InvalidArgument("is required", field="name")
         if not request.path:
             raise InvalidArgument("is required", field="path")
-        folder = Path(request.path).resolve()
-        roots = [Path(r).resolve() for r in self.settings.model_roots]
-        if roots and not any(folder.is_relative_to(root) for root in roots):
-            raise InvalidArgument(f"{folder} is outside the allowed model roots", field="path")
+        folder = confine_local_path(request.path, self.settings.resolved_model_roots(), "path")
+        if not folder.is_dir():
+            raise InvalidArgument(f"{request.path} is not a model folder", field="path")
         record = self.registry.register_folder(
             name=request.name,
             kind=BASE,
