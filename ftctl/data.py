@@ -401,6 +401,8 @@ def _print_version(version: data_pb2.PreparedVersion, show_json: bool) -> None:
             for name, s in sorted(version.split_stats.items())
         ],
     )
+    for warning in version.warnings:
+        console.print(f"warning: {warning}", markup=False)
     pii = sorted(version.split_pii.items())
     if any(p.findings or p.redacted or p.allowed for _, p in pii):
         print_table(

@@ -111,6 +111,8 @@ def create(
         print_json(job)
     else:
         console.print(f"queued training job [bold]{job.status.id}[/bold]")
+        for sentence in job.chosen_defaults:
+            console.print(f"  default chosen: {escape(sentence)}")
     if watch_progress:
         follow_training(job.status.id, after_index=0, show_json=show_json)
 

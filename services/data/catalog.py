@@ -49,6 +49,8 @@ class VersionRecord:
     created_at: datetime
     # Per split: PII left, redacted and allowed (see pii.pii_counts); empty for versions made before.
     split_pii: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # What prepare advises acting on (split_advice.py); empty for versions made before it advised.
+    warnings: list[str] = field(default_factory=list)
 
 
 class Catalog:
@@ -126,6 +128,7 @@ class Catalog:
                         chat_template_sha256=record.chat_template_sha256,
                         created_at=record.created_at,
                         split_pii=json.dumps(record.split_pii),
+                        warnings=json.dumps(record.warnings),
                     )
                 )
         except IntegrityError:
@@ -189,4 +192,5 @@ def _version(row: Any) -> VersionRecord:
         chat_template_sha256=row["chat_template_sha256"],
         created_at=row["created_at"],
         split_pii=json.loads(row["split_pii"] or "{}"),
+        warnings=json.loads(row["warnings"] or "[]"),
     )

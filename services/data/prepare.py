@@ -8,6 +8,7 @@ half way leaves no version behind and the job can simply run again.
 """
 
 import json
+import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from services.data.duplicates import DuplicateGroup, line_groups
 from services.data.pii import PiiAllowList, PiiFinding, pii_counts, scan_conversation
 from services.data.records import Conversation
 from services.data.refusals import off_topic_questions, refusal_answer
+from services.data.split_advice import small_test_split_warning
 from services.data.splitting import SPLITS, assign_splits, shuffled
 from services.data.stats import token_stats
 from services.data.tokenization import IGNORE_INDEX, training_examples
@@ -76,9 +78,10 @@ def effective_request(
     fractions = (split.train, split.validation, split.test)
     if not any(fractions):
         fractions = DEFAULT_SPLIT
-    if any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6 or fractions[0] <= 0:
+    finite = all(math.isfinite(f) for f in fractions)
+    if not finite or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6 or fractions[0] <= 0:
         raise InvalidArgument(
-            f"fractions must be non-negative, sum to 1 and give train a share (got {fractions})",
+            f"fractions must be finite, non-negative, sum to 1 and give train a share (got {fractions})",
             field="split",
         )
     if effective.validation_dataset_id and fractions[1] > 0:
@@ -217,6 +220,11 @@ class PrepareRunner:
             "validation" if e.group.startswith(_VALIDATION_DATASET_GROUP) else split
             for e, split in zip(examples, splits, strict=True)
         ]
+        fractions = (request.split.train, request.split.validation, request.split.test)
+        advice = small_test_split_warning(len(splits), splits.count("test"), fractions)
+        warnings = [advice] if advice else []
+        for warning in warnings:
+            progress(0.93, f"warning: {warning}", {})
         with tempfile.TemporaryDirectory(dir=self.scratch_dir) as scratch:
             folder = Path(scratch)
             split_stats = self._write_splits(folder, examples, splits, request.seed)
@@ -238,6 +246,7 @@ class PrepareRunner:
                     "truncated": truncated,
                     "refusal_rows": len(refusal_rows),
                     "split_pii": split_pii,
+                    "warnings": warnings,
                     "tokenizer_sha256": tokenizer_sha,
                     "chat_template_sha256": sha256_bytes(template.encode()),
                 },
@@ -258,6 +267,7 @@ class PrepareRunner:
             chat_template_sha256=manifest["chat_template_sha256"],
             created_at=utcnow(),
             split_pii=split_pii,
+            warnings=warnings,
         )
         return self.catalog.add_version(record)
 

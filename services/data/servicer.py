@@ -64,6 +64,7 @@ def version_message(record: VersionRecord) -> data_pb2.PreparedVersion:
         chat_template_sha256=record.chat_template_sha256,
         created_at=timestamp(record.created_at),
         split_pii={name: data_pb2.SplitPii(**pii) for name, pii in record.split_pii.items()},
+        warnings=record.warnings,
     )
 
 

@@ -47,6 +47,7 @@ prepared_versions = Table(
     Column("chat_template_sha256", String(64), nullable=False),
     Column("created_at", DateTime, nullable=False),
     Column("split_pii", Text, nullable=True),  # JSON; NULL for versions made before PII was counted
+    Column("warnings", Text, nullable=True),  # JSON list; NULL for versions made before prepare advised
 )
 
 
@@ -56,10 +57,16 @@ def _add_split_pii(op: Operations) -> None:
         op.add_column("prepared_versions", Column("split_pii", Text, nullable=True))
 
 
+def _add_warnings(op: Operations) -> None:
+    if "warnings" not in {c["name"] for c in inspect(op.get_bind()).get_columns("prepared_versions")}:
+        op.add_column("prepared_versions", Column("warnings", Text, nullable=True))
+
+
 MIGRATIONS = [
     Migration(
         "0001_initial",
         create_tables(metadata, "prepare_jobs", "prepare_job_events", "datasets", "prepared_versions"),
     ),
     Migration("0002_prepared_version_split_pii", _add_split_pii),
+    Migration("0003_prepared_version_warnings", _add_warnings),
 ]

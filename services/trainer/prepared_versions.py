@@ -15,6 +15,8 @@ class PreparedVersionRef:
     id: str
     artifact_uri: str
     base_model_id: str
+    train_rows: int
+    validation_rows: int
 
 
 def resolve_prepared_version(
@@ -36,4 +38,13 @@ def resolve_prepared_version(
             ) from err
     if not version.artifact.uri:
         raise InvalidArgument(f"prepared version {version_id} has no artifact", field="prepared_version_id")
-    return PreparedVersionRef(version.id, version.artifact.uri, version.base_model_id)
+    stats = version.split_stats
+    train_rows = stats["train"].examples if "train" in stats else 0
+    if train_rows < 1:
+        raise InvalidArgument(
+            f"prepared version {version_id} has no training rows", field="prepared_version_id"
+        )
+    validation_rows = stats["validation"].examples if "validation" in stats else 0
+    return PreparedVersionRef(
+        version.id, version.artifact.uri, version.base_model_id, train_rows, validation_rows
+    )

@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from services.trainer.batches import collate, example_indices, label_count, load_split, summed_loss
 from services.trainer.hyperparameters import ALL_LINEAR, Hyperparameters
 from services.trainer.packed_attention import register_packed_attention
+from services.trainer.schedule import examples_per_step, plan
 
 SCHEDULER_NAMES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 TRAINABLE_WEIGHTS = "trainable.safetensors"
@@ -117,7 +118,10 @@ class FinetuneRecipe:
         self.validation_examples = load_split(self.config.prepared_dir, "validation")
         if not self.train_examples:
             raise ValueError(f"{self.config.prepared_dir} has no training examples")
-        self.state.total_steps = self.total_steps()
+        # Jobs arrive with the schedule decided by CreateJob; a recipe built directly decides it the same way.
+        schedule = plan(self.hp, len(self.train_examples), self.world_size)
+        self.hp = schedule.hyperparameters
+        self.state.total_steps = schedule.total_steps
         self.optimizer = torch.optim.AdamW(
             self.trainable, lr=self.hp.learning_rate, weight_decay=self.hp.weight_decay
         )
@@ -175,12 +179,7 @@ class FinetuneRecipe:
 
     @property
     def examples_per_step(self) -> int:
-        return self.hp.batch_size * self.hp.gradient_accumulation_steps * self.world_size
-
-    def total_steps(self) -> int:
-        if self.hp.max_steps:
-            return self.hp.max_steps
-        return max(1, math.ceil(self.hp.epochs * len(self.train_examples) / self.examples_per_step))
+        return examples_per_step(self.hp, self.world_size)
 
     # Training
 
@@ -211,7 +210,8 @@ class FinetuneRecipe:
             if self.is_main:
                 reporter.on_train_step(metrics)
             last_step = self.state.step == self.state.total_steps
-            if self.validation_examples and (last_step or self.state.step % self.hp.eval_every_steps == 0):
+            every = self.hp.eval_every_steps or 1  # decided by plan() in setup
+            if self.validation_examples and (last_step or self.state.step % every == 0):
                 self._validate(reporter)
             if self.hp.checkpoint_every_steps and self.state.step % self.hp.checkpoint_every_steps == 0:
                 if not last_step:

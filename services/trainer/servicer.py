@@ -16,10 +16,11 @@ from ftcommon.sources import confine_local_path
 from services.trainer import tables
 from services.trainer.checkpoints import list_checkpoints
 from services.trainer.config import TrainerSettings
-from services.trainer.hyperparameters import Hyperparameters, from_proto
+from services.trainer.hyperparameters import from_proto, from_stored
 from services.trainer.job_queue import JOB_KIND
 from services.trainer.prepared_versions import resolve_prepared_version
 from services.trainer.registry import ADAPTER, BASE, AliasRecord, ModelRecord, ModelRegistry
+from services.trainer.schedule import plan
 
 
 def model_message(record: ModelRecord) -> trainer_pb2.Model:
@@ -141,16 +142,22 @@ class TrainerServicer(RegistryServicer):
                 f"was tokenized for model {version.base_model_id}, not {base.id}; prepare it for this model",
                 field="prepared_version_id",
             )
+        # Decided here, not in the worker, so the job records (and the caller sees) what it will run.
+        schedule = plan(hyperparameters, version.train_rows, validation_rows=version.validation_rows)
         payload = {
             "base_model_id": base.id,
             "base_model_name": base.name,
             "base_model_uri": base.artifact.uri,
             "prepared_version_id": version.id,
             "prepared_uri": version.artifact_uri,
-            "hyperparameters": hyperparameters.model_dump(),
+            "hyperparameters": schedule.hyperparameters.model_dump(),
+            "planned_total_steps": schedule.total_steps,
+            "chosen_defaults": schedule.chosen_defaults,
             "display_name": request.display_name,
         }
         job = self.store.create(JOB_KIND, payload, request.idempotency_key or None)
+        for sentence in schedule.chosen_defaults:
+            self.store.emit(job.id, EventKind.LOG, message=f"default chosen: {sentence}")
         return self._job_message(job)
 
     def GetJob(self, request, context):  # noqa: N802
@@ -210,13 +217,18 @@ class TrainerServicer(RegistryServicer):
             status=job_status(job),
             base_model_id=payload["base_model_id"],
             prepared_version_id=payload["prepared_version_id"],
-            hyperparameters=Hyperparameters.model_validate(payload["hyperparameters"]).to_proto(),
+            hyperparameters=from_stored(payload["hyperparameters"]).to_proto(),
             display_name=payload.get("display_name", ""),
             step=int(job.result.get("step", progress.get("step", 0))),
-            total_steps=int(job.result.get("total_steps", progress.get("total_steps", 0))),
+            total_steps=int(
+                job.result.get(
+                    "total_steps", progress.get("total_steps", payload.get("planned_total_steps", 0))
+                )
+            ),
             metrics=metrics,
             adapter_model_id=job.result.get("adapter_model_id", ""),
             merged_model_id=job.result.get("merged_model_id", ""),
+            chosen_defaults=payload.get("chosen_defaults", []),
         )
 
     def _latest_train_step(self, job_id: str) -> dict[str, float]:
