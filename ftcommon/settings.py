@@ -6,6 +6,10 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The base model a fresh platform registers and serves (`make setup` converts it): the trainer registers
+# it, and the CLI's stack and demo name it, so it lives here rather than in one service.
+DEFAULT_BASE_MODEL_NAME = "smollm2-135m-instruct"
+
 
 class TransportSecurity(BaseSettings):
     """How services prove who they are to each other (the same variables for servers and clients).

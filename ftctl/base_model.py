@@ -7,7 +7,7 @@ import grpc
 
 from finetune.v1 import trainer_pb2, trainer_pb2_grpc
 from ftcommon.grpc_client import open_channel
-from services.trainer.config import DEFAULT_BASE_MODEL_NAME
+from ftcommon.settings import DEFAULT_BASE_MODEL_NAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # `make setup` converts it here; a trainer data directory may hold its own converted copy.

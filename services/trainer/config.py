@@ -7,9 +7,8 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from ftcommon.job_runtime import JobRuntimeSettings, fold_older_job_setting_names
+from ftcommon.settings import DEFAULT_BASE_MODEL_NAME as DEFAULT_BASE_MODEL_NAME
 from ftcommon.settings import ServiceSettings, peer_address
-
-DEFAULT_BASE_MODEL_NAME = "smollm2-135m-instruct"
 
 
 class TrainJobSettings(JobRuntimeSettings):
