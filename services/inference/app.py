@@ -4,9 +4,8 @@ middleware for request ids, the body size limit, metrics and access logs (never 
 import logging
 import time
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ftcommon.interceptors import REQUEST_ID_HEADER
@@ -35,10 +34,12 @@ class GatewayMiddleware:
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
+                response_started = True
                 status = message["status"]
                 message["headers"] = [
                     *message.get("headers", []),
@@ -58,6 +59,12 @@ class GatewayMiddleware:
                 await response(scope, receive, send_with_id)
                 return
             await self.app(scope, _replay(body, receive), send_with_id)
+        except Exception:
+            # Here, not in an app exception handler: those run outside this middleware, where the request
+            # id is gone. A response already under way can only be cut; the log line keeps the id.
+            logger.exception("internal error")
+            if not response_started:
+                await internal_error_response()(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
             route_path = getattr(route, "path", "unmatched")
@@ -112,12 +119,6 @@ def create_app(state: GatewayState) -> FastAPI:
     app = FastAPI(title="finetune-platform inference gateway", docs_url=None, redoc_url=None)
     app.state.gateway = state
     install_error_handlers(app)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        logger.error("internal error", exc_info=exc)
-        return internal_error_response()
-
     for router in (chat.router, completions.router, models.router, health.router, admin.router):
         app.include_router(router)
     if state.settings.cors_origins:

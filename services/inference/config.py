@@ -47,6 +47,17 @@ class InferenceSettings(ServiceSettings):
     blocked_topics: list[str] = []
     refusal_message: str = "Let's keep the discussion relevant to the topics this assistant is for."
 
+    # Supervision. A generation ends with 504 once it has run this long.
+    generation_timeout_seconds: float = Field(300.0, gt=0)
+    # An engine that generations are waiting on and that produced nothing for this long is declared stalled.
+    engine_stall_seconds: float = Field(120.0, gt=0)
+    # How often every engine's health (and progress) is checked between requests.
+    engine_check_interval_seconds: float = Field(5.0, gt=0)
+    # A lost engine is rebuilt up to this many times, waiting backoff, 2x backoff... between tries; after
+    # that /healthz fails so that the orchestrator restarts the gateway.
+    engine_restart_attempts: int = Field(3, ge=1)
+    engine_restart_backoff_seconds: float = Field(2.0, ge=0)
+
     # transformers engine
     torch_threads: int = Field(0, ge=0)  # 0: torch's default
     # vLLM engine

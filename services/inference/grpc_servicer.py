@@ -2,16 +2,20 @@
 
 gRPC runs its handlers in a thread pool; the engines live on the gateway's event loop, so every call is
 bridged onto that loop, and a stream the client cancels closes its generation (the engine frees the slot).
+Every wait on the loop ends by the caller's deadline, and never later than a generation may run.
 """
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import Future
 
+import grpc
+
 from finetune.v1 import inference_pb2, inference_pb2_grpc
 from ftcommon.errors import InvalidArgument
 from ftcommon.logs import request_id_var
 from services.inference.engine.base import GenerationChunk, ScoreInput
+from services.inference.errors import GenerationTimeout
 from services.inference.serving_base import GenerationService, SamplingRequest, Ticket, refusal_stream
 
 FINISH_REASONS = {
@@ -21,6 +25,8 @@ FINISH_REASONS = {
 }
 
 _STREAM_END = object()
+# Beyond the generation deadline (enforced on the loop), for the hand-over between threads.
+_BRIDGE_MARGIN_SECONDS = 30.0
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
@@ -32,9 +38,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def Generate(self, request, context):  # noqa: N802 - gRPC method names
         text: list[str] = []
         last = GenerationChunk("", 0)
-        ticket, prompt_tokens, stream = self._start(request)
+        ticket, prompt_tokens, stream = self._start(request, context)
         try:
-            for chunk in self._iterate(stream):
+            for chunk in self._iterate(stream, context):
                 text.append(chunk.text)
                 last = chunk
         finally:
@@ -48,9 +54,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
         )
 
     def GenerateStream(self, request, context):  # noqa: N802
-        ticket, prompt_tokens, stream = self._start(request)
+        ticket, prompt_tokens, stream = self._start(request, context)
         try:
-            for chunk in self._iterate(stream):
+            for chunk in self._iterate(stream, context):
                 yield inference_pb2.GenerateChunk(
                     text=chunk.text,
                     finish_reason=FINISH_REASONS.get(chunk.finish_reason or "", 0),
@@ -63,7 +69,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
     def Score(self, request, context):  # noqa: N802
         if not request.items:
             raise InvalidArgument("at least one item is required", field="items")
-        return self._call(self._score(request))
+        return self._call(self._score(request), context)
 
     def ListModels(self, request, context):  # noqa: N802
         models = []
@@ -82,21 +88,34 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
 
     # Bridging onto the event loop
 
-    def _call(self, coroutine: object) -> object:
+    def _call(self, coroutine: object, context: grpc.ServicerContext | None = None) -> object:
+        """Runs `coroutine` on the loop; waits until the caller's deadline at most (cancelling it then)."""
         request_id = request_id_var.get()
+        wait = self.core.settings.generation_timeout_seconds + _BRIDGE_MARGIN_SECONDS
+        remaining = context.time_remaining() if context is not None else None
+        if remaining is not None:
+            wait = min(wait, remaining)
 
         async def with_request_id() -> object:
             request_id_var.set(request_id)
             return await coroutine  # type: ignore[misc]
 
         future: Future = asyncio.run_coroutine_threadsafe(with_request_id(), self.loop)
-        return future.result()
+        try:
+            return future.result(max(wait, 0.0))
+        except TimeoutError:
+            if future.done():  # the coroutine's own TimeoutError
+                raise
+            future.cancel()
+            raise GenerationTimeout(f"no answer within {wait:.1f} s (request id {request_id})") from None
 
-    def _iterate(self, stream: AsyncIterator[GenerationChunk]) -> Iterator[GenerationChunk]:
+    def _iterate(
+        self, stream: AsyncIterator[GenerationChunk], context: grpc.ServicerContext
+    ) -> Iterator[GenerationChunk]:
         finished = False
         try:
             while True:
-                chunk = self._call(anext(stream, _STREAM_END))
+                chunk = self._call(anext(stream, _STREAM_END), context)
                 if chunk is _STREAM_END:
                     finished = True
                     return
@@ -106,9 +125,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServiceServicer):
                 self._call(stream.aclose())
 
     def _start(
-        self, request: inference_pb2.GenerateRequest
+        self, request: inference_pb2.GenerateRequest, context: grpc.ServicerContext
     ) -> tuple[Ticket, int, AsyncIterator[GenerationChunk]]:
-        return self._call(self._prepare(request))  # type: ignore[return-value]
+        return self._call(self._prepare(request), context)  # type: ignore[return-value]
 
     async def _prepare(
         self, request: inference_pb2.GenerateRequest

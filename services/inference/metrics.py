@@ -23,3 +23,10 @@ LOADED_MODEL = Gauge(
     "gateway_loaded_model", "1 for each model loaded in an engine", ["model_id", "name", "engine"]
 )
 REJECTED = Counter("gateway_rejected_total", "Requests refused before generation", ["reason"])
+ENGINE_DEATHS = Counter("gateway_engine_deaths_total", "Engines found dead or stalled", ["model", "kind"])
+ENGINE_RESTARTS = Counter(
+    "gateway_engine_restarts_total", "Attempts to rebuild a lost engine", ["model", "outcome"]
+)
+GENERATION_TIMEOUTS = Counter(
+    "gateway_generation_timeouts_total", "Generations ended by the server-side deadline", ["model"]
+)

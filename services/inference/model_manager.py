@@ -3,12 +3,15 @@
 Models are resolved through the trainer's registry (ids, names, aliases), fetched from the artifact store and
 verified against the registry's sha256, then loaded and warmed up before any request can reach them. A thread
 follows WatchAliases: when the served alias moves, the new model loads beside the old one, traffic switches in
-one assignment, and the old engine is freed once its last in-flight request has finished.
+one assignment, and the old engine is freed once its last in-flight request has finished. Engines are
+supervised (services/inference/supervisor.py): a lost one is rebuilt in place. Engine processes die with the
+gateway, and those a killed predecessor left behind are ended before anything loads.
 """
 
 import asyncio
 import json
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -24,8 +27,10 @@ from ftcommon.errors import NotFound, Unavailable
 from ftcommon.logs import log_fields
 from services.inference import metrics
 from services.inference.config import InferenceSettings
-from services.inference.engine import load_engine
+from services.inference.engine import engine_run_dir, load_engine
 from services.inference.engine.base import EngineClient, EngineModel, SamplingOptions
+from services.inference.engine.process_records import EngineProcessRecords, descendants
+from services.inference.supervisor import EngineSupervisor, EngineWatch
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +45,14 @@ class ServedModel:
     chat_template: str
     max_context: int
     tokenizer: PreTrainedTokenizerBase
-    engine: EngineClient
+    watch: EngineWatch  # the current engine; the supervisor replaces it when the engine is lost
     loaded_at: int = field(default_factory=lambda: int(time.time()))
     in_flight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def engine(self) -> EngineClient:
+        return self.watch.engine
 
 
 class Lease:
@@ -79,12 +88,18 @@ class ModelManager:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watch_call: grpc.Future | None = None
         self._stopping = threading.Event()
+        self._process_records = EngineProcessRecords(engine_run_dir(settings))
+        self.supervisor = EngineSupervisor(settings, self._rebuild_engine, self.served_models)
+        self._supervision: asyncio.Task | None = None
 
     # Life cycle
 
     async def start(self) -> None:
-        """Loads the default model, then follows alias changes."""
+        """Ends engines a killed predecessor left running, loads the default model, then follows alias
+        changes and supervises the engines."""
         self._loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self._process_records.end_leftovers)
+        self._supervision = self._loop.create_task(self.supervisor.run())
         threading.Thread(target=self._watch_aliases, name="alias-watch", daemon=True).start()
         await self._load_default()
 
@@ -100,11 +115,15 @@ class ModelManager:
         self._stopping.set()
         if self._watch_call is not None:
             self._watch_call.cancel()
+        if self._supervision is not None:
+            self._supervision.cancel()
+        await self.supervisor.stop()
         for served in list(self._loaded.values()):
             await served.engine.shutdown()
             self._forget(served)
         self._loaded.clear()
         self.default = None
+        self._process_records.remove()
 
     @property
     def ready(self) -> bool:
@@ -118,6 +137,7 @@ class ModelManager:
     async def lease(self, ref: str | None) -> Lease:
         """The model a request names (empty: the default), loading it on first use."""
         served = await self._find(ref)
+        self.supervisor.check_serving(served)
         self._loaded.move_to_end(served.model_id, last=True)
         return Lease(served)
 
@@ -188,15 +208,34 @@ class ModelManager:
             max_context=max_context,
             stop_token_ids=_stop_token_ids(tokenizer, record.eos_token, folder),
         )
+        watch = await self._start_engine(engine_model, tokenizer)
+        metrics.LOADED_MODEL.labels(record.id, record.name, watch.engine.name).set(1)
+        log_fields(logger, logging.INFO, "model loaded", model_id=record.id, engine=watch.engine.name)
+        return ServedModel(record.id, record.name, record.chat_template, max_context, tokenizer, watch)
+
+    async def _start_engine(
+        self, engine_model: EngineModel, tokenizer: PreTrainedTokenizerBase
+    ) -> EngineWatch:
+        """A warmed-up engine whose processes die with the gateway and are on record for its successor."""
+        started = time.monotonic()
+        before = await asyncio.to_thread(descendants, os.getpid())
         engine = await load_engine(self.settings, engine_model)
         try:
             await _warm_up(engine, tokenizer)
         except Exception:
             await engine.shutdown()
             raise
-        metrics.LOADED_MODEL.labels(record.id, record.name, engine.name).set(1)
-        log_fields(logger, logging.INFO, "model loaded", model_id=record.id, engine=engine.name)
-        return ServedModel(record.id, record.name, record.chat_template, max_context, tokenizer, engine)
+        engine_processes = await asyncio.to_thread(descendants, os.getpid())
+        self._process_records.record(engine_model.model_id, engine_processes - before)
+        return EngineWatch(engine, engine_model.name, time.monotonic() - started)
+
+    async def _rebuild_engine(self, served: ServedModel) -> EngineWatch:
+        """A new engine for a model whose engine was lost, from the same verified folder."""
+        watch = await self._start_engine(served.engine.model, served.tokenizer)
+        if self._loaded.get(served.model_id) is not served:  # retired or stopped while it loaded
+            await watch.engine.shutdown()
+            self._process_records.forget(served.model_id)
+        return watch
 
     def _fetch_verified(self, record: trainer_pb2.Model) -> Path:
         if self.store.manifest(record.artifact.uri)["sha256"] != record.artifact.sha256:
@@ -221,6 +260,7 @@ class ModelManager:
                 await served.idle.wait()
             await served.engine.shutdown()
             self._forget(served)
+            self._process_records.forget(served.model_id)
             log_fields(logger, logging.INFO, "model unloaded", model_id=served.model_id)
 
         task = asyncio.get_running_loop().create_task(drain_then_stop())

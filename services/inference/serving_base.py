@@ -5,13 +5,16 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from ftcommon.chat_format import prompt_ids
-from ftcommon.errors import InvalidArgument, Unavailable
+from ftcommon.errors import InvalidArgument, ServiceError, Unavailable
+from ftcommon.logs import request_id_var
 from services.inference import metrics
 from services.inference.config import InferenceSettings
 from services.inference.engine.base import GenerationChunk, SamplingOptions, ScoreInput
+from services.inference.errors import GenerationTimeout
 from services.inference.model_manager import Lease, ModelManager, ServedModel
 
 ROLES = ("system", "user", "assistant")
@@ -137,21 +140,31 @@ class GenerationService:
     async def stream(
         self, served: ServedModel, prompt: list[int], sampling: SamplingOptions, request_id: str
     ) -> AsyncIterator[GenerationChunk]:
-        """One generation of an admitted request; records TTFT and token counts."""
+        """One generation of an admitted request, within the server's deadline; records TTFT and token
+        counts. A failure the engine is to blame for ends as 503 while the supervisor rebuilds it."""
         metrics.QUEUE_DEPTH.inc()
         waiting = True
         started = time.perf_counter()
         generated = 0
+        watch = served.watch
+        budget = self.settings.generation_timeout_seconds
+        deadline = asyncio.get_running_loop().time() + budget
         try:
             metrics.PROMPT_TOKENS.labels(served.name).inc(len(prompt))
-            async for chunk in served.engine.generate(prompt, sampling, request_id):
-                if waiting:
-                    waiting = False
-                    metrics.QUEUE_DEPTH.dec()
-                    metrics.TIME_TO_FIRST_TOKEN.labels(served.name).observe(time.perf_counter() - started)
-                metrics.GENERATED_TOKENS.labels(served.name).inc(chunk.completion_tokens - generated)
-                generated = chunk.completion_tokens
-                yield chunk
+            async with aclosing(watch.generate(prompt, sampling, request_id, deadline, budget)) as chunks:
+                async for chunk in chunks:
+                    if waiting:
+                        waiting = False
+                        metrics.QUEUE_DEPTH.dec()
+                        metrics.TIME_TO_FIRST_TOKEN.labels(served.name).observe(time.perf_counter() - started)
+                    metrics.GENERATED_TOKENS.labels(served.name).inc(chunk.completion_tokens - generated)
+                    generated = chunk.completion_tokens
+                    yield chunk
+        except ServiceError:
+            raise
+        except Exception as exc:
+            await self.manager.supervisor.after_failure(served, watch, exc)
+            raise
         finally:
             if waiting:
                 metrics.QUEUE_DEPTH.dec()
@@ -166,7 +179,19 @@ class GenerationService:
                 raise InvalidArgument(
                     f"longer than the model's context of {served.max_context} tokens", field=f"items.{index}"
                 )
-        return await served.engine.score(items)
+        watch = served.watch
+        budget = self.settings.generation_timeout_seconds
+        try:
+            async with asyncio.timeout(budget):
+                return await watch.engine.score(items)
+        except TimeoutError:
+            raise GenerationTimeout(
+                f"scoring did not finish within the server's deadline of {budget:g} s "
+                f"(request id {request_id_var.get()})"
+            ) from None
+        except Exception as exc:
+            await self.manager.supervisor.after_failure(served, watch, exc)
+            raise
 
 
 async def refusal_stream(text: str) -> AsyncIterator[GenerationChunk]:

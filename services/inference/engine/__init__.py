@@ -5,6 +5,7 @@ from pathlib import Path
 
 from services.inference.config import InferenceSettings
 from services.inference.engine.base import EngineClient, EngineModel
+from services.inference.engine.parent_death import children_die_with_this_process
 
 
 def resolved_engine_name(settings: InferenceSettings) -> str:
@@ -15,12 +16,21 @@ def resolved_engine_name(settings: InferenceSettings) -> str:
     return "vllm" if vllm_available() else "transformers"
 
 
+def engine_run_dir(settings: InferenceSettings) -> Path:
+    """Where the gateway keeps the engine launcher and the record of its engine processes."""
+    return settings.data_dir / "inference-engines"
+
+
 async def load_engine(settings: InferenceSettings, model: EngineModel) -> EngineClient:
+    """Call it on the event loop's thread: engine processes die when the thread that spawned them ends."""
     if resolved_engine_name(settings) == "vllm":
         from services.inference.engine.vllm_engine import VllmEngine
 
         cache_dir = settings.cache_dir or Path(tempfile.gettempdir()) / "ft-inference-cache"
-        return await VllmEngine.load(model, settings.max_batch_size, cache_dir, settings.vllm_kv_cache_gib)
+        with children_die_with_this_process(engine_run_dir(settings)):
+            return await VllmEngine.load(
+                model, settings.max_batch_size, cache_dir, settings.vllm_kv_cache_gib
+            )
     from services.inference.engine.transformers_engine import TransformersEngine
 
     if settings.torch_threads:

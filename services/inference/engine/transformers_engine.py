@@ -130,7 +130,7 @@ class TransformersEngine(EngineClient):
     async def shutdown(self) -> None:
         self._stopping.set()
         await asyncio.to_thread(self._thread.join)
-        del self.network
+        self.network = None  # frees the weights; a second shutdown finds nothing left to free
         gc.collect()
 
     # The scheduler thread

@@ -2,6 +2,7 @@
 (float32, eager: compilation costs minutes at load and gains nothing on CPU; see ../shared/STACK.md)."""
 
 import asyncio
+import contextlib
 import gc
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -106,7 +107,9 @@ class VllmEngine(EngineClient):
                     yield GenerationChunk(completion.text, generated, finish)
         finally:
             if not finished:
-                await self.abort(request_id)
+                # A dead engine cannot abort; the supervisor notices it and rebuilds.
+                with contextlib.suppress(Exception):
+                    await self.abort(request_id)
 
     async def abort(self, request_id: str) -> None:
         await self._engine.abort(request_id)
@@ -140,6 +143,8 @@ class VllmEngine(EngineClient):
         return self._stats
 
     async def shutdown(self) -> None:
+        if self._engine is None:  # already shut down (the supervisor frees a lost engine once more)
+            return
         self._engine.shutdown()
         # Dropped now: vLLM's __del__ would shut down again at interpreter exit, when its modules are gone.
         self._engine = None

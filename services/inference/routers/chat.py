@@ -3,6 +3,7 @@
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
 
+from services.inference.errors import events_with_errors
 from services.inference.protocol import ChatCompletionRequest, ChatCompletionResponse
 from services.inference.routers.security import require_key
 from services.inference.state import Gateway
@@ -17,4 +18,6 @@ async def create_chat_completion(
     result = await state.chat.create(body, request.state.request_id)
     if isinstance(result, ChatCompletionResponse):
         return result
-    return StreamingResponse(result, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return StreamingResponse(
+        events_with_errors(result), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )

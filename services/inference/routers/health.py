@@ -1,4 +1,5 @@
-"""/healthz (the process answers), /readyz (a model is loaded and its engine is healthy), /metrics."""
+"""/healthz (the process answers and its engines can be rebuilt), /readyz (a model is loaded and its engine
+is healthy), /metrics."""
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
@@ -10,8 +11,12 @@ router = APIRouter()
 
 
 @router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+async def healthz(state: Gateway) -> JSONResponse:
+    """Fails once an engine could not be rebuilt, so that the orchestrator restarts the gateway."""
+    failure = state.manager.supervisor.failure
+    if failure is not None:
+        return JSONResponse({"status": "failed", "reason": failure}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get("/readyz")
@@ -19,6 +24,8 @@ async def readyz(state: Gateway) -> JSONResponse:
     default = state.manager.default
     if default is None:
         return JSONResponse({"status": "loading"}, status_code=503)
+    if default.watch.lost_reason is not None:
+        return JSONResponse({"status": "restarting", "reason": default.watch.lost_reason}, status_code=503)
     try:
         await default.engine.check_health()
     except Exception as exc:  # any engine failure means: do not route traffic here
