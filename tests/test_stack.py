@@ -14,9 +14,9 @@ import grpc
 import pytest
 
 from finetune.v1 import trainer_pb2, trainer_pb2_grpc
-from ftctl.local_stack import StackPorts, free_port
+from ftctl.local_stack import StackError, StackPorts, free_port, refuse_running_stack
 from ftctl.stack import LOCK_NAME
-from ftctl.stack_record import StackRecord, group_alive, record_path
+from ftctl.stack_record import RecordedProcess, StackRecord, group_alive, record_path, start_ticks
 from services.trainer.config import DEFAULT_BASE_MODEL_NAME
 
 PORT_VARIABLES = {
@@ -222,3 +222,30 @@ def test_down_leaves_a_process_that_reused_a_recorded_pid_alone(tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_the_demo_moves_off_taken_ports_and_leaves_a_running_stack_alone(tmp_path):
+    ports = free_layout()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", ports.trainer))
+        squatter.listen()
+        moved, notes = ports.with_free_ports()
+    assert moved.trainer != ports.trainer and len(set(moved.as_dict().values())) == 5
+    assert {k: v for k, v in moved.as_dict().items() if k != "trainer"} == {
+        k: v for k, v in ports.as_dict().items() if k != "trainer"
+    }
+    assert notes == [f"port {ports.trainer} (trainer) is taken: using {moved.trainer}"]
+
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        record = StackRecord(data_root=str(tmp_path), ports=ports.as_dict(), data_dirs={}, exports={})
+        ticks = start_ticks(running.pid)
+        assert ticks is not None
+        record.processes.append(RecordedProcess(name="trainer", pid=running.pid, start_ticks=ticks, log=""))
+        record.save(record_path(tmp_path))
+        with pytest.raises(StackError, match="is running: stop it with `ftctl stack down --data-dir"):
+            refuse_running_stack(tmp_path)
+    finally:
+        running.kill()
+        running.wait()
+    refuse_running_stack(tmp_path)  # a record whose processes ended does not stand in the way
