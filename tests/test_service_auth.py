@@ -177,3 +177,72 @@ def test_the_local_development_setting_serves_plaintext_without_a_token(tmp_path
             )
     finally:
         running.stop(grace=0)
+
+
+def _certificates(folder: Path) -> dict[str, Path]:
+    """A throwaway CA, and a certificate it signed for 127.0.0.1 that serves as server and client."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def issue(subject: str, key, issuer_name, issuer_key, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer_name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        return builder.sign(issuer_key, hashes.SHA256())
+
+    ca_key, service_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = issue("test CA", ca_key, ca_name, ca_key, ca=True)
+    service = issue("service", service_key, ca_name, ca_key, ca=False)
+    paths = {"ca": folder / "ca.pem", "cert": folder / "service.pem", "key": folder / "service.key"}
+    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths["cert"].write_bytes(service.public_bytes(serialization.Encoding.PEM))
+    paths["key"].write_bytes(
+        service_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths
+
+
+def test_mutual_tls_alone_authenticates_and_a_client_without_a_certificate_is_refused(tmp_path: Path):
+    from services.trainer.server import build_server
+
+    pem = _certificates(tmp_path)
+    mutual = TransportSecurity(
+        service_token="",
+        insecure_local_dev=False,
+        tls_cert_file=pem["cert"],
+        tls_key_file=pem["key"],
+        tls_ca_file=pem["ca"],
+    )
+    running = build_server(TrainerSettings(data_dir=tmp_path / "data", port=0, security=mutual))
+    try:
+        with open_channel(running.address, 10, mutual) as channel:
+            trainer_pb2_grpc.TrainerServiceStub(channel).ListModels(trainer_pb2.ListModelsRequest())
+        anonymous = TransportSecurity(service_token="", insecure_local_dev=False, tls_ca_file=pem["ca"])
+        with open_channel(running.address, 10, anonymous) as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                trainer_pb2_grpc.TrainerServiceStub(channel).ListModels(trainer_pb2.ListModelsRequest())
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # the handshake fails before any call
+    finally:
+        running.stop(grace=0)
