@@ -23,7 +23,7 @@ QUESTION_ANSWER_TEMPLATE = (
     "{% endfor %}"
 )
 
-Message = dict[str, str]
+Message = dict[str, str | int]  # role, content and an optional weight
 
 
 class ChatTokenizer(Protocol):
@@ -60,12 +60,13 @@ def training_example(
     chat_template: str | None = None,
 ) -> tuple[list[int], list[int]]:
     """(input_ids, labels) for a conversation; labels are -100 except on every assistant turn's answer
-    tokens up to and including the end-of-turn token, which is where generation must learn to stop."""
+    tokens up to and including the end-of-turn token, which is where generation must learn to stop.
+    An assistant turn with "weight": 0 (OpenAI's chat format) stays context and is not trained on."""
     end_of_turn_id = tokenizer.convert_tokens_to_ids(end_of_turn)
     full = _ids(tokenizer, messages, chat_template, generation=False)
     labels = [-100] * len(full)
     for turn, message in enumerate(messages):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or message.get("weight") == 0:
             continue
         start = len(_ids(tokenizer, messages[:turn], chat_template, generation=True))
         end = len(_ids(tokenizer, messages[: turn + 1], chat_template, generation=False))

@@ -3,7 +3,8 @@
 from dataclasses import dataclass, field
 from typing import Any
 
-Message = dict[str, str]
+# role and content, and "weight": 0 on an assistant turn kept as context but not trained on.
+Message = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,13 @@ class Conversation:
     def from_json(cls, value: dict[str, Any]) -> "Conversation":
         return cls(
             line=int(value["source_line"]),
-            messages=[{"role": m["role"], "content": m["content"]} for m in value["messages"]],
+            messages=[
+                {
+                    "role": m["role"],
+                    "content": m["content"],
+                    **({"weight": 0} if m.get("weight") == 0 else {}),
+                }
+                for m in value["messages"]
+            ],
             is_refusal=bool(value.get("is_refusal", False)),
         )

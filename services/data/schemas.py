@@ -233,7 +233,15 @@ def _from_text(line: int, text: str, column: str) -> Conversation | Rejection:
     )
 
 
+# Function calling is not trained yet: such rows are refused by name rather than trained without their tools.
+_TOOL_FIELDS = ("tools", "functions", "parallel_tool_calls")
+_TOOL_MESSAGE_FIELDS = ("tool_calls", "function_call")
+
+
 def _from_messages(line: int, row: dict[str, Any], column: str) -> Conversation | Rejection:
+    for name in _TOOL_FIELDS:
+        if row.get(name):
+            return Rejection(line, "tool and function definitions are not supported for training yet", name)
     value = row.get(column)
     if value is None:
         return Rejection(line, "missing field", column)
@@ -251,6 +259,26 @@ def _from_messages(line: int, row: dict[str, Any], column: str) -> Conversation 
                 return Rejection(
                     line, f"non-string field (got {type(message[key]).__name__})", f"{where}.{key}"
                 )
-        messages.append({"role": message["role"].strip().lower(), "content": message["content"].strip()})
+        for name in _TOOL_MESSAGE_FIELDS:
+            if message.get(name):
+                return Rejection(
+                    line, "tool and function calls are not supported for training yet", f"{where}.{name}"
+                )
+        converted = {"role": message["role"].strip().lower(), "content": message["content"].strip()}
+        if "weight" in message:
+            # OpenAI's per-message weight: 0 keeps an assistant turn as context without training on it.
+            if message["weight"] not in (0, 1) or isinstance(message["weight"], bool):
+                return Rejection(
+                    line, f"weight must be 0 or 1 (got {message['weight']!r})", f"{where}.weight"
+                )
+            if converted["role"] != "assistant":
+                return Rejection(line, "weight is only allowed on assistant messages", f"{where}.weight")
+            if message["weight"] == 0:
+                converted["weight"] = 0
+        messages.append(converted)
         fields.append(f"{where}.content")
+    if all(m.get("weight") == 0 for m in messages if m["role"] == "assistant") and any(
+        m["role"] == "assistant" for m in messages
+    ):
+        return Rejection(line, "every assistant message has weight 0: nothing to train on", f"{column}")
     return Conversation(line, messages, fields)

@@ -11,18 +11,27 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ftcommon.interceptors import REQUEST_ID_HEADER
 from ftcommon.logs import log_fields, new_request_id, request_id_var
 from services.inference import metrics
-from services.inference.errors import error_response, install_error_handlers, internal_error_response
-from services.inference.routers import admin, chat, completions, health, models
+from services.inference.errors import (
+    ApiError,
+    error_response,
+    install_error_handlers,
+    internal_error_response,
+)
+from services.inference.routers import admin, chat, completions, files, fine_tuning, health, models
 from services.inference.state import GatewayState
 
 access_logger = logging.getLogger("services.inference.access")
 logger = logging.getLogger(__name__)
 
 
+FILE_UPLOAD_PATH = "/v1/files"
+
+
 class GatewayMiddleware:
-    def __init__(self, app: ASGIApp, max_request_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_request_bytes: int, max_file_bytes: int | None = None) -> None:
         self.app = app
         self.max_request_bytes = max_request_bytes
+        self.max_file_bytes = max_file_bytes or max_request_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,6 +57,10 @@ class GatewayMiddleware:
             await send(message)
 
         try:
+            if scope["method"] == "POST" and scope["path"] == FILE_UPLOAD_PATH:
+                # File uploads stream through (the route spools them to disk) under their own, larger limit.
+                await self.app(scope, _counted(receive, self.max_file_bytes), send_with_id)
+                return
             body = await self._read_limited(receive)
             if body is None:
                 response = error_response(
@@ -101,6 +114,27 @@ class GatewayMiddleware:
                 return b"".join(chunks)
 
 
+def _counted(receive: Receive, limit: int) -> Receive:
+    """The body as it arrives, refused with a 413 once it passes `limit`."""
+    size = 0
+
+    async def counted() -> Message:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise ApiError(
+                    413,
+                    f"The file is larger than {limit} bytes.",
+                    "invalid_request_error",
+                    code="file_too_large",
+                )
+        return message
+
+    return counted
+
+
 def _replay(body: bytes, receive: Receive) -> Receive:
     """Hands the buffered body to the app, then the real channel (so disconnects still arrive)."""
     sent = False
@@ -119,7 +153,15 @@ def create_app(state: GatewayState) -> FastAPI:
     app = FastAPI(title="finetune-platform inference gateway", docs_url=None, redoc_url=None)
     app.state.gateway = state
     install_error_handlers(app)
-    for router in (chat.router, completions.router, models.router, health.router, admin.router):
+    for router in (
+        chat.router,
+        completions.router,
+        models.router,
+        health.router,
+        admin.router,
+        files.router,
+        fine_tuning.router,
+    ):
         app.include_router(router)
     if state.settings.cors_origins:
         app.add_middleware(
@@ -128,5 +170,9 @@ def create_app(state: GatewayState) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(GatewayMiddleware, max_request_bytes=state.settings.max_request_bytes)
+    app.add_middleware(
+        GatewayMiddleware,
+        max_request_bytes=state.settings.max_request_bytes,
+        max_file_bytes=state.settings.max_file_bytes,
+    )
     return app

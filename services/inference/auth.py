@@ -15,6 +15,10 @@ from services.inference import tables
 
 KEY_PREFIX = "ft-"
 ADMIN_TOKEN_PREFIX = "fta-"
+# What an API key may do: chat (/v1/chat/completions, /v1/completions, /v1/models), fine-tune (/v1/files,
+# /v1/fine_tuning), admin (everything the other two allow).
+SCOPES = ("chat", "fine-tune", "admin")
+DEFAULT_SCOPES = ("chat",)
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,12 @@ class ApiKey:
     rate_limit_per_minute: int | None
     created_at: datetime
     revoked_at: datetime | None
+    scopes: tuple[str, ...] = DEFAULT_SCOPES
+    # Keys of one project see the same files and fine-tuning jobs (as keys of one OpenAI project do).
+    project: str = ""
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
 
 
 @dataclass(frozen=True)
@@ -45,12 +55,29 @@ class KeyStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def create(self, name: str, rate_limit_per_minute: int | None = None) -> tuple[ApiKey, str]:
-        """Returns the key and its secret; only the hash is stored, so the secret cannot be shown again."""
+    def create(
+        self,
+        name: str,
+        rate_limit_per_minute: int | None = None,
+        scopes: tuple[str, ...] = DEFAULT_SCOPES,
+        project: str = "",
+    ) -> tuple[ApiKey, str]:
+        """Returns the key and its secret; only the hash is stored, so the secret cannot be shown again.
+        The project defaults to the key's name."""
         if not name or len(name) > 200:
             raise InvalidArgument("use 1-200 characters", field="name")
         if rate_limit_per_minute is not None and rate_limit_per_minute < 1:
             raise InvalidArgument("must be at least 1", field="rate_limit_per_minute")
+        unknown = [scope for scope in scopes if scope not in SCOPES]
+        if unknown or not scopes:
+            raise InvalidArgument(
+                f"unknown scope {', '.join(map(repr, unknown))}; use some of {', '.join(SCOPES)}"
+                if unknown
+                else f"give at least one of {', '.join(SCOPES)}",
+                field="scopes",
+            )
+        if len(project) > 200:
+            raise InvalidArgument("use at most 200 characters", field="project")
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         key_id = new_id("key")
         with self.db.begin() as conn:
@@ -62,6 +89,8 @@ class KeyStore:
                     key_sha256=_hash(secret),
                     rate_limit_per_minute=rate_limit_per_minute,
                     created_at=utcnow(),
+                    scopes=" ".join(dict.fromkeys(scopes)),
+                    project=project or name,
                 )
             )
         return self.get(key_id), secret
@@ -180,6 +209,8 @@ def _record(row: object) -> ApiKey:
         rate_limit_per_minute=row["rate_limit_per_minute"],  # type: ignore[index]
         created_at=row["created_at"],  # type: ignore[index]
         revoked_at=row["revoked_at"],  # type: ignore[index]
+        scopes=tuple(row["scopes"].split()),  # type: ignore[index]
+        project=row["project"],  # type: ignore[index]
     )
 
 

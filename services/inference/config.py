@@ -18,6 +18,14 @@ class InferenceSettings(ServiceSettings):
     http_port: int = 8000  # OpenAI-compatible REST API
     trainer_address: str = peer_address("trainer")
     rpc_timeout_seconds: float = Field(30.0, gt=0)
+    # The OpenAI fine-tuning surface (/v1/files, /v1/fine_tuning): uploads go to the data service.
+    data_address: str = peer_address("data")
+    # POST /v1/files bodies may be this large (other requests keep max_request_bytes).
+    max_file_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    # How often the gateway moves fine-tuning jobs along (prepare done -> training -> model named).
+    fine_tuning_poll_seconds: float = Field(1.0, gt=0)
+    # learning_rate_multiplier scales this (the trainer's default learning rate for LoRA).
+    fine_tuning_base_learning_rate: float = Field(1e-3, gt=0)
 
     # auto: vLLM when it imports, else transformers.
     engine: Literal["auto", "vllm", "transformers"] = "auto"

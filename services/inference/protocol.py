@@ -159,7 +159,7 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "finetune-platform"
     root: str  # the registry model id behind the name
-    max_model_len: int
+    max_model_len: int | None = None  # known once the model is loaded
 
 
 class ModelList(BaseModel):
@@ -174,6 +174,11 @@ class ApiKeyCreateRequest(BaseModel):
 
     name: Annotated[str, Field(min_length=1, max_length=200)] = "default"
     rate_limit_per_minute: Annotated[int, Field(ge=1)] | None = None  # empty: the gateway's default
+    scopes: list[Literal["chat", "fine-tune", "admin"]] = Field(
+        default_factory=lambda: ["chat"], min_length=1
+    )
+    # Keys of one project see the same files and fine-tuning jobs; empty: the key's name.
+    project: Annotated[str, Field(max_length=200)] = ""
 
 
 class ApiKeyInfo(BaseModel):
@@ -185,6 +190,8 @@ class ApiKeyInfo(BaseModel):
     rate_limit_per_minute: int | None
     created_at: datetime
     revoked_at: datetime | None
+    scopes: list[str]
+    project: str
 
 
 class CreatedApiKey(ApiKeyInfo):

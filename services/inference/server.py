@@ -13,7 +13,7 @@ from concurrent.futures import Future
 
 import uvicorn
 
-from finetune.v1 import inference_pb2, inference_pb2_grpc, trainer_pb2_grpc
+from finetune.v1 import data_pb2_grpc, inference_pb2, inference_pb2_grpc, trainer_pb2_grpc
 from ftcommon.artifacts import ArtifactStore
 from ftcommon.grpc_client import open_channel
 from ftcommon.grpc_server import RunningServer, serve_until_signalled, start_server
@@ -21,9 +21,12 @@ from ftcommon.logs import configure_logging, log_fields
 from services.inference.app import create_app
 from services.inference.auth import AdminTokenStore, KeyStore
 from services.inference.config import InferenceSettings
+from services.inference.fine_tuning_follower import FineTuningFollower
+from services.inference.fine_tuning_store import FineTuningRecords
 from services.inference.grpc_servicer import InferenceServicer
 from services.inference.keys import open_gateway_database
 from services.inference.model_manager import ModelManager
+from services.inference.serving_files import OpenAIServingFiles
 from services.inference.state import GatewayState
 
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["InferenceService"].full_name
@@ -46,8 +49,19 @@ class InferenceServer:
         self._trainer_channel = open_channel(
             settings.trainer_address, settings.rpc_timeout_seconds, settings.security
         )
-        manager = ModelManager(settings, trainer_pb2_grpc.TrainerServiceStub(self._trainer_channel), store)
-        self.state = GatewayState.build(settings, manager, keys, AdminTokenStore(database))
+        trainer = trainer_pb2_grpc.TrainerServiceStub(self._trainer_channel)
+        manager = ModelManager(settings, trainer, store)
+        # The OpenAI fine-tuning surface: files go to the data service, jobs to data and trainer.
+        self._data_channel = open_channel(
+            settings.data_address, settings.rpc_timeout_seconds, settings.security
+        )
+        data = data_pb2_grpc.DataServiceStub(self._data_channel)
+        records = FineTuningRecords(database)
+        self.follower = FineTuningFollower(settings, records, data, trainer)
+        files = OpenAIServingFiles(settings, data, store, records)
+        self.state = GatewayState.build(
+            settings, manager, keys, AdminTokenStore(database), files, self.follower
+        )
         self.loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(target=self.loop.run_forever, name="gateway-loop", daemon=True)
         self._loop_thread.start()
@@ -63,6 +77,7 @@ class InferenceServer:
             settings, [(inference_pb2_grpc.add_InferenceServiceServicer_to_server, servicer, SERVICE_NAME)]
         )
         self._model_loaded: Future = asyncio.run_coroutine_threadsafe(manager.start(), self.loop)
+        self.follower.start()
         log_fields(
             logger, logging.INFO, "gateway listening", http_port=self.http_port, grpc_port=self.grpc.port
         )
@@ -86,6 +101,7 @@ class InferenceServer:
     def stop(self, grace: float | None = None) -> None:
         """Stops taking requests, lets those in flight finish, then frees the engines."""
         self.grpc.stop(grace)
+        self.follower.stop()
         self._http.should_exit = True
         self._http_done.result()
         self._model_loaded.cancel()
@@ -93,6 +109,7 @@ class InferenceServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._loop_thread.join()
         self._trainer_channel.close()
+        self._data_channel.close()
 
 
 def _bind(host: str, port: int) -> socket.socket:

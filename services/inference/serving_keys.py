@@ -9,7 +9,9 @@ class KeyAdministration:
         self.keys = keys
 
     def create(self, request: ApiKeyCreateRequest) -> CreatedApiKey:
-        key, secret = self.keys.create(request.name, request.rate_limit_per_minute)
+        key, secret = self.keys.create(
+            request.name, request.rate_limit_per_minute, tuple(request.scopes), request.project
+        )
         return CreatedApiKey(**_info(key).model_dump(), secret=secret)
 
     def list(self) -> ApiKeyList:
@@ -27,4 +29,6 @@ def _info(key: ApiKey) -> ApiKeyInfo:
         rate_limit_per_minute=key.rate_limit_per_minute,
         created_at=key.created_at,
         revoked_at=key.revoked_at,
+        scopes=list(key.scopes),
+        project=key.project,
     )

@@ -7,10 +7,14 @@ from fastapi import Depends, Request
 
 from services.inference.auth import AdminTokenStore, KeyStore, RateLimiter
 from services.inference.config import InferenceSettings
+from services.inference.fine_tuning_follower import FineTuningFollower
 from services.inference.model_manager import ModelManager
 from services.inference.serving_base import GenerationService
 from services.inference.serving_chat import OpenAIServingChat
 from services.inference.serving_completion import OpenAIServingCompletion
+from services.inference.serving_files import OpenAIServingFiles
+from services.inference.serving_fine_tuned_models import FineTunedModels
+from services.inference.serving_fine_tuning import OpenAIServingFineTuning
 from services.inference.serving_keys import KeyAdministration
 from services.inference.serving_models import OpenAIServingModels
 
@@ -27,10 +31,19 @@ class GatewayState:
     key_admin: KeyAdministration
     admin_tokens: AdminTokenStore
     limiter: RateLimiter
+    files: OpenAIServingFiles
+    fine_tuning: OpenAIServingFineTuning
+    fine_tuned_models: FineTunedModels
 
     @classmethod
     def build(
-        cls, settings: InferenceSettings, manager: ModelManager, keys: KeyStore, admin_tokens: AdminTokenStore
+        cls,
+        settings: InferenceSettings,
+        manager: ModelManager,
+        keys: KeyStore,
+        admin_tokens: AdminTokenStore,
+        files: OpenAIServingFiles,
+        follower: FineTuningFollower,
     ) -> "GatewayState":
         core = GenerationService(settings, manager)
         return cls(
@@ -44,6 +57,9 @@ class GatewayState:
             key_admin=KeyAdministration(keys),
             admin_tokens=admin_tokens,
             limiter=RateLimiter(),
+            files=files,
+            fine_tuning=OpenAIServingFineTuning(settings, files.records, manager.trainer, follower),
+            fine_tuned_models=FineTunedModels(files.records),
         )
 
 

@@ -1,6 +1,9 @@
-"""The dependencies routes take: a valid Bearer key within its rate limit (/v1), an admin token (/admin)."""
+"""The dependencies routes take: a valid Bearer key within its rate limit and with the route's scope (/v1),
+an admin token (/admin)."""
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Depends, Request
 
 from services.inference import metrics
 from services.inference.auth import AdminToken, ApiKey
@@ -32,7 +35,8 @@ def require_admin(request: Request, state: Gateway) -> AdminToken:
     return token
 
 
-def require_key(request: Request, state: Gateway) -> ApiKey | None:
+def authenticate(request: Request, state: Gateway) -> ApiKey | None:
+    """The caller's key, whatever its scopes (None when the gateway requires no keys)."""
     if not state.settings.require_api_key:
         return None
     secret = _bearer(request)
@@ -60,3 +64,35 @@ def require_key(request: Request, state: Gateway) -> ApiKey | None:
         )
     request.state.api_key_id = key.id
     return key
+
+
+def _require_scope(key: ApiKey | None, scope: str) -> ApiKey | None:
+    if key is not None and not key.allows(scope):
+        metrics.REJECTED.labels("forbidden").inc()
+        raise ApiError(
+            403,
+            f"This API key ({key.prefix}...) lacks the '{scope}' scope (it has: {', '.join(key.scopes)}). "
+            f"An admin creates a key with it: `ftctl keys create --name NAME --scope {scope}`.",
+            "permission_error",
+            code="insufficient_scope",
+        )
+    return key
+
+
+def require_key(key: Annotated[ApiKey | None, Depends(authenticate)]) -> ApiKey | None:
+    """Chat and completions."""
+    return _require_scope(key, "chat")
+
+
+def require_fine_tune(key: Annotated[ApiKey | None, Depends(authenticate)]) -> ApiKey | None:
+    """/v1/files and /v1/fine_tuning."""
+    return _require_scope(key, "fine-tune")
+
+
+def project_of(key: ApiKey | None) -> str:
+    """Whose files and jobs the caller sees; one shared project when the gateway requires no keys."""
+    return key.project if key is not None else ""
+
+
+FineTuneKey = Annotated[ApiKey | None, Depends(require_fine_tune)]
+AnyKey = Annotated[ApiKey | None, Depends(authenticate)]

@@ -1,0 +1,252 @@
+"""/v1/fine_tuning/jobs: OpenAI fine-tuning jobs over the data service (prepare) and the trainer (train).
+
+Requests are checked here and recorded in the gateway's tables; FineTuningFollower does the work behind
+them. OpenAI's hyperparameters map onto the trainer's typed spec: "auto" (or absent) leaves a field unset,
+so the trainer's size-aware defaults apply; learning_rate_multiplier scales the trainer's default LoRA
+learning rate.
+"""
+
+import secrets
+
+import grpc
+
+from finetune.v1 import data_pb2, trainer_pb2, trainer_pb2_grpc
+from ftcommon.db import utcnow
+from ftcommon.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.inference.config import InferenceSettings
+from services.inference.fine_tuning_follower import FineTuningFollower
+from services.inference.fine_tuning_protocol import (
+    Checkpoint,
+    CheckpointList,
+    CheckpointMetrics,
+    EventList,
+    FineTuningJob,
+    Hyperparameters,
+    JobCreateRequest,
+    JobError,
+    JobEvent,
+    JobList,
+    MethodView,
+    SupervisedMethod,
+)
+from services.inference.fine_tuning_store import FineTuningRecords, JobRecord, NewEvent, epoch_seconds
+from services.inference.peer_errors import peer_error
+
+MAX_LIST_LIMIT = 100
+
+
+class OpenAIServingFineTuning:
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        records: FineTuningRecords,
+        trainer: trainer_pb2_grpc.TrainerServiceStub,
+        follower: FineTuningFollower,
+    ) -> None:
+        self.settings = settings
+        self.records = records
+        self.trainer = trainer
+        self.follower = follower
+
+    def create(self, project: str, request: JobCreateRequest) -> FineTuningJob:
+        hyperparameters = _requested_hyperparameters(request)
+        if request.integrations:
+            raise InvalidArgument(
+                "integrations (Weights & Biases and others) are not supported on this platform: every job's "
+                "events and metrics are in GET /v1/fine_tuning/jobs/{id}/events; leave integrations out",
+                field="integrations",
+            )
+        self._check_base_model(request.model)
+        self.records.get_file(project, request.training_file, "training_file")
+        if request.validation_file:
+            self.records.get_file(project, request.validation_file, "validation_file")
+        job = self.records.add_job(
+            JobRecord(
+                id=f"ftjob-{secrets.token_hex(12)}",
+                project=project,
+                model=request.model,
+                training_file=request.training_file,
+                validation_file=request.validation_file,
+                suffix=request.suffix,
+                seed=request.seed if request.seed is not None else secrets.randbelow(2**31),
+                metadata=request.metadata,
+                hyperparameters=hyperparameters.model_dump(),
+                status="validating_files",
+                prepare_job_id=None,
+                train_job_id=None,
+                fine_tuned_model=None,
+                merged_model_id=None,
+                trained_tokens=None,
+                error=None,
+                cancel_requested=False,
+                created_at=utcnow(),
+                finished_at=None,
+            )
+        )
+        self.records.add_event(job.id, NewEvent("gateway", 0, f"Created fine-tuning job: {job.id}"))
+        self.follower.follow(job.id)
+        return job_view(job)
+
+    def list(self, project: str, after: str | None, limit: int, metadata: dict[str, str]) -> JobList:
+        _check_limit(limit)
+        jobs, has_more = self.records.list_jobs(project, after, limit, metadata)
+        return JobList(data=[job_view(job) for job in jobs], has_more=has_more)
+
+    def get(self, project: str, job_id: str) -> FineTuningJob:
+        return job_view(self.records.get_job(project, job_id))
+
+    def cancel(self, project: str, job_id: str) -> FineTuningJob:
+        job = self.records.get_job(project, job_id)
+        if job.terminal:
+            raise FailedPrecondition(
+                f"Job {job_id} has already {job.status}; only an unfinished job can be cancelled"
+            )
+        self.records.update_job(job.id, cancel_requested=1)
+        self._cancel_work(job)
+        self.follower.gateway_event(job.id, "Fine-tuning job cancelled")
+        cancelled = self.records.update_job(job.id, status="cancelled")
+        if cancelled.train_job_id and cancelled.train_job_id != job.train_job_id:
+            self._cancel_work(cancelled)  # the follower started training while this cancel ran
+        return job_view(cancelled)
+
+    def _cancel_work(self, job: JobRecord) -> None:
+        """Cancels the training job, or the prepare job before there is one. One that has already ended
+        is no obstacle: the OpenAI job is cancelled all the same and nothing follows it."""
+        try:
+            if job.train_job_id:
+                self.trainer.CancelJob(
+                    trainer_pb2.GetJobRequest(id=job.train_job_id), timeout=self.settings.rpc_timeout_seconds
+                )
+            elif job.prepare_job_id:
+                self.follower.data.CancelPrepareJob(
+                    data_pb2.GetPrepareJobRequest(id=job.prepare_job_id),
+                    timeout=self.settings.rpc_timeout_seconds,
+                )
+        except grpc.RpcError as err:
+            error = peer_error(err, "trainer" if job.train_job_id else "data service")
+            if not isinstance(error, FailedPrecondition | InvalidArgument):
+                raise error from None
+
+    def events(self, project: str, job_id: str, after: str | None, limit: int) -> EventList:
+        _check_limit(limit)
+        job = self.records.get_job(project, job_id)
+        events, has_more = self.records.list_events(job.id, after, limit)
+        return EventList(
+            data=[
+                JobEvent(
+                    id=e.id,
+                    created_at=epoch_seconds(e.created_at) or 0,
+                    level=e.level,  # type: ignore[arg-type]
+                    message=e.message,
+                    data=e.data,
+                    type=e.type,  # type: ignore[arg-type]
+                )
+                for e in events
+            ],
+            has_more=has_more,
+        )
+
+    def checkpoints(self, project: str, job_id: str, after: str | None, limit: int) -> CheckpointList:
+        """The job's servable result: the final model (intermediate training checkpoints hold optimizer
+        state, not a model chat could load, so they are not listed)."""
+        _check_limit(limit)
+        job = self.records.get_job(project, job_id)
+        data: list[Checkpoint] = []
+        if job.status == "succeeded" and job.fine_tuned_model and job.train_job_id:
+            training = self._training(job.train_job_id)
+            checkpoint_id = f"ftckpt-{job.id.removeprefix('ftjob-')}"
+            if after != checkpoint_id:
+                metrics = training.metrics
+                data.append(
+                    Checkpoint(
+                        id=checkpoint_id,
+                        created_at=epoch_seconds(job.finished_at) or 0,
+                        fine_tuned_model_checkpoint=job.fine_tuned_model,
+                        fine_tuning_job_id=job.id,
+                        step_number=training.step,
+                        metrics=CheckpointMetrics(
+                            step=float(training.step),
+                            train_loss=metrics.get("train_loss"),
+                            valid_loss=metrics.get("validation_loss"),
+                            full_valid_loss=metrics.get("validation_loss"),
+                        ),
+                    )
+                )
+        return CheckpointList(
+            data=data[:limit],
+            has_more=False,
+            first_id=data[0].id if data else None,
+            last_id=data[-1].id if data else None,
+        )
+
+    def _training(self, train_job_id: str) -> trainer_pb2.TrainingJob:
+        try:
+            return self.trainer.GetJob(
+                trainer_pb2.GetJobRequest(id=train_job_id), timeout=self.settings.rpc_timeout_seconds
+            )
+        except grpc.RpcError as err:
+            raise peer_error(err, "trainer") from None
+
+    def _check_base_model(self, model: str) -> None:
+        try:
+            record = self.trainer.GetModel(
+                trainer_pb2.GetModelRequest(name=model), timeout=self.settings.rpc_timeout_seconds
+            )
+        except grpc.RpcError as err:
+            error = peer_error(err, "trainer")
+            if isinstance(error, NotFound | InvalidArgument):
+                raise InvalidArgument(
+                    f"The model '{model}' does not exist or cannot be fine-tuned; GET /v1/models lists them",
+                    field="model",
+                ) from None
+            raise error from None
+        if record.kind == trainer_pb2.MODEL_KIND_ADAPTER:
+            raise InvalidArgument(
+                f"'{model}' is a LoRA adapter; fine-tune a base or merged model instead", field="model"
+            )
+
+
+def _requested_hyperparameters(request: JobCreateRequest) -> Hyperparameters:
+    """method.supervised.hyperparameters, or the older top-level hyperparameters; both only if equal."""
+    method = request.method
+    if method is not None and method.type != "supervised":
+        raise InvalidArgument(
+            f"method.type '{method.type}' is not supported yet: this platform trains supervised "
+            "fine-tuning only (preference tuning is planned)",
+            field="method.type",
+        )
+    from_method = method.supervised.hyperparameters if method and method.supervised else None
+    top_level = request.hyperparameters
+    if from_method is not None and top_level is not None and from_method != top_level:
+        raise InvalidArgument(
+            "differs from method.supervised.hyperparameters; give hyperparameters in one place",
+            field="hyperparameters",
+        )
+    return from_method or top_level or Hyperparameters()
+
+
+def _check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        raise InvalidArgument(f"must be between 1 and {MAX_LIST_LIMIT}", field="limit")
+
+
+def job_view(job: JobRecord) -> FineTuningJob:
+    hyperparameters = Hyperparameters.model_validate(job.hyperparameters)
+    return FineTuningJob(
+        id=job.id,
+        created_at=epoch_seconds(job.created_at) or 0,
+        error=JobError(**job.error) if job.error else None,
+        fine_tuned_model=job.fine_tuned_model,
+        finished_at=epoch_seconds(job.finished_at),
+        hyperparameters=hyperparameters,
+        model=job.model,
+        organization_id=job.project,
+        seed=job.seed,
+        status=job.status,  # type: ignore[arg-type]
+        trained_tokens=job.trained_tokens,
+        training_file=job.training_file,
+        validation_file=job.validation_file,
+        metadata=job.metadata,
+        method=MethodView(supervised=SupervisedMethod(hyperparameters=hyperparameters)),
+        user_provided_suffix=job.suffix,
+    )
