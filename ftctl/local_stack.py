@@ -4,6 +4,7 @@ own process group and recorded in <data root>/stack.json (see ftctl/stack_record
 """
 
 import errno
+import json
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ftcommon.settings import ServiceAddresses
+from ftctl.base_model import SETUP_MODEL_DIR
 from ftctl.stack_record import (
     RecordedProcess,
     StackRecord,
@@ -219,6 +221,11 @@ class LocalStack:
             for other, address in services.items():
                 if other != service:
                     env[f"FT_{service}_{other}_ADDRESS"] = address
+        if "FT_TRAINER_MODEL_ROOTS" not in env:
+            # The trainer's default roots follow its working directory (./var/base_models); the stack
+            # may start from anywhere and registers the folder `make setup` converted.
+            roots = [self.data_dirs["TRAINER"] / "base_models", SETUP_MODEL_DIR.parent]
+            env["FT_TRAINER_MODEL_ROOTS"] = json.dumps([str(root) for root in roots])
         env.update(self.extra_env)
         return env
 

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -46,10 +47,13 @@ def stack_env(ports: StackPorts, **extra: str) -> dict[str, str]:
     return env
 
 
-def ftctl(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+def ftctl(
+    *args: str, env: dict[str, str], timeout: float = 300, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "ftctl.main", "stack", *args],
         env=env,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -108,7 +112,8 @@ def test_up_status_logs_down_on_a_custom_layout(tmp_path):
     data_dir = tmp_path / "var"
     eval_dir = tmp_path / "eval-data"
     env = stack_env(ports, FT_EVAL_DATA_DIR=str(eval_dir))
-    up = ftctl("up", "--data-dir", str(data_dir), env=env)
+    # From a directory outside the repository: nothing may depend on where `stack up` runs.
+    up = ftctl("up", "--data-dir", str(data_dir), env=env, cwd=tmp_path)
     record = StackRecord.load(record_path(data_dir))
     try:
         assert up.returncode == 0, up.stderr
