@@ -74,10 +74,12 @@ def run(
     metrics: str = typer.Option("", "--metrics", help="Comma-separated; empty: all."),
     seed: int = typer.Option(0, "--seed"),
     primary_metric: str = typer.Option("", "--primary-metric"),
-    min_delta: float = typer.Option(0.0, "--min-delta"),
-    min_refusal_rate: float = typer.Option(0.0, "--min-refusal-rate"),
-    max_wrong_refusal_rate: float = typer.Option(
-        0.0, "--max-wrong-refusal-rate", help="0: the service's default."
+    min_delta: float | None = typer.Option(None, "--min-delta"),
+    min_refusal_rate: float | None = typer.Option(
+        None, "--min-refusal-rate", help="Unset: 0.9 for data with refusal rows, else no check."
+    ),
+    max_wrong_refusal_rate: float | None = typer.Option(
+        None, "--max-wrong-refusal-rate", help="Unset: 0.05 for data with refusal rows, else the service's."
     ),
     off_topic_probes: Path | None = OFF_TOPIC_OPTION,
     in_domain_probes: Path | None = IN_DOMAIN_OPTION,
@@ -108,15 +110,15 @@ def run(
         refusal_text=refusal_text,
         judge_model=judge_model,
     )
-    if primary_metric or min_delta or min_refusal_rate or max_wrong_refusal_rate:
-        request.promotion_rule.CopyFrom(
-            eval_pb2.PromotionRule(
-                primary_metric=primary_metric,
-                min_delta=min_delta,
-                min_refusal_rate=min_refusal_rate,
-                max_wrong_refusal_rate=max_wrong_refusal_rate,
-            )
-        )
+    thresholds = {
+        "min_delta": min_delta,
+        "min_refusal_rate": min_refusal_rate,
+        "max_wrong_refusal_rate": max_wrong_refusal_rate,
+    }
+    given = {name: value for name, value in thresholds.items() if value is not None}
+    if primary_metric or given:
+        # Only what the user set: unset thresholds take the service's data-dependent defaults.
+        request.promotion_rule.CopyFrom(eval_pb2.PromotionRule(primary_metric=primary_metric, **given))
     service = _eval_stub()
     with rpc_errors():
         created = service.CreateRun(request)

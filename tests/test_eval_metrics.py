@@ -16,8 +16,7 @@ from services.eval.metrics import (
     rouge_l,
     token_f1,
 )
-from services.eval.promotion import Rule, decide
-from services.eval.statistics import Interval, bootstrap_interval, paired_comparison, sign_test_p_value
+from services.eval.statistics import bootstrap_interval, paired_comparison, sign_test_p_value
 
 LAMINI_REFUSAL = RefusalDetector("Let's keep the discussion relevant to Lamini.")
 
@@ -166,23 +165,3 @@ def test_error_categories(
         answer=answer, reference=reference, should_refuse=should_refuse, hit_max_tokens=hit_max
     )
     assert categorize(facts, LAMINI_REFUSAL) == expected
-
-
-def test_verdict_follows_the_rule() -> None:
-    rule = Rule(primary_metric="token_f1", min_delta=0.0, min_refusal_rate=0.5, max_wrong_refusal_rate=0.1)
-    better = Interval(mean=0.1, low=0.05, high=0.15, n=50)
-    passing = decide(rule, "tuned", better, refusal_rate=0.8, wrong_refusal_rate=0.05)
-    assert passing.passed and passing.label == "PASS" and len(passing.reasons) == 3
-
-    straddling = Interval(mean=0.02, low=-0.01, high=0.05, n=50)
-    failing = decide(rule, "tuned", straddling, refusal_rate=0.4, wrong_refusal_rate=0.2)
-    assert failing.label == "FAIL"
-    assert len(failing.reasons) == 3
-    assert "lower bound not above" in failing.reasons[0]
-    assert "refusal rate 0.400 < 0.500" in failing.reasons[1]
-    assert "wrong-refusal rate 0.200 > 0.100" in failing.reasons[2]
-
-    unmeasured = decide(Rule(), "tuned", None, None, None)
-    assert unmeasured.label == "FAIL" and "not measured" in unmeasured.reasons[0]
-    # min_delta moves the bar: +0.05 .. +0.15 does not clear +0.06.
-    assert not decide(Rule(min_delta=0.06), "tuned", better, None, None).passed

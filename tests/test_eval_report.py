@@ -133,7 +133,9 @@ def _report() -> dict:
             {"step": 2, "validation_loss": 1.7},
         ],
     )
-    rule = Rule(primary_metric="token_f1", min_delta=0.0, min_refusal_rate=0.5, max_wrong_refusal_rate=0.1)
+    # Four examples cannot show any refusal rate (3 of 3 has a Wilson lower bound of 0.44): the rule here
+    # judges the delta only; test_promotion_rule.py covers rates judged by their intervals.
+    rule = Rule(primary_metric="token_f1", min_delta=0.0)
     return build_report(
         "run-1", examples, [base, tuned], RefusalDetector(REFUSAL), rule, 7, {"max_tokens": 32}
     )

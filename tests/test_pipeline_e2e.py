@@ -65,7 +65,13 @@ def tiny_pipeline(folder: Path, name: str) -> Path:
             "max_examples": 4,
             "max_tokens": 8,
             # Tiny settings prove the mechanics, not quality: a rule any run passes.
-            "promotion_rule": {"primary_metric": "token_f1", "min_delta": -1.0},
+            "promotion_rule": {
+                "primary_metric": "token_f1",
+                "min_delta": -1.0,
+                # Set, so the refusal rule that refusal rows would bring is off.
+                "min_refusal_rate": 0.0,
+                "max_wrong_refusal_rate": 1.0,
+            },
         },
     }
     path = folder / "pipeline.yaml"

@@ -11,7 +11,7 @@ from typing import Any
 from services.eval import error_analysis
 from services.eval.metrics import TEXT_METRICS, RefusalDetector, text_scores
 from services.eval.promotion import Rule, decide
-from services.eval.statistics import Interval, bootstrap_interval, paired_comparison
+from services.eval.statistics import Interval, bootstrap_interval, paired_comparison, wilson_interval
 
 REPORT_SCHEMA_VERSION = 1
 EXAMPLES_PER_CATEGORY = 3
@@ -102,7 +102,7 @@ def build_report(
         label: {k: [v[i] for i in answerable] for k, v in values.items()} for label, values in metrics.items()
     }
     summaries = {label: _summaries(values, seed) for label, values in scored.items()}
-    behaviour = {m.label: _refusal_behaviour(m, examples, detector, seed) for m in models}
+    behaviour = {m.label: _refusal_behaviour(m, examples, detector) for m in models}
     for label, rates in behaviour.items():
         summaries[label].update({k: v for k, v in rates.items() if isinstance(v, dict)})
         if "reference_loss" in summaries[label]:
@@ -126,8 +126,8 @@ def build_report(
             rule,
             candidate.label,
             Interval(**primary["delta"]) if primary else None,
-            _mean_or_none(summaries[candidate.label].get("refusal_rate")),
-            _mean_or_none(summaries[candidate.label].get("wrong_refusal_rate")),
+            _interval_or_none(summaries[candidate.label].get("refusal_rate")),
+            _interval_or_none(summaries[candidate.label].get("wrong_refusal_rate")),
         )
         verdicts[candidate.label] = {"verdict": verdict.label, "reasons": verdict.reasons}
     final = (
@@ -182,14 +182,17 @@ def _perplexity(loss: dict[str, float]) -> dict[str, float]:
     }
 
 
-def _mean_or_none(summary: dict[str, float] | None) -> float | None:
-    return None if summary is None else summary["mean"]
+def _interval_or_none(summary: dict[str, float] | None) -> Interval | None:
+    return None if summary is None else Interval(**summary)
 
 
 def _refusal_behaviour(
-    outputs: ModelOutputs, examples: list[Example], detector: RefusalDetector, seed: int
+    outputs: ModelOutputs, examples: list[Example], detector: RefusalDetector
 ) -> dict[str, Any]:
-    """Refusal rate on off-topic probes and refusal examples; wrong refusals on in-domain questions."""
+    """Refusal rate on off-topic probes and refusal examples; wrong refusals on in-domain questions.
+
+    Both are rates of yes/no outcomes: Wilson intervals, the ones the promotion rule judges.
+    """
     should_refuse = [
         detector.is_refusal(a.text) for a, e in zip(outputs.answers, examples, strict=True) if e.should_refuse
     ]
@@ -202,9 +205,9 @@ def _refusal_behaviour(
     in_domain += [detector.is_refusal(text) for text in outputs.in_domain_probe_answers]
     result: dict[str, Any] = {}
     if should_refuse:
-        result["refusal_rate"] = _interval_dict(bootstrap_interval([float(x) for x in should_refuse], seed))
+        result["refusal_rate"] = _interval_dict(wilson_interval(sum(should_refuse), len(should_refuse)))
     if in_domain:
-        result["wrong_refusal_rate"] = _interval_dict(bootstrap_interval([float(x) for x in in_domain], seed))
+        result["wrong_refusal_rate"] = _interval_dict(wilson_interval(sum(in_domain), len(in_domain)))
     return result
 
 

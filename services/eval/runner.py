@@ -5,6 +5,7 @@ result go to the job store. Nothing here decides when a run starts or stops: the
 """
 
 import json
+import math
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from services.eval.clients import Clients, Messages
 from services.eval.config import EvalSettings
 from services.eval.metrics import DEFAULT_REFUSAL_TEXT, RefusalDetector
 from services.eval.off_topic_probes import OFF_TOPIC_PROBES
-from services.eval.promotion import Rule
+from services.eval.promotion import Rule, with_refusal_defaults
 from services.eval.report import render_html
 
 REFERENCE_LOSS = "reference_loss"
@@ -68,8 +69,11 @@ def validate_request(request: eval_pb2.CreateRunRequest, benchmark_roots: tuple[
             )
         benchmark_path(spec.path, benchmark_roots, index)
     rule = request.promotion_rule
-    if not 0 <= rule.min_refusal_rate <= 1 or not 0 <= rule.max_wrong_refusal_rate <= 1:
-        raise InvalidArgument("rates are fractions between 0 and 1", field="promotion_rule")
+    for name in ("min_refusal_rate", "max_wrong_refusal_rate"):
+        if not 0 <= getattr(rule, name) <= 1:  # NaN fails this too
+            raise InvalidArgument("must be a fraction between 0 and 1", field=f"promotion_rule.{name}")
+    if not math.isfinite(rule.min_delta):
+        raise InvalidArgument("must be a finite number", field="promotion_rule.min_delta")
 
 
 def benchmark_path(text: str, roots: tuple[Path, ...], index: int) -> Path:
@@ -165,7 +169,7 @@ class RunExecutor:
             examples,
             outputs,
             detector,
-            self._rule(request),
+            self._rule(request, holds_refusal_rows=any(e.should_refuse for e in examples)),
             request.seed,
             {
                 "data": _data_echo(request),
@@ -226,21 +230,24 @@ class RunExecutor:
             sampling.seed = request.seed
         return sampling  # temperature 0 (the proto default) is greedy: reproducible runs
 
-    def _rule(self, request: eval_pb2.CreateRunRequest) -> Rule:
-        if not request.HasField("promotion_rule"):
-            return Rule(
-                self.settings.primary_metric,
-                self.settings.min_delta,
-                self.settings.min_refusal_rate,
-                self.settings.max_wrong_refusal_rate,
-            )
+    def _rule(self, request: eval_pb2.CreateRunRequest, holds_refusal_rows: bool) -> Rule:
+        """The caller's fields as given; the rest from the service's defaults, or, for data that teaches
+        refusing (refusal rows in the evaluated split), the refusal rule's."""
         given = request.promotion_rule
-        return Rule(
+        caller_set = {
+            name
+            for name in ("min_delta", "min_refusal_rate", "max_wrong_refusal_rate")
+            if given.HasField(name)
+        }
+        rule = Rule(
             given.primary_metric or self.settings.primary_metric,
-            given.min_delta,
-            given.min_refusal_rate,
-            given.max_wrong_refusal_rate or self.settings.max_wrong_refusal_rate,
+            given.min_delta if "min_delta" in caller_set else self.settings.min_delta,
+            given.min_refusal_rate if "min_refusal_rate" in caller_set else self.settings.min_refusal_rate,
+            given.max_wrong_refusal_rate
+            if "max_wrong_refusal_rate" in caller_set
+            else self.settings.max_wrong_refusal_rate,
         )
+        return with_refusal_defaults(rule, caller_set) if holds_refusal_rows else rule
 
     # Model calls
 

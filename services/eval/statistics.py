@@ -1,6 +1,9 @@
 """Confidence intervals and paired tests for per-example scores.
 
-Everything is seeded, so a report re-computed from the same scores gives the same intervals.
+Means of scores get a percentile bootstrap; rates (k of n) get the Wilson score interval, which is exact
+enough at the small counts and the rates near 0 and 1 where refusal rates live, where the bootstrap
+collapses (0 of 42 resamples to [0, 0]) and the normal approximation leaves [0, 1]. Everything is seeded,
+so a report re-computed from the same scores gives the same intervals.
 """
 
 import math
@@ -10,6 +13,8 @@ import numpy as np
 
 DEFAULT_RESAMPLES = 2000
 CONFIDENCE = 0.95
+Z_95 = 1.959963984540054  # two-sided 95%: the normal quantile at 0.975
+MAX_ROWS_SEARCHED = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,52 @@ def bootstrap_interval(
     tail = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [tail, 1.0 - tail])
     return Interval(float(data.mean()), float(low), float(high), int(data.size))
+
+
+def wilson_interval(successes: int, n: int, z: float = Z_95) -> Interval:
+    """The Wilson score interval of a rate: `successes` of `n` (95% two-sided by default)."""
+    if n <= 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+    if not 0 <= successes <= n:
+        raise ValueError(f"{successes} successes out of {n} trials")
+    interval = _wilson_of_rate(successes / n, n, z)
+    # Exact at the ends: 0 of n has a lower bound of 0 and n of n an upper bound of 1, not a rounding of them.
+    low = 0.0 if successes == 0 else interval.low
+    high = 1.0 if successes == n else interval.high
+    return Interval(interval.mean, low, high, n)
+
+
+def rows_to_show(rate: float, threshold: float, above: bool, z: float = Z_95) -> int | None:
+    """The fewest rows at which a rate measured as `rate` would have its Wilson interval wholly above
+    (`above`) or below `threshold`; None when no number of rows would (the rate is not on that side)."""
+    if (above and rate <= threshold) or (not above and rate >= threshold):
+        return None
+
+    def shown(n: int) -> bool:
+        interval = _wilson_of_rate(rate, n, z)
+        return interval.low >= threshold if above else interval.high <= threshold
+
+    # The interval narrows as n grows (the rate held fixed): double, then halve the gap.
+    high = 1
+    while not shown(high):
+        high *= 2
+        if high > MAX_ROWS_SEARCHED:
+            return None
+    low = high // 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        if shown(middle):
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _wilson_of_rate(rate: float, n: int, z: float) -> Interval:
+    z2 = z * z
+    centre = (rate + z2 / (2 * n)) / (1 + z2 / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return Interval(rate, max(0.0, centre - half), min(1.0, centre + half), n)
 
 
 def paired_comparison(
