@@ -23,7 +23,7 @@ ADMIN_TOKEN_OPTION = typer.Option(
     show_default=False,
     help="An admin token of the gateway (`python -m services.inference.keys bootstrap` on its host).",
 )
-COLUMNS = ["id", "name", "prefix", "rate_limit_per_minute", "created_at", "revoked_at"]
+COLUMNS = ["id", "name", "prefix", "scopes", "project", "rate_limit_per_minute", "created_at", "revoked_at"]
 
 
 def call_admin_api(
@@ -48,10 +48,17 @@ def call_admin_api(
 
 
 def create_api_key(
-    gateway_url: str, admin_token: str, name: str, rate_limit_per_minute: int | None = None
+    gateway_url: str,
+    admin_token: str,
+    name: str,
+    rate_limit_per_minute: int | None = None,
+    scopes: list[str] | None = None,
+    project: str = "",
 ) -> dict[str, Any]:
     """A new key as the gateway returns it, with its `secret`."""
-    body = {"name": name, "rate_limit_per_minute": rate_limit_per_minute}
+    body: dict[str, Any] = {"name": name, "rate_limit_per_minute": rate_limit_per_minute, "project": project}
+    if scopes:
+        body["scopes"] = scopes
     return call_admin_api(gateway_url, "POST", "/keys", admin_token, body)
 
 
@@ -84,11 +91,19 @@ def create(
     rate_limit: int | None = typer.Option(
         None, "--rate-limit", help="Requests per minute (default: the gateway's)."
     ),
+    scope: list[str] = typer.Option(
+        [], "--scope", help="chat, fine-tune or admin; repeat for several (default: chat)."
+    ),
+    project: str = typer.Option(
+        "",
+        "--project",
+        help="Keys of one project see the same files and fine-tuning jobs (default: the name).",
+    ),
     admin_token: str = ADMIN_TOKEN_OPTION,
     json_output: bool = JSON_OPTION,
 ) -> None:
     """Creates a key and prints its secret once, as an `export FT_API_KEY=...` line: only a hash is stored."""
-    key = create_api_key(addresses().gateway_url, admin_token, name, rate_limit)
+    key = create_api_key(addresses().gateway_url, admin_token, name, rate_limit, scope, project)
     if json_output:
         print_json(key)
         return
@@ -106,7 +121,11 @@ def list_keys(admin_token: str = ADMIN_TOKEN_OPTION, json_output: bool = JSON_OP
     if json_output:
         print_json(rows)
         return
-    print_table("API keys", COLUMNS, [[row[c] or "" for c in COLUMNS] for row in rows])
+    print_table("API keys", COLUMNS, [[_cell(row.get(c)) for c in COLUMNS] for row in rows])
+
+
+def _cell(value: Any) -> Any:
+    return " ".join(value) if isinstance(value, list) else value or ""
 
 
 @app.command("revoke")
