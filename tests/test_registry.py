@@ -57,7 +57,12 @@ def test_list_models_paginates(trainer_stub):
 def test_alias_resolves_and_watch_sees_changes(trainer_stub):
     model = trainer_stub.GetModel(trainer_pb2.GetModelRequest(name=DEFAULT_BASE_MODEL_NAME))
     stream = trainer_stub.WatchAliases(trainer_pb2.WatchAliasesRequest(alias="staging"), timeout=10)
-    trainer_stub.SetAlias(trainer_pb2.SetAliasRequest(alias="staging", model=DEFAULT_BASE_MODEL_NAME))
+    # Aliases move through the promotion gate; without an evaluation run that takes force and a reason.
+    trainer_stub.SetAlias(
+        trainer_pb2.SetAliasRequest(
+            alias="staging", model=DEFAULT_BASE_MODEL_NAME, force=True, reason="watch stream test"
+        )
+    )
     first = next(stream)
     stream.cancel()
     assert first.alias == "staging" and first.model_id == model.id

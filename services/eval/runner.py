@@ -305,7 +305,25 @@ class RunExecutor:
             "verdict": report["verdict"],
             "verdict_reasons": report["verdict_reasons"],
             "summaries": summary_rows(report),
+            **candidate_verdicts(report),
         }
+
+
+def candidate_verdicts(report: dict[str, Any]) -> dict[str, Any]:
+    """Each candidate's verdict with the model id it was resolved to: the registry's promotion evidence."""
+    baseline, *candidates = report["models"]
+    return {
+        "baseline_model_id": baseline["model_id"],
+        "candidate_verdicts": [
+            {
+                "model": model["label"],
+                "model_id": model["model_id"],
+                "verdict": report["verdicts"][model["label"]]["verdict"],
+                "reasons": report["verdicts"][model["label"]]["reasons"],
+            }
+            for model in candidates
+        ],
+    }
 
 
 def summary_rows(report: dict[str, Any]) -> list[dict[str, Any]]:

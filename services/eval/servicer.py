@@ -119,6 +119,16 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
             run.summaries.extend(_summary(row) for row in result.get("summaries", []))
             run.verdict = VERDICTS.get(result.get("verdict", ""), eval_pb2.VERDICT_UNSPECIFIED)
             run.verdict_reasons.extend(result.get("verdict_reasons", []))
+            run.baseline_model_id = result.get("baseline_model_id", "")
+            run.candidate_verdicts.extend(
+                eval_pb2.CandidateVerdict(
+                    model=row["model"],
+                    model_id=row["model_id"],
+                    verdict=VERDICTS[row["verdict"]],
+                    reasons=row["reasons"],
+                )
+                for row in result.get("candidate_verdicts", [])
+            )
             if "report_html" in result:
                 run.report_html.CopyFrom(_artifact(result["report_html"]))
                 run.report_json.CopyFrom(_artifact(result["report_json"]))

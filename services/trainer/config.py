@@ -25,6 +25,10 @@ class TrainerSettings(ServiceSettings):
     alias_poll_seconds: float = 0.5
     data_address: str = peer_address("data")  # prepared versions
     data_timeout_seconds: float = 30.0
+    # Evaluation evidence: the registry's promotion gate reads runs there (an unreachable eval service
+    # refuses the promotion), and exported model cards (where it is left out, saying so).
+    eval_address: str = peer_address("eval")
+    eval_timeout_seconds: float = 10.0
     # Workers (FT_TRAINER_JOBS__POLL_SECONDS, ...): a lost worker's job resumes from its last checkpoint.
     jobs: TrainJobSettings = TrainJobSettings()
     # Seconds a cancelled job process gets to exit on SIGTERM before SIGKILL.

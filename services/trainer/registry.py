@@ -1,4 +1,5 @@
-"""The model registry: base models, adapters and merged models as immutable artifacts, plus aliases."""
+"""The model registry: base models, adapters and merged models as immutable artifacts, plus aliases and
+the history of every move of an alias (the promotion gate in registry_service/ decides the moves)."""
 
 import json
 import logging
@@ -14,13 +15,20 @@ from sqlalchemy.exc import IntegrityError
 
 from ftcommon.artifacts import Artifact, ArtifactStore
 from ftcommon.db import Database, utcnow
-from ftcommon.errors import AlreadyExists, InvalidArgument, NotFound
+from ftcommon.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ftcommon.ids import new_id
 from services.trainer import tables
 
 logger = logging.getLogger(__name__)
 
 BASE, ADAPTER, MERGED = 1, 2, 3  # finetune.v1.ModelKind
+PROMOTE, FORCE, ROLLBACK, IMPORTED = 1, 2, 3, tables.IMPORTED_ALIAS  # finetune.v1.AliasAction
+JOB_MODEL_SUFFIXES = {ADAPTER: "adapter", MERGED: "merged"}
+
+
+def job_model_name(job_id: str, kind: int) -> str:
+    """The registry name of what a training job registers: its adapter and its merged model."""
+    return f"{job_id}-{JOB_MODEL_SUFFIXES[kind]}"
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,39 @@ class AliasRecord:
     model_id: str
     revision: int
     updated_at: datetime
+
+
+@dataclass(frozen=True)
+class AliasChange:
+    """Why an alias moves; recorded with the revision the move creates."""
+
+    action: int
+    actor: str = ""
+    reason: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)
+    gate_refusal: str = ""
+    rolled_back_to: int = 0
+
+
+# Moves made in this process without the promotion gate (tests, maintenance scripts); never over gRPC.
+UNGATED = AliasChange(FORCE, reason="moved in the registry directly, without the promotion gate")
+
+
+@dataclass(frozen=True)
+class AliasRevisionRecord:
+    alias: str
+    revision: int
+    model_id: str
+    previous_model_id: str
+    change: AliasChange
+    created_at: datetime
+
+
+class _AnyCurrentModel:
+    """set_alias's default: move the alias whatever it points at now."""
+
+
+ANY_CURRENT_MODEL = _AnyCurrentModel()
 
 
 @dataclass(frozen=True)
@@ -159,6 +200,10 @@ class ModelRegistry:
             raise NotFound(f"no model, name or alias '{ref}'", field=field)
         return record
 
+    def job_model(self, job_id: str, kind: int) -> ModelRecord | None:
+        """The adapter or merged model a training job registered; None when it registered none."""
+        return self._find(job_model_name(job_id, kind))
+
     def list_models(self, kind: int | None, offset: int, limit: int) -> list[ModelRecord]:
         query = select(tables.models).order_by(tables.models.c.created_at, tables.models.c.id)
         if kind:
@@ -179,20 +224,90 @@ class ModelRegistry:
 
     # Aliases
 
-    def set_alias(self, alias: str, model_ref: str) -> AliasRecord:
+    def check_alias(self, alias: str) -> None:
         _check_name(alias, field_name="alias")
         if self._find(alias) is not None:
             raise InvalidArgument(f"'{alias}' is a model name or id, not usable as an alias", field="alias")
+
+    def set_alias(
+        self,
+        alias: str,
+        model_ref: str,
+        change: AliasChange = UNGATED,
+        expected_model_id: str | None | _AnyCurrentModel = ANY_CURRENT_MODEL,
+    ) -> AliasRecord:
+        """Moves the alias and records the revision. With `expected_model_id` (None: the alias is unset) the
+        move happens only if the alias still points there, so a check made before it cannot go stale."""
+        self.check_alias(alias)
         model = self.get(model_ref)
-        with self.db.begin() as conn:
-            revision = (conn.execute(select(func.max(tables.aliases.c.revision))).scalar() or 0) + 1
-            values = {"model_id": model.id, "revision": revision, "updated_at": utcnow()}
-            changed = conn.execute(
-                update(tables.aliases).where(tables.aliases.c.alias == alias).values(**values)
-            ).rowcount
-            if not changed:
-                conn.execute(tables.aliases.insert().values(alias=alias, **values))
+        now = utcnow()
+        try:
+            with self.db.begin() as conn:
+                current = conn.execute(
+                    select(tables.aliases.c.model_id).where(tables.aliases.c.alias == alias)
+                ).scalar()
+                if not isinstance(expected_model_id, _AnyCurrentModel) and current != expected_model_id:
+                    raise FailedPrecondition(
+                        f"'{alias}' moved to {current or 'nothing'} while this change was checked; try again",
+                        field="alias",
+                    )
+                revision = (conn.execute(select(func.max(tables.aliases.c.revision))).scalar() or 0) + 1
+                values = {"model_id": model.id, "revision": revision, "updated_at": now}
+                if current is None:
+                    conn.execute(tables.aliases.insert().values(alias=alias, **values))
+                else:
+                    conn.execute(
+                        update(tables.aliases).where(tables.aliases.c.alias == alias).values(**values)
+                    )
+                conn.execute(
+                    tables.alias_revisions.insert().values(
+                        alias=alias,
+                        revision=revision,
+                        model_id=model.id,
+                        previous_model_id=current or "",
+                        action=change.action,
+                        actor=change.actor,
+                        reason=change.reason,
+                        evidence=json.dumps(change.evidence),
+                        gate_refusal=change.gate_refusal,
+                        rolled_back_to=change.rolled_back_to,
+                        created_at=now,
+                    )
+                )
+        except IntegrityError as exc:
+            raise FailedPrecondition(f"'{alias}' was changed concurrently; try again", field="alias") from exc
+        logger.info(
+            "alias moved",
+            extra={"fields": {"alias": alias, "model_id": model.id, "action": change.action}},
+        )
         return self.get_alias(alias)
+
+    def current_model_id(self, alias: str) -> str | None:
+        row = self._alias_row(alias)
+        return row["model_id"] if row is not None else None
+
+    def alias_history(self, alias: str, offset: int, limit: int) -> list[AliasRevisionRecord]:
+        """Newest first."""
+        revisions = tables.alias_revisions
+        query = (
+            select(revisions)
+            .where(revisions.c.alias == alias)
+            .order_by(revisions.c.revision.desc())
+            .offset(offset)
+            .limit(limit)
+        )
+        with self.db.begin() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [_revision_record(row) for row in rows]
+
+    def alias_revision(self, alias: str, revision: int) -> AliasRevisionRecord:
+        revisions = tables.alias_revisions
+        query = select(revisions).where(revisions.c.alias == alias, revisions.c.revision == revision)
+        with self.db.begin() as conn:
+            row = conn.execute(query).mappings().first()
+        if row is None:
+            raise NotFound(f"alias '{alias}' has no revision {revision}", field="revision")
+        return _revision_record(row)
 
     def get_alias(self, alias: str) -> AliasRecord:
         row = self._alias_row(alias)
@@ -247,6 +362,20 @@ class ModelRegistry:
             created_at=row["created_at"],
             aliases=alias_names,
         )
+
+
+def _revision_record(row: Any) -> AliasRevisionRecord:
+    change = AliasChange(
+        action=row["action"],
+        actor=row["actor"],
+        reason=row["reason"],
+        evidence=json.loads(row["evidence"]),
+        gate_refusal=row["gate_refusal"],
+        rolled_back_to=row["rolled_back_to"],
+    )
+    return AliasRevisionRecord(
+        row["alias"], row["revision"], row["model_id"], row["previous_model_id"], change, row["created_at"]
+    )
 
 
 def _check_name(name: str, field_name: str = "name") -> None:

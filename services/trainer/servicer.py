@@ -1,109 +1,68 @@
 """gRPC TrainerService: the model registry and training jobs (run by workers, see worker.py)."""
 
 import json
-import time
 
 import grpc
 from sqlalchemy import and_, select
 
-from finetune.v1 import trainer_pb2, trainer_pb2_grpc
+from finetune.v1 import registry_pb2, trainer_pb2, trainer_pb2_grpc
 from ftcommon.db import Database
 from ftcommon.errors import InvalidArgument
 from ftcommon.jobs import EventKind, Job, JobState, JobStore
 from ftcommon.pagination import next_page_token, page_bounds
 from ftcommon.protoconv import artifact_ref, job_event, job_status, timestamp
-from ftcommon.sources import confine_local_path
 from services.trainer import tables
 from services.trainer.checkpoints import list_checkpoints
 from services.trainer.config import TrainerSettings
 from services.trainer.hyperparameters import from_proto, from_stored
 from services.trainer.job_queue import JOB_KIND
 from services.trainer.prepared_versions import resolve_prepared_version
-from services.trainer.registry import ADAPTER, BASE, AliasRecord, ModelRecord, ModelRegistry
+from services.trainer.registry import ADAPTER, ModelRegistry
+from services.trainer.registry_service.servicer import RegistryServicer
 from services.trainer.schedule import plan
 
 
-def model_message(record: ModelRecord) -> trainer_pb2.Model:
-    lineage = trainer_pb2.Lineage(
-        **{k: v for k, v in record.lineage.items() if k in trainer_pb2.Lineage.DESCRIPTOR.fields_by_name}
-    )
-    return trainer_pb2.Model(
-        id=record.id,
-        name=record.name,
-        kind=record.kind,
-        artifact=artifact_ref(record.artifact),
-        lineage=lineage,
-        metrics=record.metrics,
-        aliases=record.aliases,
-        chat_template=record.chat_template,
-        eos_token=record.eos_token,
-        max_context=record.max_context,
-        parameters=record.parameters,
-        created_at=timestamp(record.created_at),
-    )
+class TrainerRegistryRpcs(trainer_pb2_grpc.TrainerServiceServicer):
+    """TrainerService's registry RPCs, kept for the clients that use them: each is RegistryService's own,
+    so SetAlias goes through the same promotion gate as RegistryService.Promote."""
 
-
-def alias_message(record: AliasRecord) -> trainer_pb2.Alias:
-    return trainer_pb2.Alias(
-        alias=record.alias,
-        model_id=record.model_id,
-        revision=record.revision,
-        updated_at=timestamp(record.updated_at),
-    )
-
-
-class RegistryServicer(trainer_pb2_grpc.TrainerServiceServicer):
     def __init__(self, settings: TrainerSettings, registry: ModelRegistry) -> None:
         self.settings = settings
         self.registry = registry
+        self.registry_service = RegistryServicer(settings, registry)
 
     def RegisterBaseModel(self, request, context):  # noqa: N802 - gRPC method names
-        if not request.name:
-            raise InvalidArgument("is required", field="name")
-        if not request.path:
-            raise InvalidArgument("is required", field="path")
-        folder = confine_local_path(request.path, self.settings.resolved_model_roots(), "path")
-        if not folder.is_dir():
-            raise InvalidArgument(f"{request.path} is not a model folder", field="path")
-        record = self.registry.register_folder(
-            name=request.name,
-            kind=BASE,
-            folder=folder,
-            lineage={"source": str(folder)},
-        )
-        return model_message(record)
+        return self.registry_service.RegisterModel(request, context)
 
     def GetModel(self, request, context):  # noqa: N802
-        if not request.name:
-            raise InvalidArgument("is required", field="name")
-        return model_message(self.registry.get(request.name))
+        return self.registry_service.GetModel(request, context)
 
     def ListModels(self, request, context):  # noqa: N802
-        offset, limit = page_bounds(request.page.page_size, request.page.page_token)
-        records = self.registry.list_models(request.kind or None, offset, limit)
-        return trainer_pb2.ListModelsResponse(
-            models=[model_message(r) for r in records],
-            next_page_token=next_page_token(offset, limit, len(records)),
-        )
+        return self.registry_service.ListModels(request, context)
 
     def SetAlias(self, request, context):  # noqa: N802
         if not request.model:
             raise InvalidArgument("is required", field="model")
-        return alias_message(self.registry.set_alias(request.alias, request.model))
+        revision = self.registry_service.promote(
+            registry_pb2.PromoteRequest(
+                model=request.model,
+                alias=request.alias,
+                eval_run_id=request.eval_run_id,
+                force=request.force,
+                reason=request.reason,
+                actor=request.actor,
+            )
+        )
+        return self.registry_service.GetAlias(trainer_pb2.GetAliasRequest(alias=revision.alias), context)
 
     def GetAlias(self, request, context):  # noqa: N802
-        return alias_message(self.registry.get_alias(request.alias))
+        return self.registry_service.GetAlias(request, context)
 
     def WatchAliases(self, request, context: grpc.ServicerContext):  # noqa: N802
-        revision = 0
-        while context.is_active():
-            for record in self.registry.aliases_after(revision, request.alias):
-                revision = max(revision, record.revision)
-                yield alias_message(record)
-            time.sleep(self.settings.alias_poll_seconds)
+        return self.registry_service.WatchAliases(request, context)
 
 
-class TrainerServicer(RegistryServicer):
+class TrainerServicer(TrainerRegistryRpcs):
     """Adds training jobs to the registry RPCs. Jobs only queue here; workers run them."""
 
     def __init__(
