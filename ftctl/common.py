@@ -78,9 +78,13 @@ class ServiceClient:
         return call
 
 
+# Services served inside another's process, at its address (so its variable sets it).
+SERVED_BY = {"registry": "trainer"}
+
+
 def stub(stub_class: Callable[[grpc.Channel], Any], address: str) -> Any:
     service = stub_class.__name__.removesuffix("ServiceStub").lower()
-    endpoint = Endpoint(service, address, f"FT_{service.upper()}_ADDRESS")
+    endpoint = Endpoint(service, address, f"FT_{SERVED_BY.get(service, service).upper()}_ADDRESS")
     return ServiceClient(stub_class(open_channel(address, addresses().rpc_timeout_seconds)), endpoint)
 
 

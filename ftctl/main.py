@@ -10,7 +10,9 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data", help="Upload, validate, inspect and prepare datasets.")
 app.add_typer(train.app, name="train", help="Create, watch, list and cancel training jobs.")
-app.add_typer(models.app, name="models", help="The model registry: list, show, register, alias, promote.")
+app.add_typer(
+    models.app, name="models", help="The model registry: list, show, register, promote, history, rollback."
+)
 app.add_typer(evaluation.app, name="eval", help="Evaluate models against each other and read reports.")
 app.add_typer(keys.app, name="keys", help="API keys for the chat gateway.")
 app.add_typer(pipeline.app, name="pipeline", help="Run prepare, train, evaluate, promote from one file.")

@@ -6,11 +6,14 @@ import typer
 from rich.markup import escape
 
 from finetune.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from ftctl.alias_history import history, rollback
 from ftctl.common import JSON_OPTION, addresses, console, print_json, print_table, rpc_errors, stub
 from ftctl.promote import promote
 
 app = typer.Typer(no_args_is_help=True)
 app.command("promote")(promote)
+app.command("history")(history)
+app.command("rollback")(rollback)
 
 KINDS = {name.removeprefix("MODEL_KIND_").lower(): value for name, value in trainer_pb2.ModelKind.items()}
 KIND_NAMES = {value: name for name, value in KINDS.items()}
@@ -96,18 +99,3 @@ def register(
         print_json(record)
     else:
         console.print(f"registered {escape(record.name)} ({record.id}, sha256 {record.artifact.sha256[:12]})")
-
-
-@app.command()
-def alias(
-    alias_name: str = typer.Argument(..., metavar="ALIAS"),
-    model: str = typer.Argument(..., help="Id or name of the model the alias points at."),
-    show_json: bool = JSON_OPTION,
-) -> None:
-    """Point ALIAS at MODEL (no evaluation gate; `promote` has one)."""
-    with rpc_errors():
-        result = trainer().SetAlias(trainer_pb2.SetAliasRequest(alias=alias_name, model=model))
-    if show_json:
-        print_json(result)
-    else:
-        console.print(f"{escape(result.alias)} -> {result.model_id} (revision {result.revision})")

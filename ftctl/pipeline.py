@@ -24,6 +24,8 @@ from finetune.v1 import (
     eval_pb2,
     eval_pb2_grpc,
     inference_pb2,
+    registry_pb2,
+    registry_pb2_grpc,
     trainer_pb2,
     trainer_pb2_grpc,
 )
@@ -91,6 +93,7 @@ class PipelineRunner:
         self.state = PipelineState.load(state_path)
         self.data = stub(data_pb2_grpc.DataServiceStub, addresses.data_address)
         self.trainer = stub(trainer_pb2_grpc.TrainerServiceStub, addresses.trainer_address)
+        self.registry = stub(registry_pb2_grpc.RegistryServiceStub, addresses.trainer_address)
         self.eval = stub(eval_pb2_grpc.EvalServiceStub, addresses.eval_address)
 
     def run(self) -> PipelineResult:
@@ -209,8 +212,11 @@ class PipelineRunner:
             previous = self.eval.GetRun(eval_pb2.GetRunRequest(id=self.state.eval_run_id))
             if previous.status.state in (common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED):
                 self.state.eval_attempt += 1
+        # The registry promotes only on a comparison with the model the alias serves now (for a new alias:
+        # with the base model the candidate was trained from).
+        baseline = self._current_model(self.spec.promote_alias) or self.spec.base_model
         request = eval_pb2.CreateRunRequest(
-            models=[self.spec.base_model, self.state.merged_model_id],
+            models=[baseline, self.state.merged_model_id],
             data=eval_pb2.EvalData(prepared_version_id=self.state.prepared_version_id, split=spec.split),
             max_examples=spec.max_examples,
             generation=inference_pb2.SamplingParams(max_tokens=spec.max_tokens, temperature=0.0),
@@ -219,7 +225,9 @@ class PipelineRunner:
             promotion_rule=ParseDict(spec.promotion_rule, eval_pb2.PromotionRule()),
             off_topic_probes=spec.off_topic_probes,
             in_domain_probes=spec.in_domain_probes,
-            idempotency_key=f"pipeline:{self.spec.name}:{self.state.merged_model_id}:{self.state.eval_attempt}",
+            idempotency_key=(
+                f"pipeline:{self.spec.name}:{baseline}:{self.state.merged_model_id}:{self.state.eval_attempt}"
+            ),
         )
         if self.spec.prepare.refusals and self.spec.prepare.refusals.text:
             request.refusal_text = self.spec.prepare.refusals.text
@@ -229,17 +237,32 @@ class PipelineRunner:
         self._follow(self.eval.WatchRun, run.status.id, "evaluate")
         run = self.eval.GetRun(eval_pb2.GetRunRequest(id=run.status.id))
         self._require_success(run.status, "evaluate")
-        self.state.verdict = eval_pb2.Verdict.Name(run.verdict).removeprefix("VERDICT_").lower()
-        self.state.verdict_reasons = tuple(run.verdict_reasons)
+        [verdict] = [v for v in run.candidate_verdicts if v.model_id == self.state.merged_model_id]
+        self.state.verdict = eval_pb2.Verdict.Name(verdict.verdict).removeprefix("VERDICT_").lower()
+        self.state.verdict_reasons = tuple(verdict.reasons)
         self._save()
 
     def promote(self) -> None:
         if self.state.verdict != "pass":
             console.print(f"[yellow]not promoted[/yellow]: {escape('; '.join(self.state.verdict_reasons))}")
             return
-        self.trainer.SetAlias(
-            trainer_pb2.SetAliasRequest(alias=self.spec.promote_alias, model=self.state.merged_model_id)
+        request = registry_pb2.PromoteRequest(
+            model=self.state.merged_model_id,
+            alias=self.spec.promote_alias,
+            eval_run_id=self.state.eval_run_id,
+            data=eval_pb2.EvalData(
+                prepared_version_id=self.state.prepared_version_id, split=self.spec.eval.split
+            ),
+            actor=f"pipeline {self.spec.name}",
         )
+        try:
+            self.registry.Promote(request)
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            # The registry's gate refused (e.g. the alias moved since the evaluation): not promoted, said why.
+            console.print(f"[yellow]not promoted[/yellow]: {escape(err.details() or '')}")
+            return
         self.state.promoted_alias = self.spec.promote_alias
         self._save()
         console.print(
@@ -255,6 +278,15 @@ class PipelineRunner:
         if (self.state.spec_sha256, self.state.dataset_sha256) != (spec_sha, dataset_sha):
             self.state = PipelineState(spec_sha256=spec_sha, dataset_sha256=dataset_sha)
             self._save()
+
+    def _current_model(self, alias: str) -> str:
+        """The model id the alias points at, or "" when it is not set."""
+        try:
+            return self.registry.GetAlias(trainer_pb2.GetAliasRequest(alias=alias)).model_id
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return ""
+            raise
 
     def _exists(self, method: Any, request_type: Any) -> bool:
         try:

@@ -194,15 +194,19 @@ def test_benchmark_only_report_has_no_candidate_verdict() -> None:
     assert "data:image/png;base64," in render_html(report)
 
 
-def test_promotion_gate_needs_a_pass_for_that_candidate() -> None:
-    import typer
-
-    from ftctl.promote import _require_pass
+def test_each_candidates_verdict_is_kept_with_its_model_id() -> None:
+    """What the registry's promotion gate reads from a run (tests/test_registry_service.py uses it)."""
+    from services.eval.runner import candidate_verdicts
 
     report = _report()
-    _require_pass(report, "m-tuned", "run-1")
-    with pytest.raises(typer.Exit):
-        _require_pass(report, "m-base", "run-1")  # the baseline is never promoted by its own run
     report["verdicts"]["tuned"] = {"verdict": "FAIL", "reasons": ["token_f1 interval not above 0"]}
-    with pytest.raises(typer.Exit):
-        _require_pass(report, "m-tuned", "run-1")
+    kept = candidate_verdicts(report)
+    assert kept["baseline_model_id"] == "m-base"  # the baseline is never a candidate of its own run
+    assert kept["candidate_verdicts"] == [
+        {
+            "model": "tuned",
+            "model_id": "m-tuned",
+            "verdict": "FAIL",
+            "reasons": ["token_f1 interval not above 0"],
+        }
+    ]

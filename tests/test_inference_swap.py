@@ -25,7 +25,11 @@ def gateway(
     trainer_stub.RegisterBaseModel(
         trainer_pb2.RegisterBaseModelRequest(name=COPY_NAME, path=str(default_model_dir)), timeout=120
     )
-    trainer_stub.SetAlias(trainer_pb2.SetAliasRequest(alias=ALIAS, model=DEFAULT_BASE_MODEL_NAME))
+    trainer_stub.SetAlias(
+        trainer_pb2.SetAliasRequest(
+            alias=ALIAS, model=DEFAULT_BASE_MODEL_NAME, force=True, reason="swap test"
+        )
+    )
     settings = loopback_gateway_settings(
         data_root,
         trainer_server.address,
@@ -65,7 +69,9 @@ def test_alias_switch_keeps_requests_in_flight_and_routes_new_ones(gateway, trai
     for thread in threads:
         thread.start()
     time.sleep(1.0)  # the streams are running on the first model
-    trainer_stub.SetAlias(trainer_pb2.SetAliasRequest(alias=ALIAS, model=COPY_NAME))
+    trainer_stub.SetAlias(
+        trainer_pb2.SetAliasRequest(alias=ALIAS, model=COPY_NAME, force=True, reason="swap test")
+    )
 
     deadline = time.monotonic() + 120
     served_by = ""

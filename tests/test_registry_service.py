@@ -6,6 +6,7 @@ is written through the eval service's own job store, as its worker writes it, so
 milliseconds instead of minutes of generation (tests/test_eval_service.py runs real evaluations).
 """
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -286,3 +287,31 @@ def test_rollback_restores_the_previous_model(registry, trainer, finished_run, b
     assert [r.model_id for r in history] == [old, new, old]  # newest first
     missing = _refusal(registry.Rollback, registry_pb2.RollbackRequest(alias="prod-e", revision=10**9))
     assert missing.code() == grpc.StatusCode.NOT_FOUND and "field 'revision'" in missing.details()
+
+
+def test_ftctl_promotes_through_the_gate_shows_history_and_rolls_back(
+    registry, registry_server, finished_run, base_id, make_candidate, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    from ftctl.main import app
+
+    monkeypatch.setenv("FT_TRAINER_ADDRESS", registry_server.address)
+    runner = CliRunner()
+    old, new = make_candidate("cli-old"), make_candidate("cli-new")
+    refused = runner.invoke(app, ["models", "promote", old, "--alias", "prod-f"])
+    assert refused.exit_code == 1 and "FAILED_PRECONDITION" in refused.stderr
+    promote = ["models", "promote", old, "--alias", "prod-f", "--json"]
+    first = runner.invoke(app, [*promote, "--if-eval-passes", finished_run([base_id, old], ["PASS"])])
+    assert first.exit_code == 0, first.output
+    forced = runner.invoke(
+        app, ["models", "promote", new, "--alias", "prod-f", "--force", "--reason", "load test"]
+    )
+    assert forced.exit_code == 0 and "forced" in forced.stderr
+    history = runner.invoke(app, ["models", "history", "prod-f", "--json"])
+    revisions = [(r["model_id"], r["action"]) for r in json.loads(history.stdout)["revisions"]]
+    assert revisions == [(new, "ALIAS_ACTION_FORCE"), (old, "ALIAS_ACTION_PROMOTE")]
+    first_revision = json.loads(first.stdout)["revision"]
+    back = runner.invoke(app, ["models", "rollback", "prod-f", first_revision, "--reason", "load test over"])
+    assert back.exit_code == 0, back.output
+    assert _alias_model(registry, "prod-f") == old

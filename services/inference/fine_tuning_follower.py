@@ -242,8 +242,16 @@ class FineTuningFollower:
         if self.records.get_job(None, job.id).terminal:  # cancelled after the last step
             return
         name = fine_tuned_model_name(job)
+        # The alias names the job's model (OpenAI's `fine_tuned_model`); it promotes nothing, so it goes past the
+        # registry's evaluation gate by force, with the job as the reason in the alias history.
         self.trainer.SetAlias(
-            trainer_pb2.SetAliasRequest(alias=name, model=training.merged_model_id),
+            trainer_pb2.SetAliasRequest(
+                alias=name,
+                model=training.merged_model_id,
+                force=True,
+                reason=f"the fine-tuned model of OpenAI fine-tuning job {job.id}",
+                actor="gateway fine-tuning API",
+            ),
             timeout=self.settings.rpc_timeout_seconds,
         )
         self.gateway_event(job.id, f"New fine-tuned model created: {name}")

@@ -1,11 +1,12 @@
 """Which engines are loaded and which one answers which model name.
 
-Models are resolved through the trainer's registry (ids, names, aliases), fetched from the artifact store and
-verified against the registry's sha256, then loaded and warmed up before any request can reach them. A thread
-follows WatchAliases: when the served alias moves, the new model loads beside the old one, traffic switches in
-one assignment, and the old engine is freed once its last in-flight request has finished. Engines are
-supervised (services/inference/supervisor.py): a lost one is rebuilt in place. Engine processes die with the
-gateway, and those a killed predecessor left behind are ended before anything loads.
+Models are resolved through RegistryService (ids, names, aliases; served by the trainer), fetched from the
+artifact store and verified against the registry's sha256, then loaded and warmed up before any request can
+reach them. A thread follows RegistryService.WatchAliases: when the served alias moves (a promotion or a
+rollback), the new model loads beside the old one, traffic switches in one assignment, and the old engine is
+freed once its last in-flight request has finished. Engines are supervised (services/inference/supervisor.py):
+a lost one is rebuilt in place. Engine processes die with the gateway, and those a killed predecessor left
+behind are ended before anything loads.
 """
 
 import asyncio
@@ -21,7 +22,7 @@ from pathlib import Path
 import grpc
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from finetune.v1 import trainer_pb2, trainer_pb2_grpc
+from finetune.v1 import registry_pb2_grpc, trainer_pb2
 from ftcommon.artifacts import ArtifactIntegrityError, ArtifactStore
 from ftcommon.errors import NotFound, Unavailable
 from ftcommon.logs import log_fields
@@ -75,10 +76,13 @@ class Lease:
 
 class ModelManager:
     def __init__(
-        self, settings: InferenceSettings, trainer: trainer_pb2_grpc.TrainerServiceStub, store: ArtifactStore
+        self,
+        settings: InferenceSettings,
+        registry: registry_pb2_grpc.RegistryServiceStub,
+        store: ArtifactStore,
     ) -> None:
         self.settings = settings
-        self.trainer = trainer
+        self.registry = registry
         self.store = store
         self.default: ServedModel | None = None
         self._loaded: OrderedDict[str, ServedModel] = OrderedDict()  # model id -> model, least recent first
@@ -175,7 +179,7 @@ class ModelManager:
     async def _get_model(self, ref: str) -> trainer_pb2.Model:
         try:
             return await asyncio.to_thread(
-                self.trainer.GetModel,
+                self.registry.GetModel,
                 trainer_pb2.GetModelRequest(name=ref),
                 timeout=self.settings.rpc_timeout_seconds,
             )
@@ -280,7 +284,7 @@ class ModelManager:
         """Runs in its own thread: the stream is a blocking gRPC iterator. Reconnects until stopped."""
         while not self._stopping.is_set():
             try:
-                self._watch_call = self.trainer.WatchAliases(
+                self._watch_call = self.registry.WatchAliases(
                     trainer_pb2.WatchAliasesRequest(), timeout=_WATCH_STREAM_SECONDS
                 )
                 for alias in self._watch_call:

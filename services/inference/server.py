@@ -13,7 +13,7 @@ from concurrent.futures import Future
 
 import uvicorn
 
-from finetune.v1 import data_pb2_grpc, inference_pb2, inference_pb2_grpc, trainer_pb2_grpc
+from finetune.v1 import data_pb2_grpc, inference_pb2, inference_pb2_grpc, registry_pb2_grpc, trainer_pb2_grpc
 from ftcommon.artifacts import ArtifactStore
 from ftcommon.grpc_client import open_channel
 from ftcommon.grpc_server import RunningServer, serve_until_signalled, start_server
@@ -50,7 +50,8 @@ class InferenceServer:
             settings.trainer_address, settings.rpc_timeout_seconds, settings.security
         )
         trainer = trainer_pb2_grpc.TrainerServiceStub(self._trainer_channel)
-        manager = ModelManager(settings, trainer, store)
+        # Models and alias moves come from the registry, served in the trainer process.
+        manager = ModelManager(settings, registry_pb2_grpc.RegistryServiceStub(self._trainer_channel), store)
         # The OpenAI fine-tuning surface: files go to the data service, jobs to data and trainer.
         self._data_channel = open_channel(
             settings.data_address, settings.rpc_timeout_seconds, settings.security
