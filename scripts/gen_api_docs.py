@@ -20,7 +20,7 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 OUTPUT = ROOT / "docs" / "api.md"
-PROTO_MODULES = ("common", "data", "trainer", "eval", "inference")
+PROTO_MODULES = ("common", "data", "trainer", "registry", "eval", "inference")
 
 # FileDescriptorProto field numbers, for source-code-info paths.
 MESSAGE_TYPE, ENUM_TYPE, SERVICE = 4, 5, 6
