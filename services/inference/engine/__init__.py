@@ -22,7 +22,6 @@ def engine_run_dir(settings: InferenceSettings) -> Path:
 
 
 async def load_engine(settings: InferenceSettings, model: EngineModel) -> EngineClient:
-    """Call it on the event loop's thread: engine processes die when the thread that spawned them ends."""
     if resolved_engine_name(settings) == "vllm":
         from services.inference.engine.vllm_engine import VllmEngine
 

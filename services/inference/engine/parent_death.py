@@ -6,8 +6,8 @@ small launcher that asks the kernel to SIGKILL the child when its parent goes aw
 request survives exec) and then execs the real interpreter. The launcher also points the child's own spawns
 at itself, so the Workers die with their EngineCore the same way.
 
-The kernel sends the signal when the *thread* that started the child ends, so engines must be started from a
-thread that lives as long as they do (the gateway's event loop thread).
+The kernel sends the signal when the *thread* that started the child ends, so engines start on
+ENGINE_STARTER, one thread that lives as long as the process.
 """
 
 import contextlib
@@ -16,9 +16,13 @@ import multiprocessing.spawn
 import os
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 PARENT_PID_ENV = "FT_ENGINE_PARENT_PID"
+
+# Its one worker thread is never retired, so the children it spawns die only with the process.
+ENGINE_STARTER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-start")
 
 _LAUNCHER = """#!{python} -I
 import ctypes, os, signal, sys

@@ -17,6 +17,7 @@ from services.inference.engine.base import (
     SamplingOptions,
     ScoreInput,
 )
+from services.inference.engine.parent_death import ENGINE_STARTER
 
 
 def vllm_available() -> bool:
@@ -66,7 +67,11 @@ class VllmEngine(EngineClient):
             seed=0,
             disable_log_stats=True,
         )
-        engine = AsyncLLM.from_engine_args(args)
+        # Off the event loop (a load takes a minute on CPU; the gateway keeps answering meanwhile), on the one
+        # thread that lives as long as the process: its engine processes die with that thread.
+        engine = await asyncio.get_running_loop().run_in_executor(
+            ENGINE_STARTER, AsyncLLM.from_engine_args, args
+        )
         return cls(model, engine)
 
     def _sampling_params(self, sampling: SamplingOptions) -> object:
