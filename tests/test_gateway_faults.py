@@ -311,6 +311,49 @@ def test_a_restarted_gateway_ends_what_its_killed_predecessor_left_running(
         leftover.wait()
 
 
+_SPAWNS_LIKE_VLLM = """
+import multiprocessing, sys, time
+from pathlib import Path
+from services.inference.engine.parent_death import children_die_with_this_process
+
+def worker():
+    time.sleep(300)
+
+def engine_core():
+    multiprocessing.get_context("spawn").Process(target=worker).start()
+    time.sleep(300)
+
+if __name__ == "__main__":
+    with children_die_with_this_process(Path(sys.argv[1])):
+        multiprocessing.get_context("spawn").Process(target=engine_core).start()
+    time.sleep(300)
+"""
+
+
+def test_spawned_children_and_grandchildren_die_with_a_process_killed_with_sigkill(tmp_path):
+    """What vLLM does (EngineCore spawned, Workers spawned by it), without loading vLLM."""
+    script = tmp_path / "gateway_like.py"
+    script.write_text(_SPAWNS_LIKE_VLLM)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run")], env=env)
+    try:
+        give_up_at = time.monotonic() + 60
+        while (
+            len(spawned := {p for p in descendants(parent.pid) if "spawn_main" in _command_line(p.pid)}) < 2
+        ):
+            assert time.monotonic() < give_up_at, "the children never started"
+            time.sleep(0.1)
+        parent.kill()
+        parent.wait()
+        give_up_at = time.monotonic() + 10
+        while (survivors := [p for p in spawned if p.alive()]) and time.monotonic() < give_up_at:
+            time.sleep(0.1)
+        assert not survivors
+    finally:
+        parent.kill()
+        parent.wait()
+
+
 # vLLM: the gateway in its own process, so it and its engine can be killed for real.
 
 

@@ -11,6 +11,7 @@ ENGINE_STARTER, one thread that lives as long as the process.
 """
 
 import contextlib
+import logging
 import multiprocessing
 import multiprocessing.spawn
 import os
@@ -18,6 +19,10 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from ftcommon.logs import log_fields
+
+logger = logging.getLogger(__name__)
 
 PARENT_PID_ENV = "FT_ENGINE_PARENT_PID"
 
@@ -62,6 +67,10 @@ def children_die_with_this_process(folder: Path) -> Iterator[None]:
         yield
         return
     launcher = write_launcher(folder)
+    if not os.access(launcher, os.X_OK):  # a noexec mount; the process records remain the backstop
+        log_fields(logger, logging.WARNING, "engine launcher cannot run here", path=str(launcher))
+        yield
+        return
     previous_executable = multiprocessing.spawn.get_executable()
     previous_parent = os.environ.get(PARENT_PID_ENV)
     multiprocessing.set_executable(str(launcher))
