@@ -113,7 +113,7 @@ def test_phrasings_vary() -> None:
 
 
 def test_held_out_probes_are_not_generated() -> None:
-    assert len(OFF_TOPIC_PROBES) == 60 and len(set(OFF_TOPIC_PROBES)) == 60
+    assert len(OFF_TOPIC_PROBES) == 100 and len(set(OFF_TOPIC_PROBES)) == 100
     probes = {_normalised(p) for p in OFF_TOPIC_PROBES}
     for seed in range(4):
         assert probes.isdisjoint(_normalised(q) for q in _generated(seed)), seed
@@ -130,7 +130,7 @@ def test_held_out_probes_share_little_wording_with_the_generator() -> None:
 def test_probes_are_not_in_the_sample_data() -> None:
     sample_questions = [_words(row["question"]) for row in _sample_rows()]
     in_domain = load_spec(DEMO_SPEC).eval.in_domain_probes
-    assert isinstance(in_domain, list) and len(in_domain) == 30 and len(set(in_domain)) == 30
+    assert isinstance(in_domain, list) and len(in_domain) == 80 and len(set(in_domain)) == 80
     for probe in [*in_domain, *OFF_TOPIC_PROBES]:
         words = _words(probe)
         closest = max(_jaccard(words, q) for q in sample_questions)
