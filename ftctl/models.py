@@ -8,12 +8,14 @@ from rich.markup import escape
 from finetune.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from ftctl.alias_history import history, rollback
 from ftctl.common import JSON_OPTION, addresses, console, print_json, print_table, rpc_errors, stub
+from ftctl.model_export import export_model
 from ftctl.promote import promote
 
 app = typer.Typer(no_args_is_help=True)
 app.command("promote")(promote)
 app.command("history")(history)
 app.command("rollback")(rollback)
+app.command("export")(export_model)
 
 KINDS = {name.removeprefix("MODEL_KIND_").lower(): value for name, value in trainer_pb2.ModelKind.items()}
 KIND_NAMES = {value: name for name, value in KINDS.items()}

@@ -136,7 +136,10 @@ def test_lora_training_cuts_validation_loss_and_beats_the_base_model_on_training
     print(f"validation loss {initial_validation_loss:.3f} -> {final_validation_loss:.3f}")
     assert final_validation_loss <= 0.7 * initial_validation_loss
 
-    merged_dir = export(recipe, str(tokenizer.chat_template), END_OF_TURN, tmp_path / "output").merged_dir
+    outputs = tmp_path / "output"
+    merged_dir = export(
+        recipe, str(tokenizer.chat_template), END_OF_TURN, outputs, default_model_dir.name
+    ).merged_dir
     asked = splits["train"][:ANSWERED_QUESTIONS]
     questions = [r["messages"][0]["content"] for r in asked]
     references = [r["messages"][1]["content"] for r in asked]

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from services.trainer.adapter_config import name_base_model
 from services.trainer.recipe import FinetuneRecipe
 
 METRICS_FILE = "metrics.jsonl"
@@ -25,7 +26,10 @@ class ExportedModel:
     trainable_parameters: int
 
 
-def export(recipe: FinetuneRecipe, chat_template: str, end_of_turn: str, output_dir: Path) -> ExportedModel:
+def export(
+    recipe: FinetuneRecipe, chat_template: str, end_of_turn: str, output_dir: Path, base_model_name: str
+) -> ExportedModel:
+    """`base_model_name` is what the adapter's config names as its base (the registry name)."""
     tokenizer = recipe.tokenizer
     tokenizer.chat_template = chat_template
     end_of_turn_id = tokenizer.convert_tokens_to_ids(end_of_turn)
@@ -35,6 +39,7 @@ def export(recipe: FinetuneRecipe, chat_template: str, end_of_turn: str, output_
     if recipe.hp.method != "full":
         adapter_dir = output_dir / "adapter"
         model.save_pretrained(adapter_dir, safe_serialization=True)
+        name_base_model(adapter_dir, base_model_name)
         tokenizer.save_pretrained(adapter_dir)
         model = model.merge_and_unload()
     merged_dir = output_dir / "merged"

@@ -30,7 +30,14 @@ from services.trainer.export import export
 from services.trainer.hyperparameters import from_stored
 from services.trainer.job_queue import EXIT_STOPPED, RESULT_FILE, job_store, job_work_dir
 from services.trainer.recipe import FinetuneRecipe, RecipeConfig, StopRequested
-from services.trainer.registry import ADAPTER, MERGED, ModelFolderInfo, ModelRegistry, inspect_model_folder
+from services.trainer.registry import (
+    ADAPTER,
+    MERGED,
+    ModelFolderInfo,
+    ModelRegistry,
+    inspect_model_folder,
+    job_model_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +129,11 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
     if reporter.should_stop():
         return EXIT_STOPPED
     prepared = PreparedFolder.open(prepared_dir)
-    exported = export(recipe, prepared.chat_template(), prepared.end_of_turn, work_dir / "outputs")
+    # Jobs queued before the payload carried the base model's name name it by id.
+    base_model_name = payload.get("base_model_name", payload["base_model_id"])
+    exported = export(
+        recipe, prepared.chat_template(), prepared.end_of_turn, work_dir / "outputs", base_model_name
+    )
     # The last chance to honour a cancel before anything is registered.
     if reporter.should_stop():
         return EXIT_STOPPED
@@ -148,7 +159,7 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
     }
     merged_info = inspect_model_folder(exported.merged_dir)
     merged = registry.register_folder(
-        name=f"{job_id}-merged",
+        name=job_model_name(job_id, MERGED),
         kind=MERGED,
         folder=exported.merged_dir,
         lineage=lineage,
@@ -169,7 +180,7 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
             parameters=exported.trainable_parameters,
         )
         adapter = registry.register_folder(
-            name=f"{job_id}-adapter",
+            name=job_model_name(job_id, ADAPTER),
             kind=ADAPTER,
             folder=exported.adapter_dir,
             lineage=lineage,

@@ -16,6 +16,7 @@ from services.trainer.checkpoints import list_checkpoints
 from services.trainer.config import TrainerSettings
 from services.trainer.hyperparameters import from_proto, from_stored
 from services.trainer.job_queue import JOB_KIND
+from services.trainer.model_export import ModelExporter
 from services.trainer.prepared_versions import resolve_prepared_version
 from services.trainer.registry import ADAPTER, ModelRegistry
 from services.trainer.registry_service.servicer import RegistryServicer
@@ -57,6 +58,11 @@ class TrainerRegistryRpcs(trainer_pb2_grpc.TrainerServiceServicer):
 
     def GetAlias(self, request, context):  # noqa: N802
         return self.registry_service.GetAlias(request, context)
+
+    def ExportModel(self, request, context):  # noqa: N802
+        exporter = ModelExporter(self.settings, self.registry)
+        plan = exporter.plan(request)  # bad input fails before the first chunk
+        yield from exporter.chunks(plan)
 
     def WatchAliases(self, request, context: grpc.ServicerContext):  # noqa: N802
         return self.registry_service.WatchAliases(request, context)
