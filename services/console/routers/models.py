@@ -1,0 +1,68 @@
+"""Registry pages: models with lineage, aliases with revision history, promote (gated on the server) and
+rollback. A refused promotion shows the registry's reason and the request id on the same page."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import RedirectResponse, Response
+
+from services.console.pages import render
+from services.console.peers import ConsoleError
+from services.console.protocol import PromoteForm
+from services.console.security import Admin, SignedIn
+from services.console.serving_models import ModelsServing
+from services.console.state import Console
+
+router = APIRouter(prefix="/models")
+
+
+def serving(console: Console) -> ModelsServing:
+    return ModelsServing(console.peers, console.settings.page_size)
+
+
+def _registry_page(
+    request: Request,
+    console: Console,
+    page_token: str,
+    refusal: ConsoleError | None = None,
+    status: int = 200,
+) -> Response:
+    models = serving(console)
+    rows, next_token = models.page(page_token)
+    context = {
+        "rows": rows,
+        "next_page_token": next_token,
+        "page_token": page_token,
+        "histories": models.alias_histories(rows),
+        "refusal": refusal,
+    }
+    return render(request, "models.html", context, status_code=status)
+
+
+@router.get("")
+def list_models(request: Request, console: Console, _: SignedIn, page_token: str = "") -> Response:
+    return _registry_page(request, console, page_token)
+
+
+@router.post("/promote")
+def promote(
+    request: Request, console: Console, session: Admin, form: Annotated[PromoteForm, Form()]
+) -> Response:
+    try:
+        serving(console).promote(form, session.operator.name)
+    except ConsoleError as refused:
+        # The gate's refusal belongs on the registry page, next to the form that asked.
+        return _registry_page(request, console, "", refusal=refused, status=refused.status)
+    return RedirectResponse("/models", status_code=303)
+
+
+@router.post("/aliases/{alias}/rollback")
+def rollback(
+    console: Console,
+    session: Admin,
+    alias: str,
+    revision: Annotated[int, Form()],
+    reason: Annotated[str, Form()] = "",
+) -> Response:
+    serving(console).rollback(alias, revision, reason, session.operator.name)
+    return RedirectResponse("/models", status_code=303)
