@@ -10,7 +10,7 @@ import openai
 import pytest
 from gateway_support import loopback_gateway_settings
 
-from finetune.v1 import trainer_pb2
+from finetune.v1 import registry_pb2, registry_pb2_grpc, trainer_pb2
 from services.inference.server import InferenceServer, build_server
 from services.trainer.config import DEFAULT_BASE_MODEL_NAME
 
@@ -98,3 +98,21 @@ def test_alias_switch_keeps_requests_in_flight_and_routes_new_ones(gateway, trai
             break
         time.sleep(0.2)
     assert names == {COPY_NAME}
+
+
+def test_a_rollback_is_followed(gateway, trainer_channel):
+    """After the swap above, rolling the alias back to its first revision serves the first model again."""
+    registry = registry_pb2_grpc.RegistryServiceStub(trainer_channel)
+    history = registry.ListAliasHistory(registry_pb2.ListAliasHistoryRequest(alias=ALIAS)).revisions
+    [first] = [r for r in history if r.model_id != history[0].model_id][-1:]
+    registry.Rollback(registry_pb2.RollbackRequest(alias=ALIAS, revision=first.revision, reason="swap test"))
+    client = openai.OpenAI(base_url=f"{gateway.http_url}/v1", api_key="unused", max_retries=0, timeout=300)
+    deadline = time.monotonic() + 120
+    served_by = ""
+    while time.monotonic() < deadline and served_by != DEFAULT_BASE_MODEL_NAME:
+        answer = client.chat.completions.create(
+            model=ALIAS, messages=[{"role": "user", "content": "Hi"}], max_tokens=1, temperature=0
+        )
+        served_by = answer.model
+        time.sleep(0.5)
+    assert served_by == DEFAULT_BASE_MODEL_NAME

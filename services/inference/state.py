@@ -58,7 +58,7 @@ class GatewayState:
             admin_tokens=admin_tokens,
             limiter=RateLimiter(),
             files=files,
-            fine_tuning=OpenAIServingFineTuning(settings, files.records, manager.trainer, follower),
+            fine_tuning=OpenAIServingFineTuning(settings, files.records, follower.trainer, follower),
             fine_tuned_models=FineTunedModels(files.records),
         )
 
