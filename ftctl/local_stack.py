@@ -40,6 +40,7 @@ SERVICE_MODULES = {
     "data": "services.data.server",
     "eval": "services.eval.server",
     "inference": "services.inference.server",
+    "console": "services.console.server",
 }
 # Env prefix of each process's settings (FT_<PREFIX>_DATA_DIR and so on).
 SETTINGS_PREFIX = {
@@ -48,8 +49,9 @@ SETTINGS_PREFIX = {
     "data": "DATA",
     "eval": "EVAL",
     "inference": "INFERENCE",
+    "console": "CONSOLE",
 }
-SERVICE_PREFIXES = ("DATA", "TRAINER", "EVAL", "INFERENCE")
+SERVICE_PREFIXES = ("DATA", "TRAINER", "EVAL", "INFERENCE", "CONSOLE")
 STOP_GRACE_SECONDS = 20.0
 
 
@@ -64,6 +66,7 @@ class StackPorts:
     eval: int = 50053
     inference: int = 50054
     gateway: int = 8000
+    console: int = 8080
 
     # Field -> (who listens there, the variable that moves it).
     LISTENERS: ClassVar[dict[str, tuple[str, str]]] = {
@@ -72,6 +75,7 @@ class StackPorts:
         "eval": ("eval", "FT_EVAL_PORT"),
         "inference": ("inference gRPC", "FT_INFERENCE_PORT"),
         "gateway": ("inference HTTP gateway", "FT_INFERENCE_HTTP_PORT"),
+        "console": ("web console", "FT_CONSOLE_PORT"),
     }
 
     @classmethod
@@ -208,6 +212,9 @@ class LocalStack:
             "FT_EVAL_PORT": str(self.ports.eval),
             "FT_INFERENCE_PORT": str(self.ports.inference),
             "FT_INFERENCE_HTTP_PORT": str(self.ports.gateway),
+            "FT_CONSOLE_PORT": str(self.ports.console),
+            # The console is a client only: its own accounts live here; it finds the others by FT_*_ADDRESS.
+            "FT_CONSOLE_DATA_DIR": str(self.data_dirs["CONSOLE"]),
         }
         services = {
             "DATA": addresses.data_address,
@@ -305,8 +312,14 @@ class LocalStack:
         if "inference" in self.processes:
             # Ready, not merely up: the default model is loaded and answers.
             self.wait_http("inference", f"{addresses.gateway_url}/readyz", deadline)
+        if "console" in self.processes:
+            self.wait_http("console", f"{self.console_url}/healthz", deadline)
         if "trainer-worker" in self.processes:
             self.check_alive("trainer-worker")
+
+    @property
+    def console_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports.console}"
 
     def detach(self) -> None:
         """The services keep running after this process ends; the record says how to stop them."""
@@ -333,7 +346,7 @@ def start_services(
     stack.wait_grpc("trainer", trainer_address, deadline)
     on_progress(f"trainer serving at {trainer_address}")
     on_progress(ensure_default_base_model(trainer_address, stack.data_dirs["TRAINER"]))
-    for name in ("trainer-worker", "data", "eval", "inference"):
+    for name in ("trainer-worker", "data", "eval", "inference", "console"):
         stack.start(name)
     stack.wait_healthy(deadline)
 

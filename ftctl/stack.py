@@ -11,6 +11,7 @@ so it is safe to run twice (and from `make down`).
 
 import fcntl
 import json
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import typer
 from ftctl.base_model import BaseModelMissing
 from ftctl.common import JSON_OPTION
 from ftctl.local_stack import (
+    LOOPBACK,
     SERVICE_MODULES,
     STOP_GRACE_SECONDS,
     LocalStack,
@@ -127,7 +129,7 @@ def start_or_reuse(data_dir: Path, timeout: float) -> None:
         fail(str(err))
     except grpc.RpcError as err:
         fail(f"the trainer refused to register the default base model: {err.details()}")
-    exports = {**ports.exports(), **first_admin_token(stack)}
+    exports = {**ports.exports(), **first_admin_token(stack), **first_console_token(stack)}
     addresses = ports.addresses()
     say(f"all services healthy in {time.monotonic() - started:.0f}s")
     for name, where in (
@@ -136,6 +138,7 @@ def start_or_reuse(data_dir: Path, timeout: float) -> None:
         ("eval", addresses.eval_address),
         ("inference gRPC", addresses.inference_address),
         ("gateway (OpenAI API)", f"{addresses.gateway_url}/v1"),
+        ("console (web)", stack.console_url),
     ):
         say(f"  {name:<22} {where}")
     say('stop with `ftctl stack down`; set these in your shell (or run: eval "$(ftctl stack up)"):')
@@ -155,6 +158,23 @@ def first_admin_token(stack: LocalStack) -> dict[str, str]:
             f"{sys.executable} -m services.inference.keys bootstrap --replace)"
         )
         return {}
+
+
+def first_console_token(stack: LocalStack) -> dict[str, str]:
+    """A fresh console gets its first admin operator token, printed once and stored hashed; a console
+    that has an admin keeps it (`python -m services.console.accounts create` adds operators)."""
+    bootstrap = subprocess.run(
+        [sys.executable, "-m", "services.console.accounts", "bootstrap", "--name", "local stack"],
+        env=stack.environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    name, _, token = bootstrap.stdout.strip().partition("=")
+    if bootstrap.returncode != 0 or name != "FT_CONSOLE_TOKEN":
+        say(f"no new console token: {bootstrap.stderr.strip().removeprefix('error: ')}")
+        return {}
+    return {"FT_CONSOLE_TOKEN": token}
 
 
 @app.command()
@@ -204,6 +224,14 @@ def service_health(record: StackRecord) -> list[dict[str, str]]:
             except (httpx.HTTPError, ValueError) as err:
                 health = f"unreachable ({type(err).__name__})"
             where = f"{where}, {addresses.gateway_url}"
+        elif process.name == "console":
+            where = f"http://{LOOPBACK}:{ports.console}"
+            try:
+                health = (
+                    "serving" if httpx.get(f"{where}/healthz", timeout=3).status_code == 200 else "failing"
+                )
+            except httpx.HTTPError as err:
+                health = f"unreachable ({type(err).__name__})"
         elif where:
             with grpc.insecure_channel(where) as channel:
                 try:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 
 from finetune.v1 import trainer_pb2, trainer_pb2_grpc
@@ -26,13 +27,14 @@ PORT_VARIABLES = {
     "eval": "FT_EVAL_PORT",
     "inference": "FT_INFERENCE_PORT",
     "gateway": "FT_INFERENCE_HTTP_PORT",
+    "console": "FT_CONSOLE_PORT",
 }
 
 
 def free_layout() -> StackPorts:
-    """Five distinct free ports, none of them a default: the stack must not assume its defaults."""
+    """Distinct free ports, none of them a default: the stack must not assume its defaults."""
     ports: list[int] = []
-    while len(ports) < 5:
+    while len(ports) < len(PORT_VARIABLES):
         port = free_port()
         if port not in ports and port not in StackPorts().as_dict().values():
             ports.append(port)
@@ -118,9 +120,13 @@ def test_up_status_logs_down_on_a_custom_layout(tmp_path):
     try:
         assert up.returncode == 0, up.stderr
         address_lines = [f"export {name}={value}" for name, value in ports.exports().items()]
-        *exported_addresses, token_line = up.stdout.splitlines()
+        *exported_addresses, token_line, console_token_line = up.stdout.splitlines()
         assert exported_addresses == address_lines
         assert token_line.startswith("export FT_ADMIN_TOKEN=")
+        assert console_token_line.startswith("export FT_CONSOLE_TOKEN=ftc_")
+        console_url = f"http://127.0.0.1:{ports.console}"
+        assert f"console (web)          {console_url}" in up.stderr
+        assert httpx.get(f"{console_url}/login", timeout=10).status_code == 200
         admin_env = {**env, **ports.exports(), "FT_ADMIN_TOKEN": token_line.split("=", 1)[1]}
         keys = subprocess.run(
             [sys.executable, "-m", "ftctl.main", "keys", "list"],
@@ -136,6 +142,7 @@ def test_up_status_logs_down_on_a_custom_layout(tmp_path):
             "data",
             "eval",
             "inference",
+            "console",
         ]
         assert (eval_dir / "eval.db").exists() and not (data_dir / "eval.db").exists()
         assert (data_dir / "trainer.db").exists() and (data_dir / "inference.db").exists()
@@ -154,6 +161,7 @@ def test_up_status_logs_down_on_a_custom_layout(tmp_path):
             "data": "serving",
             "eval": "serving",
             "inference": "ready",
+            "console": "serving",
         }
 
         logs = ftctl("logs", "inference", "-n", "2", "--data-dir", str(data_dir), env=env)
@@ -168,7 +176,7 @@ def test_up_status_logs_down_on_a_custom_layout(tmp_path):
     finally:
         down = ftctl("down", "--data-dir", str(data_dir), env=env)
     assert down.returncode == 0, down.stderr
-    assert "stopped trainer, trainer-worker, data, eval, inference" in down.stderr
+    assert "stopped trainer, trainer-worker, data, eval, inference, console" in down.stderr
     assert_all_stopped(record, ports)
     assert not record_path(data_dir).exists()
     after = ftctl("status", "--data-dir", str(data_dir), env=env)
