@@ -499,3 +499,23 @@ def test_dockerfiles_copy_only_what_exists_and_what_their_dockerignore_lets_in()
                         assert any(path == a or path.startswith(f"{a}/") for a in allowed), (
                             f"{dockerfile.name}: {source} is excluded by its .dockerignore"
                         )
+
+
+def test_the_console_deploys_as_an_http_client_of_the_services(compose: dict):
+    """The console is no gRPC service: HTTP probes on 8080, its own database, and its peers' addresses."""
+    fields = _settings_fields("console")
+    assert fields is not None
+    wanted_addresses = {f"FT_CONSOLE_{field.upper()}" for field in fields if field.endswith("_address")}
+    resources = _overlay("cpu")
+    container = _container(resources, "Deployment", "console")
+    assert container["command"] == ["python", "-m", "services.console.server"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert resources[("Service", "console")]["spec"]["ports"][0]["port"] == 8080
+    kubernetes_env = {v["name"] for v in container["env"]}
+    for environment in (kubernetes_env, set(compose["console"]["environment"])):
+        assert wanted_addresses | {"FT_CONSOLE_DATABASE_URL", "FT_CONSOLE_GATEWAY_URL"} <= environment
+        for name in environment:
+            if name.startswith("FT_CONSOLE_"):
+                assert name.removeprefix("FT_CONSOLE_").lower() in fields, name
+    assert compose["console"]["command"] == ["python", "-m", "services.console.server"]
+    assert "127.0.0.1:8080:8080" in compose["console"]["ports"]

@@ -3,3 +3,4 @@ CREATE DATABASE finetune_data OWNER finetune;
 CREATE DATABASE finetune_trainer OWNER finetune;
 CREATE DATABASE finetune_eval OWNER finetune;
 CREATE DATABASE finetune_inference OWNER finetune;
+CREATE DATABASE finetune_console OWNER finetune;
