@@ -4,6 +4,7 @@ an upload's validation report, and the registry's refusal of a promotion without
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,6 +14,9 @@ from services.console.app import create_app
 from services.console.config import ConsoleSettings
 from services.console.security import SESSION_COOKIE
 from services.console.state import ConsoleState
+
+if TYPE_CHECKING:
+    from services.inference.server import InferenceServer
 
 BAD_CSV = (
     "question,answer\n"
@@ -136,3 +140,22 @@ def test_bootstrap_prints_a_token_that_signs_in(
     settings = ConsoleSettings(data_dir=tmp_path)
     opened = ConsoleState.build(settings).accounts.sign_in(token)
     assert opened is not None and opened[0].operator.is_admin
+
+
+@pytest.mark.slow
+def test_the_playground_streams_two_models_side_by_side_through_the_gateway(
+    console: ConsoleState, inference_server: "InferenceServer"
+) -> None:
+    console.settings.gateway_url = inference_server.http_url
+    client, csrf = signed_in(console, "read-only")
+    answers = []
+    for model in ("smollm2-135m-instruct", "no-such-model"):
+        reply = client.post(
+            "/api/playground/chat",
+            json={"model": model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 8},
+            headers={"X-CSRF-Token": csrf},
+        )
+        assert reply.status_code == 200
+        answers.append(reply.text)
+    assert '"delta"' in answers[0] and "data: [DONE]" in answers[0]
+    assert "event: error" in answers[1] and "no-such-model" in answers[1] and "request_id" in answers[1]
