@@ -3,6 +3,7 @@ ExportModel stream, then loaded in a fresh interpreter that cannot import anythi
 transformers for the merged format, PEFT for the adapter. Plus the bad input: an unknown model, a non-empty DIR.
 """
 
+import hashlib
 import json
 import os
 import subprocess
@@ -31,6 +32,7 @@ from services.trainer.config import DEFAULT_BASE_MODEL_NAME, TrainerSettings
 
 pytestmark = pytest.mark.slow
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 STEPS = 2
 QUESTION = FACTS[0][0]
 FIRST_PARTY = ("services", "ftcommon", "ftctl", "finetune")
@@ -179,9 +181,11 @@ def load_elsewhere(folder: Path, tmp_path: Path, base: Path | None = None) -> di
 
 
 def no_host_paths(folder: Path, data_root: Path) -> None:
-    for path in folder.rglob("*.json"):
+    """Configs and the card name no folder of the trainer's host (its data root, this checkout)."""
+    for path in [*folder.rglob("*.json"), folder / "README.md"]:
         text = path.read_text()
-        assert str(data_root) not in text and "/artifacts/" not in text, path.name
+        for host_path in (str(data_root), str(REPO_ROOT), "/artifacts/"):
+            assert host_path not in text, f"{path.name} names {host_path}"
 
 
 def test_merged_bf16_export_loads_with_plain_transformers(
@@ -271,3 +275,37 @@ def test_a_base_model_has_no_adapter_to_export(trainer_without_eval, tmp_path):
     )
     assert code == 1
     assert "INVALID_ARGUMENT" in output and "field 'format'" in output and "base model" in output
+
+
+def test_the_cli_refuses_a_stream_that_does_not_add_up(tmp_path):
+    """What the CLI writes is checked: each file against its sha256, and no path may leave the folder."""
+    from ftctl.model_export import ExportStreamError, _write_files
+
+    good = hashlib.sha256(b"hello").hexdigest()
+    broken_streams = {
+        "sha256": [trainer_pb2.ExportChunk(path="a.json", data=b"hello", last=True, sha256="0" * 64)],
+        "offset": [
+            trainer_pb2.ExportChunk(path="a.json", data=b"he"),
+            trainer_pb2.ExportChunk(path="a.json", offset=5, data=b"llo", last=True, sha256=good),
+        ],
+        "without its last chunk": [
+            trainer_pb2.ExportChunk(path="a.json", data=b"he"),
+            trainer_pb2.ExportChunk(path="b.json", data=b"", last=True),
+        ],
+        "relative path": [trainer_pb2.ExportChunk(path="../escape", data=b"hello", last=True, sha256=good)],
+        "ended inside": [trainer_pb2.ExportChunk(path="a.json", data=b"he")],
+    }
+    for reason, chunks in broken_streams.items():
+        staging = tmp_path / reason.replace(" ", "-")
+        staging.mkdir()
+        with pytest.raises(ExportStreamError, match=reason):
+            _write_files(chunks, staging)
+    assert not (tmp_path / "escape").exists()
+    staging = tmp_path / "good"
+    staging.mkdir()
+    chunks = [
+        trainer_pb2.ExportChunk(path="sub/a.json", data=b"hel"),
+        trainer_pb2.ExportChunk(path="sub/a.json", offset=3, data=b"lo", last=True, sha256=good),
+    ]
+    assert _write_files(chunks, staging) == {"sub/a.json": 5}
+    assert (staging / "sub" / "a.json").read_bytes() == b"hello"

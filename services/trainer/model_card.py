@@ -80,14 +80,14 @@ def _model_table(facts: CardFacts) -> str:
         ("artifact sha256", model.artifact.sha256),
     ]
     if facts.base is not None:
-        source = facts.base.lineage.get("source", "")
+        source = _portable_source(facts.base.lineage.get("source", ""))
         rows.append(
             ("base model", f"`{facts.base.name}` ({facts.base.id})" + (f", from {source}" if source else ""))
         )
         rows.append(("training job", model.lineage.get("job_id", "")))
         rows.append(("code version", model.lineage.get("code_version", "")))
     else:
-        rows.append(("source", model.lineage.get("source", "")))
+        rows.append(("source", _portable_source(model.lineage.get("source", ""))))
     return "## Model\n\n" + _table(("field", "value"), rows)
 
 
@@ -213,6 +213,12 @@ def _prompt_section(model: ModelRecord) -> str:
     )
 
 
+def _portable_source(source: str) -> str:
+    """Where a base model came from, unless that is a folder on the trainer's host: such a path says nothing
+    on another machine (and tells it about this one)."""
+    return "a local folder on the trainer's host" if source.startswith("/") else source
+
+
 def _is_adapter(facts: CardFacts) -> bool:
     return facts.export_format == "adapter" and facts.model.kind != BASE
 
@@ -237,7 +243,7 @@ def _value(value: Any) -> str:
         return _number(value)
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
-    return "default" if value is None else str(value)
+    return "-" if value is None else str(value)  # None: not set, e.g. epochs when max_steps decides
 
 
 def _table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:

@@ -62,17 +62,23 @@ class ModelExporter:
 
     def chunks(self, plan: ExportPlan) -> Iterator[trainer_pb2.ExportChunk]:
         store = self.registry.store
-        stored = store.local_dir(plan.model.artifact.uri, verify=True)
-        files = {
-            entry["path"]: stored / entry["path"]
-            for entry in store.manifest(plan.model.artifact.uri)["files"]
-        }
+        stored = store.local_dir(plan.model.artifact.uri)
+        # Dot files are the platform's own markers (a converted base model's `.converted`), not the model's.
+        entries = [
+            e for e in store.manifest(plan.model.artifact.uri)["files"] if not e["path"].startswith(".")
+        ]
+        files = {entry["path"]: stored / entry["path"] for entry in entries}
+        # A stored file is sent with the sha256 its manifest recorded at registration, so the client's check
+        # also proves the artifact store returned what was registered.
+        digests = {entry["path"]: entry["sha256"] for entry in entries}
         staging_root = self.settings.data_dir / "exports"
         staging_root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=staging_root) as staging:
-            files.update(self._rewritten_files(plan, files, Path(staging)))
+            written = self._rewritten_files(plan, files, Path(staging))
+            files.update(written)
+            digests.update({relative: sha256_file(path) for relative, path in written.items()})
             for relative in sorted(files):
-                yield from _file_chunks(relative, files[relative])
+                yield from _file_chunks(relative, files[relative], digests[relative])
 
     # Internals
 
@@ -160,8 +166,7 @@ class ModelExporter:
         return ids
 
 
-def _file_chunks(relative: str, path: Path) -> Iterator[trainer_pb2.ExportChunk]:
-    digest = sha256_file(path)
+def _file_chunks(relative: str, path: Path, digest: str) -> Iterator[trainer_pb2.ExportChunk]:
     offset = 0
     with open(path, "rb") as handle:
         while True:
