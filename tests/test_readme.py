@@ -27,7 +27,7 @@ class Known:
     """A README command this test runs: `pattern` matches it whole (without its comment)."""
 
     pattern: str
-    tiny_flags: tuple[str, ...] = ()
+    tiny_flags: tuple[str, ...] = ()  # "{scratch}" names the test's temporary folder
     learns: str = ""  # a placeholder whose value the command prints ...
     value_pattern: str = ""  # ... matched by this regex's one group
     sets: tuple[str, ...] = ()  # variables the shell must hold afterwards (`eval "$(...)"` hides failures)
@@ -72,6 +72,9 @@ KNOWN = [
             "0",
             "--max-wrong-refusal-rate",
             "1",
+            # Two off-topic questions instead of the 100 built in.
+            "--off-topic-probes",
+            "{scratch}/probes.txt",
         ),
         learns="RUN_ID",
         value_pattern=r"\b(eval-[0-9a-f]{12})\b",
@@ -164,9 +167,10 @@ def free_ports(count: int) -> list[int]:
 
 
 def small_dataset(folder: Path) -> Path:
-    """A user's small Q&A file: 40 rows of the shipped sample."""
+    """A user's small Q&A file (40 rows of the shipped sample) and the tiny evaluation's probes."""
     path = folder / "my_qa.jsonl"
     path.write_text("\n".join(SAMPLE.read_text().splitlines()[:40]) + "\n")
+    (folder / "probes.txt").write_text("What is the capital of France?\nWrite a poem about the sea.\n")
     return path
 
 
@@ -227,7 +231,7 @@ def runnable_command(command: str, dataset: Path, learned: dict[str, str]) -> st
         runnable = re.sub(rf"\b{placeholder}\b", value, runnable)
     missing = PLACEHOLDER.findall(runnable)
     assert not missing, f"{command}: no earlier README command printed {missing}"
-    return " ".join([runnable, *step.tiny_flags])
+    return " ".join([runnable, *(flag.format(scratch=dataset.parent) for flag in step.tiny_flags)])
 
 
 @pytest.mark.slow
