@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from finetune.v1 import trainer_pb2, trainer_pb2_grpc
-from ftctl.local_stack import StackError, StackPorts, free_port, refuse_running_stack
+from ftctl.local_stack import SERVICE_MODULES, StackError, StackPorts, free_port, refuse_running_stack
 from ftctl.stack import LOCK_NAME
 from ftctl.stack_record import RecordedProcess, StackRecord, group_alive, record_path, start_ticks
 from services.trainer.config import DEFAULT_BASE_MODEL_NAME
@@ -198,12 +198,12 @@ def test_down_stops_everything_after_the_supervisor_was_killed(tmp_path):
     record = None
     while time.monotonic() < deadline and supervisor.poll() is None:
         record = StackRecord.load(record_path(data_dir)) if record_path(data_dir).exists() else None
-        if record is not None and len(record.processes) == 5:
+        if record is not None and len(record.processes) == len(SERVICE_MODULES):
             break
         time.sleep(0.2)
     supervisor.send_signal(signal.SIGKILL)
     supervisor.wait()
-    assert record is not None and len(record.processes) == 5, "the stack never started all its processes"
+    assert record is not None and len(record.processes) == len(SERVICE_MODULES), "not all processes started"
     assert record.running(), "nothing was left running to stop"
 
     down = ftctl("down", "--data-dir", str(data_dir), env=env)
@@ -243,7 +243,7 @@ def test_the_demo_moves_off_taken_ports_and_leaves_a_running_stack_alone(tmp_pat
         squatter.bind(("127.0.0.1", ports.trainer))
         squatter.listen()
         moved, notes = ports.with_free_ports()
-    assert moved.trainer != ports.trainer and len(set(moved.as_dict().values())) == 5
+    assert moved.trainer != ports.trainer and len(set(moved.as_dict().values())) == len(PORT_VARIABLES)
     assert {k: v for k, v in moved.as_dict().items() if k != "trainer"} == {
         k: v for k, v in ports.as_dict().items() if k != "trainer"
     }
