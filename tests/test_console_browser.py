@@ -1,7 +1,9 @@
 """The console in a real browser (Chromium from the Debian package, driven by Playwright) against real data
 and trainer services: sign in, upload a CSV and see its rejected rows, open the jobs and models pages.
-Screenshots go to docs/screenshots/ (the README shows them); page load times are printed."""
+Screenshots go to the test's temporary folder, and to docs/screenshots/ (the README shows them) when
+FT_UPDATE_SCREENSHOTS=1, so a test run never changes tracked files; page load times are printed."""
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from services.console.config import ConsoleSettings
 from services.console.server import ConsoleServer, build_server
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 CSV = (
     "question,answer\n"
     "What is LoRA?,A low-rank adapter method for fine-tuning.\n"
@@ -55,7 +57,8 @@ def test_sign_in_upload_and_browse_in_chromium(console_server: ConsoleServer, tm
     _, token = console_server.state.accounts.create_operator("browser tester", "admin")
     csv_path = tmp_path / "support_faq.csv"
     csv_path.write_text(CSV)
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    screenshots = DOCS_SCREENSHOTS if os.environ.get("FT_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    screenshots.mkdir(parents=True, exist_ok=True)
     load_times: dict[str, float] = {}
 
     with sync_api.sync_playwright() as playwright:
@@ -79,16 +82,16 @@ def test_sign_in_upload_and_browse_in_chromium(console_server: ConsoleServer, tm
             rejected = page.locator("#rejected tbody tr")
             assert rejected.count() == 2
             assert "3" in rejected.nth(0).inner_text() and "5" in rejected.nth(1).inner_text()
-            page.screenshot(path=str(SCREENSHOTS / "console-dataset-report.png"), full_page=True)
+            page.screenshot(path=str(screenshots / "console-dataset-report.png"), full_page=True)
             visit(page.url.removeprefix(console_server.url))
             visit("/datasets")
             assert "support_faq" in page.content()
-            page.screenshot(path=str(SCREENSHOTS / "console-datasets.png"))
+            page.screenshot(path=str(screenshots / "console-datasets.png"))
             visit("/jobs")
             assert page.locator("h1").first.inner_text().startswith("Training jobs")
             visit("/models")
             assert "smollm2-135m-instruct" in page.content()
-            page.screenshot(path=str(SCREENSHOTS / "console-models.png"), full_page=True)
+            page.screenshot(path=str(screenshots / "console-models.png"), full_page=True)
         except Exception:
             page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
             raise
