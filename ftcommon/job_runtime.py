@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import grpc
 from pydantic import BaseModel, Field
 
-from ftcommon.errors import ServiceError
+from ftcommon.errors import ServiceError, describe_rpc_error
 from ftcommon.jobs import EventKind, Job, JobState, JobStore, Lease
 
 logger = logging.getLogger(__name__)
@@ -217,6 +218,10 @@ class JobRuntime:
             return _Outcome(JobState.FAILED, error=str(err))
         except ServiceError as err:
             return _Outcome(JobState.FAILED, error=err.details())
+        except grpc.RpcError as err:  # str() of it is a multi-line repr with debug_error_string
+            return _Outcome(
+                JobState.FAILED, error=f"a call to another service failed: {describe_rpc_error(err)}"
+            )
         except Exception as exc:
             logger.exception("job failed", extra={"fields": {"job_id": context.job.id, "kind": self.kind}})
             return _Outcome(JobState.FAILED, error=f"internal error: {type(exc).__name__}: {exc}")

@@ -1,13 +1,17 @@
 """The shared job runtime on each service's own job tables: a worker whose lease is lost stops, and never
 overwrites the outcome of the worker that took the job over; cancel and shutdown settle the job."""
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1.health_pb2 import HealthCheckRequest
+from grpc_health.v1.health_pb2_grpc import HealthStub
 
 from ftcommon.db import Database
 from ftcommon.job_runtime import (
@@ -189,24 +193,36 @@ def test_cancel_and_shutdown_settle_a_running_job(tmp_path: Path) -> None:
     store.db.dispose()
 
 
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_runner_results_and_errors_become_outcomes(tmp_path: Path) -> None:
     store = _eval_store(f"sqlite:///{tmp_path / 'jobs.db'}")
     outcomes = {"ok": Finished({"x": 1}, "done"), "bad": JobFailed("no such split"), "bug": KeyError("k")}
 
     def runner(context: JobContext) -> Finished:
+        if context.job.payload["case"] == "peer":  # a real failed call: nothing listens on that port
+            with grpc.insecure_channel(f"127.0.0.1:{_closed_port()}") as channel:
+                HealthStub(channel).Check(HealthCheckRequest(), timeout=5)
         outcome = outcomes[context.job.payload["case"]]
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
 
     runtime = JobRuntime(store, EVAL_KIND, runner, _settings(heartbeat_seconds=1))
-    jobs = {case: store.create(EVAL_KIND, {"case": case}) for case in outcomes}
+    jobs = {case: store.create(EVAL_KIND, {"case": case}) for case in [*outcomes, "peer"]}
     while runtime.poll_once("worker-a"):
         pass
-    ok, bad, bug = (store.get(jobs[case].id) for case in ("ok", "bad", "bug"))
+    ok, bad, bug, peer = (store.get(jobs[case].id) for case in ("ok", "bad", "bug", "peer"))
     assert (ok.state, ok.result) == (JobState.SUCCEEDED, {"x": 1})
     assert (bad.state, bad.error) == (JobState.FAILED, "no such split")
     assert bug.state == JobState.FAILED and bug.error == "internal error: KeyError: 'k'"
+    assert peer.state == JobState.FAILED
+    assert peer.error.startswith("a call to another service failed: UNAVAILABLE: ")
+    assert "debug_error_string" not in peer.error and "\n" not in peer.error
     store.db.dispose()
 
 
