@@ -115,7 +115,7 @@ def run_ftctl(args: list[str], env: dict[str, str], **kwargs) -> subprocess.Pope
 
 
 def test_pipeline_survives_a_kill_and_promotes(tmp_path, default_model_dir, database_env):
-    ports = StackPorts(*free_ports(5))
+    ports = StackPorts(*free_ports(6))
     data_root = tmp_path / "var"
     spec_path = tiny_pipeline(tmp_path, "e2e")
     state_dir = tmp_path / "state"
@@ -179,7 +179,7 @@ def test_demo_shows_answers_before_and_after_and_stops_everything(
     from ftctl import demo
 
     monkeypatch.setenv("FT_INFERENCE_ENGINE", "transformers")
-    ports = StackPorts(*free_ports(5))
+    ports = StackPorts(*free_ports(6))
     demo.main(tmp_path / "var", tiny_pipeline(tmp_path, "demo-tiny"), ports)
     out, err = capsys.readouterr()
     assert "base model vs tuned model" in out

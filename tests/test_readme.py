@@ -205,7 +205,7 @@ def reader_environment(data_dir: Path) -> dict[str, str]:
     venv_bin = str(REPO_ROOT / ".venv" / "bin")
     env = {k: v for k, v in os.environ.items() if not k.startswith("FT_") and k != "VIRTUAL_ENV"}
     env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p != venv_bin)
-    ports = free_ports(5)
+    ports = free_ports(6)
     env.update(
         {
             "FT_STACK_DATA_DIR": str(data_dir),
@@ -214,6 +214,7 @@ def reader_environment(data_dir: Path) -> dict[str, str]:
             "FT_EVAL_PORT": str(ports[2]),
             "FT_INFERENCE_PORT": str(ports[3]),
             "FT_INFERENCE_HTTP_PORT": str(ports[4]),
+            "FT_CONSOLE_PORT": str(ports[5]),
             "FT_INFERENCE_ENGINE": "transformers",  # loads in seconds; vLLM has its own tests
             "FT_INFERENCE_DEFAULT_MAX_TOKENS": "8",  # the openai example sets no max_tokens
             "HF_HUB_OFFLINE": "1",
