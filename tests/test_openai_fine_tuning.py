@@ -153,7 +153,9 @@ def test_an_unmodified_openai_script_fine_tunes_and_chats(team: OpenAI):
 @pytest.mark.slow
 def test_a_malformed_training_file_fails_the_job_naming_the_line(team: OpenAI):
     rows = [chat_line(q, a) for q, a in ROWS]
-    rows[2] = json.dumps({"messages": [{"role": "user", "content": "no answer field"}, {"role": "assistant"}]})
+    rows[2] = json.dumps(
+        {"messages": [{"role": "user", "content": "no answer field"}, {"role": "assistant"}]}
+    )
     uploaded = team.files.create(file=training_file(rows), purpose="fine-tune")
     assert team.files.content(uploaded.id).content.decode().splitlines() == rows
     job = team.fine_tuning.jobs.create(training_file=uploaded.id, model=BASE_MODEL)
@@ -216,7 +218,9 @@ def test_a_chat_scoped_key_gets_403_and_another_project_404(stack, team: OpenAI)
 
 def test_pagination_with_after_and_limit_and_the_metadata_filter(stack):
     client = client_for(stack, "team-pages", ("fine-tune",))
-    uploaded = client.files.create(file=training_file([chat_line(q, a) for q, a in ROWS]), purpose="fine-tune")
+    uploaded = client.files.create(
+        file=training_file([chat_line(q, a) for q, a in ROWS]), purpose="fine-tune"
+    )
     created = []
     for index in range(3):
         job = client.fine_tuning.jobs.create(
