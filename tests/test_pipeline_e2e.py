@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from finetune.v1 import trainer_pb2
-from ftctl.local_stack import StackPorts, running_stack
+from ftctl.local_stack import StackPorts, free_ports, running_stack
 from services.inference.config import InferenceSettings
 from services.inference.server import open_key_store
 
@@ -29,16 +29,6 @@ pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = REPO_ROOT / "samples" / "platform_qa.jsonl"
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def tiny_pipeline(folder: Path, name: str) -> Path:

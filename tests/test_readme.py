@@ -6,7 +6,6 @@ the output of an earlier command, as they must for a reader."""
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from ftctl.local_stack import free_ports
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 README = REPO_ROOT / "README.md"
@@ -154,16 +155,6 @@ def test_every_readme_command_is_run_by_this_test():
     assert unused == [], "KNOWN commands the README no longer has"
     python_blocks = fenced_blocks(README.read_text(), "python")
     assert len(python_blocks) == 1 and "OpenAI(" in python_blocks[0]
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def small_dataset(folder: Path) -> Path:
