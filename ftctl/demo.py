@@ -95,12 +95,13 @@ def main(
         runner.evaluate()
         runner.promote()
         report = runner.save_report()
-        console.rule("[bold]the same questions after promotion")
-        after = ask(
-            client,
-            spec.promote_alias if runner.state.promoted_alias else runner.state.merged_model_id,
-            questions,
-        )
+        if runner.state.promoted_alias:
+            console.rule(f"[bold]the same questions to '{spec.promote_alias}' after promotion")
+            after = ask(client, spec.promote_alias, questions)
+        else:
+            # Not promoted: the tuned model still answers, by id, so the comparison shows what the rule refused.
+            console.rule("[bold]the same questions to the tuned model (not promoted)")
+            after = ask(client, runner.state.merged_model_id, questions)
         show_comparison(questions, before, after)
         show_evaluation(runner)
         console.print(f"report: {report}")
