@@ -45,6 +45,13 @@ class ModelsServing:
         ]
         return rows, reply.next_page_token
 
+    def choices(self) -> list[str]:
+        """What a person may name a model by: every alias and every model name (the first 200 models)."""
+        rows, _ = ModelsServing(self.peers, 200).page("")
+        return sorted(
+            {alias for row in rows for alias in row.model.aliases} | {row.model.name for row in rows}
+        )
+
     def alias_histories(self, rows: list[ModelRow]) -> list[AliasHistory]:
         aliases = sorted({alias for row in rows for alias in row.model.aliases})
         return [self.history(alias) for alias in aliases]

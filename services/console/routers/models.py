@@ -26,6 +26,7 @@ def _registry_page(
     page_token: str,
     refusal: ConsoleError | None = None,
     status: int = 200,
+    prefill: PromoteForm | None = None,
 ) -> Response:
     models = serving(console)
     rows, next_token = models.page(page_token)
@@ -35,13 +36,23 @@ def _registry_page(
         "page_token": page_token,
         "histories": models.alias_histories(rows),
         "refusal": refusal,
+        "prefill": prefill,
     }
     return render(request, "models.html", context, status_code=status)
 
 
 @router.get("")
-def list_models(request: Request, console: Console, _: SignedIn, page_token: str = "") -> Response:
-    return _registry_page(request, console, page_token)
+def list_models(
+    request: Request,
+    console: Console,
+    _: SignedIn,
+    page_token: str = "",
+    promote: str = "",
+    eval_run_id: str = "",
+) -> Response:
+    # An evaluation report links here with its passing candidate and run, so the promote form starts filled.
+    prefill = PromoteForm(model=promote, eval_run_id=eval_run_id) if promote else None
+    return _registry_page(request, console, page_token, prefill=prefill)
 
 
 @router.post("/promote")
@@ -52,7 +63,7 @@ def promote(
         serving(console).promote(form, session.operator.name)
     except ConsoleError as refused:
         # The gate's refusal belongs on the registry page, next to the form that asked.
-        return _registry_page(request, console, "", refusal=refused, status=refused.status)
+        return _registry_page(request, console, "", refusal=refused, status=refused.status, prefill=form)
     return RedirectResponse("/models", status_code=303)
 
 

@@ -14,10 +14,7 @@ router = APIRouter()
 
 @router.get("/playground")
 def playground(request: Request, console: Console, _: SignedIn) -> Response:
-    rows, _ = ModelsServing(console.peers, 200).page("")
-    choices = sorted(
-        {alias for row in rows for alias in row.model.aliases} | {row.model.name for row in rows}
-    )
+    choices = ModelsServing(console.peers, 200).choices()
     return render(request, "playground.html", {"choices": choices})
 
 

@@ -1,0 +1,49 @@
+"""The evaluation form, typed: what it accepts, the CreateRunRequest it becomes, and the equivalent
+`ftctl eval run` command shown beside it."""
+
+from pydantic import BaseModel, Field
+
+from finetune.v1 import eval_pb2, inference_pb2
+
+SPLITS = ("test", "validation", "train")
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+class EvalForm(BaseModel):
+    baseline: str = Field(min_length=1)  # the first model: what the candidate must beat
+    candidate: str = ""  # empty: the baseline alone (metrics, no verdict)
+    prepared_version_id: str = Field(min_length=1)
+    split: str = Field("test", pattern="^(test|validation|train)$")
+    max_examples: int = Field(0, ge=0)  # 0: the whole split
+    max_tokens: int = Field(0, ge=0, le=4096)  # 0: the service's default
+    # One question a line; empty: the eval service's built-in set (100 questions, minutes on a CPU).
+    off_topic_probes: str = ""
+
+    @property
+    def models(self) -> list[str]:
+        return [self.baseline.strip(), *([self.candidate.strip()] if self.candidate.strip() else [])]
+
+    def request(self) -> eval_pb2.CreateRunRequest:
+        return eval_pb2.CreateRunRequest(
+            models=self.models,
+            data=eval_pb2.EvalData(prepared_version_id=self.prepared_version_id, split=self.split),
+            max_examples=self.max_examples,
+            generation=inference_pb2.SamplingParams(max_tokens=self.max_tokens),
+            off_topic_probes=_lines(self.off_topic_probes),
+        )
+
+    def command(self) -> str:
+        parts = [
+            f"ftctl eval run --models {','.join(self.models)} --dataset {self.prepared_version_id}",
+            f"--split {self.split}",
+        ]
+        if self.max_examples:
+            parts.append(f"--max-examples {self.max_examples}")
+        if self.max_tokens:
+            parts.append(f"--max-tokens {self.max_tokens}")
+        if self.off_topic_probes.strip():
+            parts.append("--off-topic-probes probes.txt")
+        return " ".join(parts)
