@@ -7,6 +7,7 @@ import openai
 import pytest
 from gateway_support import loopback_gateway_settings
 
+from services.inference.engine import resolved_dtype
 from services.inference.engine.vllm_engine import vllm_available
 from services.inference.server import InferenceServer, build_server
 from services.trainer.config import DEFAULT_BASE_MODEL_NAME
@@ -49,6 +50,15 @@ def test_vllm_chat_completion_stops_at_end_of_turn(client, gateway):
     assert "Paris" in choice.message.content
     assert choice.finish_reason == "stop" and response.usage.completion_tokens < 48
     assert "<|im_end|>" not in choice.message.content
+
+
+def test_vllm_serves_in_the_dtype_resolved_for_this_host(client, gateway):
+    """bfloat16 here when the CPU computes it natively (or on a GPU), float32 elsewhere; /v1/models says so."""
+    expected, _ = resolved_dtype(gateway.state.settings)
+    engine = gateway.state.manager.default.engine
+    assert engine.dtype == expected
+    assert str(engine._engine.model_config.dtype) == f"torch.{expected}"
+    assert {card.model_extra["dtype"] for card in client.models.list().data} == {expected}
 
 
 def test_vllm_stream_equals_the_whole_answer(client):

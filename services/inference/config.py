@@ -29,6 +29,9 @@ class InferenceSettings(ServiceSettings):
 
     # auto: vLLM when it imports, else transformers.
     engine: Literal["auto", "vllm", "transformers"] = "auto"
+    # auto: bfloat16 on a GPU, and for the transformers engine on a CPU that computes bf16 natively
+    # (AVX512-BF16, AMX); float32 elsewhere (engine/precision.py says why vLLM on CPU stays float32).
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     # What requests without a model (and with this name) get: an alias, name or id in the registry.
     model: str = "prod"
     # Served while `model` is an alias nobody has set yet, so a fresh install answers at once.

@@ -214,7 +214,14 @@ class ModelManager:
         )
         watch = await self._start_engine(engine_model, tokenizer)
         metrics.LOADED_MODEL.labels(record.id, record.name, watch.engine.name).set(1)
-        log_fields(logger, logging.INFO, "model loaded", model_id=record.id, engine=watch.engine.name)
+        log_fields(
+            logger,
+            logging.INFO,
+            "model loaded",
+            model_id=record.id,
+            engine=watch.engine.name,
+            dtype=watch.engine.dtype,
+        )
         return ServedModel(record.id, record.name, record.chat_template, max_context, tokenizer, watch)
 
     async def _start_engine(

@@ -160,6 +160,7 @@ class ModelCard(BaseModel):
     owned_by: str = "finetune-platform"
     root: str  # the registry model id behind the name
     max_model_len: int | None = None  # known once the model is loaded
+    dtype: str | None = None  # what the engine computes in ("float32" | "bfloat16"), once loaded
 
 
 class ModelList(BaseModel):

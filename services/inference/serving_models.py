@@ -22,5 +22,9 @@ class OpenAIServingModels:
     @staticmethod
     def _card(name: str, served: ServedModel) -> ModelCard:
         return ModelCard(
-            id=name, created=served.loaded_at, root=served.model_id, max_model_len=served.max_context
+            id=name,
+            created=served.loaded_at,
+            root=served.model_id,
+            max_model_len=served.max_context,
+            dtype=served.engine.dtype,
         )

@@ -56,8 +56,9 @@ class EngineStats:
 class EngineClient(ABC):
     name: str  # "vllm" | "transformers"
 
-    def __init__(self, model: EngineModel) -> None:
+    def __init__(self, model: EngineModel, dtype: str) -> None:
         self.model = model
+        self.dtype = dtype  # "float32" | "bfloat16": what the weights are computed in
 
     @abstractmethod
     def generate(

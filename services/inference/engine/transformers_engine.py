@@ -65,11 +65,11 @@ class _Batch:
 class TransformersEngine(EngineClient):
     name = "transformers"
 
-    def __init__(self, model: EngineModel, max_batch_size: int = 32) -> None:
-        super().__init__(model)
+    def __init__(self, model: EngineModel, max_batch_size: int = 32, dtype: str = "float32") -> None:
+        super().__init__(model, dtype)
         self.max_batch_size = max_batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(model.folder)
-        self.network = AutoModelForCausalLM.from_pretrained(model.folder, dtype=torch.float32).eval()
+        self.network = AutoModelForCausalLM.from_pretrained(model.folder, dtype=getattr(torch, dtype)).eval()
         self._incoming: queue.Queue[_Request | _ScoreJob] = queue.Queue()
         self._by_id: dict[str, _Request] = {}
         self._stats = EngineStats()
@@ -79,8 +79,10 @@ class TransformersEngine(EngineClient):
         self._thread.start()
 
     @classmethod
-    async def load(cls, model: EngineModel, max_batch_size: int = 32) -> "TransformersEngine":
-        return await asyncio.to_thread(cls, model, max_batch_size)
+    async def load(
+        cls, model: EngineModel, max_batch_size: int = 32, dtype: str = "float32"
+    ) -> "TransformersEngine":
+        return await asyncio.to_thread(cls, model, max_batch_size, dtype)
 
     # EngineClient
 

