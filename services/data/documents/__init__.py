@@ -1,0 +1,1 @@
+"""From a company's documents to Q&A rows: parse, chunk, generate, check (GenerateDataset's parts)."""
