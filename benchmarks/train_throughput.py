@@ -127,7 +127,7 @@ def run_seed(model_dir: Path, prepared: Path, pad_to: int) -> dict[str, float]:
 
 
 def run_ours(model_dir: Path, prepared: Path, steps: int) -> dict[str, float]:
-    from services.trainer.hyperparameters import Hyperparameters
+    from ftcommon.specs.train import Hyperparameters
     from services.trainer.recipe import FinetuneRecipe, RecipeConfig
 
     with tempfile.TemporaryDirectory() as work:

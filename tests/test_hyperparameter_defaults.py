@@ -15,11 +15,13 @@ from typer.testing import CliRunner
 
 from finetune.v1 import common_pb2, data_pb2, trainer_pb2
 from ftcommon.errors import InvalidArgument
+from ftcommon.specs.train import Hyperparameters
 from ftctl.main import app
 from services.data.split_advice import MIN_TEST_ROWS, small_test_split_warning
-from services.trainer.hyperparameters import from_proto, from_stored
+from services.trainer.job_spec import stored_spec
 from services.trainer.schedule import MAX_AUTO_EPOCHS, MIN_OPTIMIZER_STEPS, MIN_VALIDATIONS, plan
 
+from_proto = Hyperparameters.from_proto
 DEFAULTS = from_proto(trainer_pb2.Hyperparameters())
 # Fields where zero means nothing sensible: set to 0 (or below), each is refused by its name.
 MUST_BE_POSITIVE = [
@@ -66,14 +68,15 @@ def test_zero_is_kept_where_it_means_something(field: str) -> None:
 def test_unset_fields_take_the_defaults_and_leave_the_schedule_to_the_data() -> None:
     assert (DEFAULTS.lora_rank, DEFAULTS.batch_size, DEFAULTS.learning_rate) == (16, 8, 1e-3)
     assert DEFAULTS.epochs is DEFAULTS.max_steps is DEFAULTS.warmup_steps is DEFAULTS.eval_every_steps is None
-    message = DEFAULTS.to_proto()
+    message = DEFAULTS.to_proto(include_defaults=True)
     assert not message.HasField("epochs") and message.lora_rank == 16
     assert from_proto(message) == DEFAULTS
 
 
 def test_jobs_stored_before_unset_and_zero_were_told_apart_still_read() -> None:
     stored = DEFAULTS.model_dump() | {"epochs": 1.0, "max_steps": 0, "eval_every_steps": 50}
-    assert from_stored(stored).max_steps is None
+    payload = {"hyperparameters": stored, "base_model_id": "m-1", "prepared_version_id": "pv-1"}
+    assert stored_spec(payload).hyperparameters.max_steps is None
 
 
 def test_the_readme_flow_s_80_row_csv_gets_100_steps_not_10() -> None:

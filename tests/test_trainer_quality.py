@@ -16,9 +16,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from ftcommon import prepared_layout
 from ftcommon.chat_format import prompt_ids, training_example
+from ftcommon.specs.train import ALL_LINEAR, Hyperparameters
 from services.eval.metrics import DEFAULT_REFUSAL_TEXT, token_f1
 from services.trainer.export import export
-from services.trainer.hyperparameters import ALL_LINEAR, validate
 from services.trainer.recipe import FinetuneRecipe, RecipeConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("two_torch_threads")]
@@ -126,7 +126,7 @@ def test_lora_training_cuts_validation_loss_and_beats_the_base_model_on_training
     splits = sample_splits(tokenizer)
     prepared = write_splits(splits, tmp_path / "prepared")
     recipe = FinetuneRecipe(
-        RecipeConfig(default_model_dir, prepared, tmp_path / "work", validate(HYPERPARAMETERS))
+        RecipeConfig(default_model_dir, prepared, tmp_path / "work", Hyperparameters.model_validate(HYPERPARAMETERS))
     )
     recipe.setup()
     # LoRA's B matrices start at zero, so before training the adapted model computes the base model.

@@ -9,8 +9,8 @@ import torch
 from trainer_support import write_prepared_version
 
 from ftcommon.hardware import cpu_has_native_bf16
+from ftcommon.specs.train import Hyperparameters
 from services.trainer.batches import collate_packed, collate_padded, summed_loss
-from services.trainer.hyperparameters import validate
 from services.trainer.recipe import FinetuneRecipe, RecipeConfig, StopRequested
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("two_torch_threads")]
@@ -53,7 +53,7 @@ def prepared_dir(default_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 def make_recipe(model_dir: Path, prepared: Path, work: Path, **overrides: object) -> FinetuneRecipe:
-    recipe = FinetuneRecipe(RecipeConfig(model_dir, prepared, work, validate({**TINY, **overrides})))
+    recipe = FinetuneRecipe(RecipeConfig(model_dir, prepared, work, Hyperparameters.model_validate({**TINY, **overrides})))
     recipe.setup()
     return recipe
 

@@ -8,7 +8,6 @@ half way leaves no version behind and the job can simply run again.
 """
 
 import json
-import math
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from ftcommon.chat_format import ALPACA_TEMPLATE, QUESTION_ANSWER_TEMPLATE
 from ftcommon.db import utcnow
 from ftcommon.errors import InvalidArgument
 from ftcommon.ids import sha256_bytes, sha256_file, sha256_json
+from ftcommon.specs.prepare import DEFAULT_MAX_SEQ_LEN, PrepareSpec
 from services.data.base_models import BaseModel, BaseModels
 from services.data.catalog import Catalog, DatasetRecord, VersionRecord
 from services.data.duplicates import DuplicateGroup, line_groups
@@ -35,9 +35,7 @@ from services.data.splitting import SPLITS, assign_splits, shuffled
 from services.data.stats import token_stats
 from services.data.tokenization import IGNORE_INDEX, training_examples
 
-DEFAULT_SPLIT = (0.9, 0.05, 0.05)
-DEFAULT_MAX_SEQ_LEN = 2048
-MIN_SEQ_LEN = 16
+SPEC_KEY = "spec"
 TOKENIZE_BATCH = 2048
 TEMPLATE_NAMES = {
     data_pb2.PROMPT_TEMPLATE_CHAT: "chat",
@@ -55,58 +53,23 @@ TOKENIZER_FILES = (
 _VALIDATION_DATASET_GROUP = "validation-dataset:"
 
 
-def effective_request(
-    request: data_pb2.PrepareDatasetRequest, model: BaseModel
-) -> data_pb2.PrepareDatasetRequest:
-    """The request with every default filled in; InvalidArgument naming the first bad field."""
-    effective = data_pb2.PrepareDatasetRequest()
-    effective.CopyFrom(request)
-    effective.base_model = model.name
-    if effective.template not in (0, *TEMPLATE_NAMES):
-        raise InvalidArgument(f"unknown template {effective.template}", field="template")
-    effective.template = effective.template or data_pb2.PROMPT_TEMPLATE_CHAT
-    if effective.truncation not in (0, data_pb2.TRUNCATION_POLICY_DROP, data_pb2.TRUNCATION_POLICY_TRUNCATE):
-        raise InvalidArgument(f"unknown truncation policy {effective.truncation}", field="truncation")
-    effective.truncation = effective.truncation or data_pb2.TRUNCATION_POLICY_DROP
+def fit_to_model(spec: PrepareSpec, model: BaseModel) -> PrepareSpec:
+    """The spec for the model it resolved to: max_seq_len within the model's context (an unset one is the
+    default capped there); InvalidArgument naming the first bad field."""
     context = model.max_context or DEFAULT_MAX_SEQ_LEN
-    if effective.max_seq_len < 0 or 0 < effective.max_seq_len < MIN_SEQ_LEN:
-        raise InvalidArgument(f"must be 0 (default) or at least {MIN_SEQ_LEN}", field="max_seq_len")
-    if effective.max_seq_len > context:
+    if "max_seq_len" not in spec.model_fields_set:
+        spec = spec.model_copy(update={"max_seq_len": min(spec.max_seq_len, context)})
+    elif spec.max_seq_len > context:
         raise InvalidArgument(f"exceeds the model's context of {context} tokens", field="max_seq_len")
-    effective.max_seq_len = effective.max_seq_len or min(DEFAULT_MAX_SEQ_LEN, context)
-    split = effective.split
-    fractions = (split.train, split.validation, split.test)
-    if not any(fractions):
-        fractions = DEFAULT_SPLIT
-    finite = all(math.isfinite(f) for f in fractions)
-    if not finite or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6 or fractions[0] <= 0:
-        raise InvalidArgument(
-            f"fractions must be finite, non-negative, sum to 1 and give train a share (got {fractions})",
-            field="split",
-        )
-    if effective.validation_dataset_id and fractions[1] > 0:
-        raise InvalidArgument(
-            "must give validation no share when validation_dataset_id supplies the validation rows",
-            field="split",
-        )
-    effective.split.CopyFrom(
-        data_pb2.SplitFractions(train=fractions[0], validation=fractions[1], test=fractions[2])
-    )
-    refusals = effective.refusals
-    if not 0 <= refusals.fraction <= 1:
-        raise InvalidArgument("must be between 0 and 1", field="refusals.fraction")
-    if refusals.fraction > 0 and not (refusals.domain.strip() or refusals.refusal_text.strip()):
-        raise InvalidArgument("is required when refusals.fraction > 0", field="refusals.domain")
-    effective.system_prompt = effective.system_prompt.strip()
-    pii = effective.pii
-    PiiAllowList.parse(pii.allow, "pii.allow")
-    allow = sorted({entry.strip() for entry in pii.allow})
-    del pii.allow[:]
-    pii.allow.extend(allow)
-    if not (pii.redact or pii.strict or pii.allow):
-        # No options is the same request as none at all (and the same version id).
-        effective.ClearField("pii")
-    return effective
+    PiiAllowList.parse(spec.pii.allow, "pii.allow")
+    return spec.model_copy(update={"base_model": model.name})
+
+
+def stored_request(payload: dict[str, Any]) -> data_pb2.PrepareDatasetRequest:
+    """A prepare job's request, read back through its stored spec, with every default filled in."""
+    if SPEC_KEY in payload:
+        return PrepareSpec.model_validate(payload[SPEC_KEY]).to_request(include_defaults=True)
+    return request_from_json(payload["request"])  # a job queued before the spec was stored
 
 
 def load_conversations(store: ArtifactStore, dataset: DatasetRecord) -> list[Conversation]:
@@ -175,7 +138,7 @@ class PrepareRunner:
         if existing := self.catalog.find_version(target_id):
             progress(1.0, "already prepared", {})
             return existing
-        request = request_from_json(payload["request"])
+        request = stored_request(payload)
         model = BaseModel(**payload["model"])
         dataset = self.catalog.get_dataset(request.dataset_id)
         progress(0.01, "loading the dataset and the tokenizer", {})

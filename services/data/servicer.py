@@ -14,6 +14,7 @@ from ftcommon.jobs import Job, JobStore
 from ftcommon.pagination import next_page_token, page_bounds
 from ftcommon.prepared_layout import split_file
 from ftcommon.protoconv import artifact_ref, job_event, job_status, timestamp
+from ftcommon.specs.prepare import PrepareSpec
 from services.data.base_models import BaseModels
 from services.data.catalog import Catalog, DatasetRecord, VersionRecord
 from services.data.config import DataSettings
@@ -21,10 +22,11 @@ from services.data.formats import FileFormat
 from services.data.ingest import IngestOptions
 from services.data.pii import PiiAllowList, refuse_remaining_pii
 from services.data.prepare import (
-    effective_request,
+    SPEC_KEY,
+    fit_to_model,
     load_conversations,
     request_from_json,
-    request_to_json,
+    stored_request,
     version_id,
 )
 from services.data.registration import register_dataset
@@ -72,7 +74,7 @@ def job_message(job: Job) -> data_pb2.PrepareJob:
     return data_pb2.PrepareJob(
         status=job_status(job),
         prepared_version_id=job.result.get("prepared_version_id", ""),
-        request=request_from_json(job.payload["request"]),
+        request=stored_request(job.payload),
     )
 
 
@@ -231,8 +233,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
     # Prepare jobs and versions
 
     def PrepareDataset(self, request: data_pb2.PrepareDatasetRequest, context):  # noqa: N802
-        if not request.dataset_id:
-            raise InvalidArgument("is required", field="dataset_id")
+        spec = PrepareSpec.from_request(request)
         try:
             dataset = self.catalog.get_dataset(request.dataset_id)
         except NotFound as err:
@@ -242,8 +243,9 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
                 self.catalog.get_dataset(request.validation_dataset_id)
             except NotFound as err:
                 raise NotFound(err.message, field="validation_dataset_id") from None
-        model = self.base_models.resolve(request.base_model)
-        effective = effective_request(request, model)
+        model = self.base_models.resolve(spec.base_model)
+        spec = fit_to_model(spec, model)
+        effective = spec.to_request(include_defaults=True)
         if effective.pii.strict and not effective.pii.redact:
             # Refused here, before a job exists: the caller gets INVALID_ARGUMENT naming the rows.
             refuse_remaining_pii(
@@ -251,7 +253,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             )
         payload = {
             "version_id": version_id(dataset, model, effective),
-            "request": request_to_json(effective),
+            SPEC_KEY: spec.model_dump(mode="json"),
             "model": model.to_json(),
         }
         job = self.jobs.create(PREPARE_KIND, payload)

@@ -5,7 +5,6 @@ result go to the job store. Nothing here decides when a run starts or stops: the
 """
 
 import json
-import math
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from ftcommon.errors import InvalidArgument, Unavailable, describe_rpc_error
 from ftcommon.job_runtime import JobStopped
 from ftcommon.jobs import EventKind, JobStore
 from ftcommon.sources import confine_local_path
+from ftcommon.specs.evaluate import EvalSpec
 from services.eval import benchmarks
 from services.eval.analysis import Example, ModelOutputs, answer_rows, build_report
 from services.eval.clients import Clients, Messages
@@ -39,28 +39,34 @@ OPTIONAL_METRICS = (REFERENCE_LOSS, REFUSAL, JUDGE)
 KNOWN_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "answer_length", *OPTIONAL_METRICS)
 _GRADE = re.compile(r"\b([1-5])\b")
 CANNED_REFERENCE_ROWS = 3
+SPEC_KEY = "spec"
+
+
+def spec_payload(spec: EvalSpec) -> dict[str, Any]:
+    """The run's job payload: its spec, stored once."""
+    return {SPEC_KEY: spec.model_dump(mode="json")}
 
 
 def parse_request(payload: dict[str, Any]) -> eval_pb2.CreateRunRequest:
+    """The run's request, read back through its stored spec."""
+    if SPEC_KEY in payload:
+        return EvalSpec.model_validate(payload[SPEC_KEY]).to_request()
+    # A run queued before the spec was stored: its payload is the request itself.
     return ParseDict(payload, eval_pb2.CreateRunRequest(), ignore_unknown_fields=True)
 
 
-def validate_request(request: eval_pb2.CreateRunRequest, benchmark_roots: tuple[Path, ...]) -> None:
-    """Everything that can be checked without other services before the run is queued, so bad input fails
-    at CreateRun."""
-    if not [m for m in request.models if m.strip()]:
+def validate_request(request: EvalSpec, benchmark_roots: tuple[Path, ...]) -> None:
+    """What the spec cannot check alone (it needs this service's metrics, benchmarks and readable roots),
+    before the run is queued, so bad input fails at CreateRun."""
+    if not request.models:
         raise InvalidArgument("name at least one model; the first is the baseline", field="models")
-    if not request.data.WhichOneof("source") and not request.benchmarks:
+    if not (request.data.prepared_version_id or request.data.dataset_id) and not request.benchmarks:
         raise InvalidArgument("set a prepared version or a dataset, or at least one benchmark", field="data")
-    if request.data.split and request.data.split not in ("train", "validation", "test"):
-        raise InvalidArgument("must be train, validation or test", field="data.split")
     for name in request.metrics:
         if name not in KNOWN_METRICS:
             raise InvalidArgument(
                 f"unknown metric {name!r}; known: {', '.join(KNOWN_METRICS)}", field="metrics"
             )
-    if request.max_examples < 0:
-        raise InvalidArgument("must not be negative", field="max_examples")
     for index, spec in enumerate(request.benchmarks):
         if spec.name not in benchmarks.BENCHMARK_NAMES:
             raise InvalidArgument(
@@ -68,12 +74,6 @@ def validate_request(request: eval_pb2.CreateRunRequest, benchmark_roots: tuple[
                 field=f"benchmarks[{index}].name",
             )
         benchmark_path(spec.path, benchmark_roots, index)
-    rule = request.promotion_rule
-    for name in ("min_refusal_rate", "max_wrong_refusal_rate"):
-        if not 0 <= getattr(rule, name) <= 1:  # NaN fails this too
-            raise InvalidArgument("must be a fraction between 0 and 1", field=f"promotion_rule.{name}")
-    if not math.isfinite(rule.min_delta):
-        raise InvalidArgument("must be a finite number", field="promotion_rule.min_delta")
 
 
 def benchmark_path(text: str, roots: tuple[Path, ...], index: int) -> Path:

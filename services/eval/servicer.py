@@ -4,7 +4,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-from google.protobuf.json_format import MessageToDict
 
 from finetune.v1 import common_pb2, eval_pb2, eval_pb2_grpc
 from ftcommon import protoconv
@@ -12,9 +11,10 @@ from ftcommon.artifacts import ArtifactStore
 from ftcommon.errors import FailedPrecondition, NotFound
 from ftcommon.jobs import Job, JobState, JobStore
 from ftcommon.pagination import next_page_token, page_bounds
+from ftcommon.specs.evaluate import EvalSpec
 from services.eval.clients import Clients
 from services.eval.config import EvalSettings
-from services.eval.runner import parse_request, validate_request
+from services.eval.runner import parse_request, spec_payload, validate_request
 from services.eval.worker import KIND
 
 VERDICTS = {"PASS": eval_pb2.VERDICT_PASS, "FAIL": eval_pb2.VERDICT_FAIL}
@@ -32,10 +32,10 @@ class EvalServicer(eval_pb2_grpc.EvalServiceServicer):
     def CreateRun(
         self, request: eval_pb2.CreateRunRequest, context: grpc.ServicerContext
     ) -> eval_pb2.EvalRun:
-        validate_request(request, self.settings.resolved_benchmark_roots())
-        self._check_references(request)
-        payload = MessageToDict(request, preserving_proto_field_name=True)
-        job = self.store.create(KIND, payload, idempotency_key=request.idempotency_key or None)
+        spec = EvalSpec.from_request(request)
+        validate_request(spec, self.settings.resolved_benchmark_roots())
+        self._check_references(spec.to_request())
+        job = self.store.create(KIND, spec_payload(spec), idempotency_key=spec.idempotency_key or None)
         return self._run(job)
 
     def _check_references(self, request: eval_pb2.CreateRunRequest) -> None:

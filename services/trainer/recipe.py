@@ -28,8 +28,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from ftcommon.specs.train import ALL_LINEAR, Hyperparameters
 from services.trainer.batches import collate, example_indices, label_count, load_split, summed_loss
-from services.trainer.hyperparameters import ALL_LINEAR, Hyperparameters
 from services.trainer.packed_attention import register_packed_attention
 from services.trainer.schedule import examples_per_step, plan
 

@@ -27,8 +27,8 @@ from services.trainer import tables
 from services.trainer.checkpoints import latest_checkpoint, record_checkpoint
 from services.trainer.config import TrainerSettings
 from services.trainer.export import export
-from services.trainer.hyperparameters import from_stored
 from services.trainer.job_queue import EXIT_STOPPED, RESULT_FILE, job_store, job_work_dir
+from services.trainer.job_spec import stored_spec
 from services.trainer.recipe import FinetuneRecipe, RecipeConfig, StopRequested
 from services.trainer.registry import (
     ADAPTER,
@@ -91,7 +91,7 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
     reporter = JobReporter(store, db, artifacts, job_id, worker_id)
     job = store.get(job_id)
     payload = job.payload
-    hyperparameters = from_stored(payload["hyperparameters"])
+    hyperparameters = stored_spec(payload).hyperparameters
     prepared_dir = artifacts.local_dir(payload["prepared_uri"])
     work_dir = job_work_dir(settings, job_id)
     recipe = FinetuneRecipe(

@@ -16,7 +16,7 @@ Why these numbers (STACK.md and the README's measurements on SmolLM2-135M with L
 import math
 from dataclasses import dataclass
 
-from services.trainer.hyperparameters import DEFAULT_WARMUP_FRACTION, Hyperparameters
+from ftcommon.specs.train import DEFAULT_WARMUP_FRACTION, Hyperparameters
 
 MIN_OPTIMIZER_STEPS = 100
 MAX_AUTO_EPOCHS = 10

@@ -11,11 +11,12 @@ from ftcommon.errors import InvalidArgument
 from ftcommon.jobs import EventKind, Job, JobState, JobStore
 from ftcommon.pagination import next_page_token, page_bounds
 from ftcommon.protoconv import artifact_ref, job_event, job_status, timestamp
+from ftcommon.specs.train import TrainSpec
 from services.trainer import tables
 from services.trainer.checkpoints import list_checkpoints
 from services.trainer.config import TrainerSettings
-from services.trainer.hyperparameters import from_proto, from_stored
 from services.trainer.job_queue import JOB_KIND
+from services.trainer.job_spec import SPEC_KEY, spec_payload, stored_spec
 from services.trainer.model_export import ModelExporter
 from services.trainer.prepared_versions import resolve_prepared_version
 from services.trainer.registry import ADAPTER, ModelRegistry
@@ -85,14 +86,12 @@ class TrainerServicer(TrainerRegistryRpcs):
         self.data_address = data_address
 
     def CreateJob(self, request, context):  # noqa: N802
-        if not request.base_model:
-            raise InvalidArgument("is required", field="base_model")
+        spec = TrainSpec.from_request(request)
         if request.idempotency_key:
             existing = self.store.find_by_idempotency_key(request.idempotency_key)
             if existing:
                 return self._job_message(existing)
-        hyperparameters = from_proto(request.hyperparameters)
-        base = self.registry.get(request.base_model, field="base_model")
+        base = self.registry.get(spec.base_model, field="base_model")
         if base.kind == ADAPTER:
             # Base and merged models are complete model folders; an adapter needs its base to load.
             raise InvalidArgument(f"'{request.base_model}' is an adapter, not a model", field="base_model")
@@ -108,17 +107,16 @@ class TrainerServicer(TrainerRegistryRpcs):
                 field="prepared_version_id",
             )
         # Decided here, not in the worker, so the job records (and the caller sees) what it will run.
-        schedule = plan(hyperparameters, version.train_rows, validation_rows=version.validation_rows)
+        schedule = plan(spec.hyperparameters, version.train_rows, validation_rows=version.validation_rows)
         payload = {
             "base_model_id": base.id,
             "base_model_name": base.name,
             "base_model_uri": base.artifact.uri,
             "prepared_version_id": version.id,
             "prepared_uri": version.artifact_uri,
-            "hyperparameters": schedule.hyperparameters.model_dump(),
+            SPEC_KEY: spec_payload(spec.model_copy(update={"hyperparameters": schedule.hyperparameters})),
             "planned_total_steps": schedule.total_steps,
             "chosen_defaults": schedule.chosen_defaults,
-            "display_name": request.display_name,
         }
         job = self.store.create(JOB_KIND, payload, request.idempotency_key or None)
         for sentence in schedule.chosen_defaults:
@@ -175,6 +173,7 @@ class TrainerServicer(TrainerRegistryRpcs):
 
     def _job_message(self, job: Job) -> trainer_pb2.TrainingJob:
         payload = job.payload
+        spec = stored_spec(payload)
         progress = self._latest_train_step(job.id)
         metrics = {k: v for k, v in progress.items() if k not in ("step", "total_steps")}
         metrics.update(job.result.get("metrics", {}))
@@ -182,8 +181,8 @@ class TrainerServicer(TrainerRegistryRpcs):
             status=job_status(job),
             base_model_id=payload["base_model_id"],
             prepared_version_id=payload["prepared_version_id"],
-            hyperparameters=from_stored(payload["hyperparameters"]).to_proto(),
-            display_name=payload.get("display_name", ""),
+            hyperparameters=spec.hyperparameters.to_proto(include_defaults=True),
+            display_name=spec.display_name,
             step=int(job.result.get("step", progress.get("step", 0))),
             total_steps=int(
                 job.result.get(

@@ -24,6 +24,7 @@ from ftcommon.logs import configure_logging
 from services.trainer import tables
 from services.trainer.config import TrainerSettings
 from services.trainer.job_queue import EXIT_STOPPED, JOB_KIND, RESULT_FILE, job_store, job_work_dir
+from services.trainer.job_spec import stored_spec
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def _die_with_parent() -> None:
 
 
 def child_command(job: Job, worker_id: str) -> list[str]:
-    processes = int(job.payload["hyperparameters"].get("num_processes", 1))
+    processes = stored_spec(job.payload).hyperparameters.num_processes
     entry = ["-m", "services.trainer.run_job", job.id, worker_id]
     if processes == 1:
         return [sys.executable, *entry]
