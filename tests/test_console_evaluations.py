@@ -145,6 +145,10 @@ def test_a_run_from_the_form_renders_its_report_filters_and_compares(
 
     page = client.get(f"/evaluations/{first}").text
     assert 'id="verdict"' in page and "fail" in page  # a model against itself cannot win
+    command = (
+        f"ftctl eval run --models {DEFAULT_BASE_MODEL_NAME},{DEFAULT_BASE_MODEL_NAME} --dataset {version}"
+    )
+    assert command in page and "--max-tokens 8 --off-topic-probes probes.txt" in page
     metrics = page.split('id="metrics"')[1].split("</table>")[0]
     assert "token_f1" in metrics and '<svg class="interval"' in metrics and "ties" in metrics
     table = page.split('id="side-by-side"')[1].split("</table>")[0]

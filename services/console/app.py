@@ -16,7 +16,16 @@ from ftcommon.interceptors import REQUEST_ID_HEADER
 from ftcommon.logs import new_request_id, request_id_var
 from services.console.pages import render
 from services.console.peers import ConsoleError
-from services.console.routers import auth, datasets, evaluations, health, models, playground, training
+from services.console.routers import (
+    auth,
+    datasets,
+    evaluations,
+    health,
+    keys,
+    models,
+    playground,
+    training,
+)
 from services.console.security import Forbidden, SignInRequired
 from services.console.state import ConsoleState
 
@@ -98,7 +107,7 @@ def create_app(state: ConsoleState) -> FastAPI:
     app = FastAPI(title="finetune console", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.console = state
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    for module in (health, auth, datasets, training, evaluations, models, playground):
+    for module in (health, auth, datasets, training, evaluations, models, playground, keys):
         app.include_router(module.router)
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)

@@ -20,6 +20,8 @@ class ConsoleSettings(ServiceSettings):
     gateway_url: str = Field(default_factory=_gateway_url)
     # The playground calls the gateway's chat API with this key (a key with the chat scope).
     gateway_api_key: SecretStr = SecretStr("")
+    # The API keys page manages the gateway's keys (/admin/keys) with this admin token (FT_ADMIN_TOKEN).
+    gateway_admin_token: SecretStr = SecretStr("")
     rpc_timeout_seconds: float = Field(30.0, gt=0)
     # A live job page holds one WatchJob stream; it is reopened (from the last event) after this long.
     watch_timeout_seconds: float = Field(300.0, gt=0)

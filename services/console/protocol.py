@@ -5,6 +5,7 @@ from pydantic import BaseModel, Field
 
 from finetune.v1 import common_pb2, data_pb2, trainer_pb2
 from ftcommon.settings import DEFAULT_BASE_MODEL_NAME
+from services.console.forms import FormModel
 
 TEMPLATES = {
     "model": data_pb2.PROMPT_TEMPLATE_UNSPECIFIED,
@@ -14,7 +15,7 @@ TEMPLATES = {
 }
 
 
-class PrepareForm(BaseModel):
+class PrepareForm(FormModel):
     base_model: str = Field(DEFAULT_BASE_MODEL_NAME, min_length=1)
     template: str = Field("model", pattern="^(model|chat|alpaca|question-answer)$")
     system_prompt: str = ""
@@ -54,7 +55,7 @@ class PrepareForm(BaseModel):
         return " ".join(parts)
 
 
-class JobForm(BaseModel):
+class JobForm(FormModel):
     base_model: str = Field(DEFAULT_BASE_MODEL_NAME, min_length=1)
     prepared_version_id: str = Field(min_length=1)
     display_name: str = ""

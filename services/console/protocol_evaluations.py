@@ -1,9 +1,10 @@
 """The evaluation form, typed: what it accepts, the CreateRunRequest it becomes, and the equivalent
 `ftctl eval run` command shown beside it."""
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from finetune.v1 import eval_pb2, inference_pb2
+from services.console.forms import FormModel
 
 SPLITS = ("test", "validation", "train")
 
@@ -12,7 +13,7 @@ def _lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-class EvalForm(BaseModel):
+class EvalForm(FormModel):
     baseline: str = Field(min_length=1)  # the first model: what the candidate must beat
     candidate: str = ""  # empty: the baseline alone (metrics, no verdict)
     prepared_version_id: str = Field(min_length=1)
@@ -33,6 +34,20 @@ class EvalForm(BaseModel):
             max_examples=self.max_examples,
             generation=inference_pb2.SamplingParams(max_tokens=self.max_tokens),
             off_topic_probes=_lines(self.off_topic_probes),
+        )
+
+    @classmethod
+    def from_request(cls, request: eval_pb2.CreateRunRequest) -> "EvalForm":
+        """The form that would have asked for `request` (what a run page shows as its ftctl command)."""
+        models = list(request.models) or [""]
+        return cls.model_construct(
+            baseline=models[0],
+            candidate=models[-1] if len(models) > 1 else "",
+            prepared_version_id=request.data.prepared_version_id or request.data.dataset_id,
+            split=request.data.split or "test",
+            max_examples=request.max_examples,
+            max_tokens=request.generation.max_tokens,
+            off_topic_probes="\n".join(request.off_topic_probes),
         )
 
     def command(self) -> str:

@@ -85,6 +85,9 @@ class GatewayMiddleware:
             metrics.HTTP_REQUESTS.labels(route_path, str(status)).inc()
             metrics.HTTP_LATENCY.labels(route_path).observe(elapsed)
             state = scope.get("state", {})
+            if key_id := state.get("api_key_id", ""):
+                metrics.KEY_REQUESTS.labels(key_id, "ok" if status < 400 else "failed").inc()
+                metrics.KEY_LAST_USED.labels(key_id).set_to_current_time()
             log_fields(
                 access_logger,
                 logging.INFO,

@@ -1,6 +1,11 @@
 """Prometheus metrics of the gateway, on the process's default registry beside the gRPC ones."""
 
+from datetime import UTC, datetime
+
 from prometheus_client import Counter, Gauge, Histogram
+
+# Counters start at zero with the process: the usage they report is since then.
+COUNTING_SINCE = datetime.now(UTC)
 
 HTTP_REQUESTS = Counter("gateway_http_requests_total", "HTTP requests", ["route", "status"])
 HTTP_LATENCY = Histogram(
@@ -21,6 +26,11 @@ QUEUE_DEPTH = Gauge("gateway_queue_depth", "Admitted requests still waiting for 
 IN_FLIGHT = Gauge("gateway_requests_in_flight", "Admitted generation requests, running or waiting")
 LOADED_MODEL = Gauge(
     "gateway_loaded_model", "1 for each model loaded in an engine", ["model_id", "name", "engine"]
+)
+# Per API key (admin tokens too): what /admin/keys/usage reports. Keys are few, so the labels stay bounded.
+KEY_REQUESTS = Counter("gateway_key_requests_total", "HTTP requests by API key", ["key_id", "outcome"])
+KEY_LAST_USED = Gauge(
+    "gateway_key_last_used_timestamp_seconds", "When the key last made a request", ["key_id"]
 )
 REJECTED = Counter("gateway_rejected_total", "Requests refused before generation", ["reason"])
 ENGINE_DEATHS = Counter("gateway_engine_deaths_total", "Engines found dead or stalled", ["model", "kind"])

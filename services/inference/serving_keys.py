@@ -1,7 +1,17 @@
 """/admin/keys: API keys created, listed and revoked over HTTP, so no client opens the gateway's database."""
 
+from datetime import UTC, datetime
+
+from services.inference import metrics
 from services.inference.auth import ApiKey, KeyStore
-from services.inference.protocol import ApiKeyCreateRequest, ApiKeyInfo, ApiKeyList, CreatedApiKey
+from services.inference.protocol import (
+    ApiKeyCreateRequest,
+    ApiKeyInfo,
+    ApiKeyList,
+    ApiKeyUsage,
+    ApiKeyUsageList,
+    CreatedApiKey,
+)
 
 
 class KeyAdministration:
@@ -19,6 +29,30 @@ class KeyAdministration:
 
     def revoke(self, key_id: str) -> ApiKeyInfo:
         return _info(self.keys.revoke(key_id))
+
+    def usage(self) -> ApiKeyUsageList:
+        """Requests per key from the gateway's own Prometheus counters (this process, since it started)."""
+        counts: dict[str, dict[str, float]] = {}
+        for family in metrics.KEY_REQUESTS.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    per_key = counts.setdefault(sample.labels["key_id"], {})
+                    per_key[sample.labels["outcome"]] = sample.value
+        last_used = {
+            sample.labels["key_id"]: sample.value
+            for family in metrics.KEY_LAST_USED.collect()
+            for sample in family.samples
+        }
+        rows = [
+            ApiKeyUsage(
+                key_id=key_id,
+                requests=int(sum(outcomes.values())),
+                failed=int(outcomes.get("failed", 0)),
+                last_used_at=datetime.fromtimestamp(last_used[key_id], UTC) if key_id in last_used else None,
+            )
+            for key_id, outcomes in sorted(counts.items())
+        ]
+        return ApiKeyUsageList(since=metrics.COUNTING_SINCE, data=rows)
 
 
 def _info(key: ApiKey) -> ApiKeyInfo:

@@ -90,5 +90,6 @@ def run_report(
             "outcomes": OUTCOMES,
             "verdict_name": verdict_name,
             "interval": interval,
+            "command": EvalForm.from_request(run.request).command(),
         },
     )

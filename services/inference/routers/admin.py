@@ -2,7 +2,13 @@
 
 from fastapi import APIRouter, Depends
 
-from services.inference.protocol import ApiKeyCreateRequest, ApiKeyInfo, ApiKeyList, CreatedApiKey
+from services.inference.protocol import (
+    ApiKeyCreateRequest,
+    ApiKeyInfo,
+    ApiKeyList,
+    ApiKeyUsageList,
+    CreatedApiKey,
+)
 from services.inference.routers.security import require_admin
 from services.inference.state import Gateway
 
@@ -18,6 +24,11 @@ def create_key(body: ApiKeyCreateRequest, state: Gateway) -> CreatedApiKey:
 @router.get("/keys")
 def list_keys(state: Gateway) -> ApiKeyList:
     return state.key_admin.list()
+
+
+@router.get("/keys/usage")
+def key_usage(state: Gateway) -> ApiKeyUsageList:
+    return state.key_admin.usage()
 
 
 @router.post("/keys/{key_id}/revoke")
