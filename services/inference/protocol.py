@@ -219,21 +219,6 @@ class ApiKeyUsageList(BaseModel):
     data: list[ApiKeyUsage]
 
 
-class ApiKeyUsage(BaseModel):
-    """One key's requests as this gateway process counted them (its Prometheus counters): since it started."""
-
-    key_id: str
-    requests: int
-    failed: int  # answered 4xx or 5xx
-    last_used_at: datetime | None
-
-
-class ApiKeyUsageList(BaseModel):
-    object: Literal["list"] = "list"
-    since: datetime  # when this gateway process started counting
-    data: list[ApiKeyUsage]
-
-
 class ErrorBody(BaseModel):
     message: str
     type: str
