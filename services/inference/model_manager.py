@@ -285,6 +285,15 @@ class ModelManager:
         except KeyError:
             pass
 
+    def unload(self, model_id: str) -> None:
+        """Stops serving a model deleted from the registry: its aliases are forgotten, and its engine stops
+        once the requests in flight have finished. Runs on the event loop."""
+        for alias in [name for name, target in self._aliases.items() if target == model_id]:
+            del self._aliases[alias]
+        served = self._loaded.get(model_id)
+        if served is not None and served is not self.default:
+            self._retire(served)
+
     # Alias following
 
     def _watch_aliases(self) -> None:

@@ -59,7 +59,7 @@ class GatewayState:
             limiter=RateLimiter(),
             files=files,
             fine_tuning=OpenAIServingFineTuning(settings, files.records, follower.trainer, follower),
-            fine_tuned_models=FineTunedModels(files.records),
+            fine_tuned_models=FineTunedModels(settings, files.records, manager.registry, follower.trainer),
         )
 
 

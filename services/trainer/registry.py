@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ftcommon.artifacts import Artifact, ArtifactStore
@@ -22,7 +22,7 @@ from services.trainer import tables
 logger = logging.getLogger(__name__)
 
 BASE, ADAPTER, MERGED = 1, 2, 3  # finetune.v1.ModelKind
-PROMOTE, FORCE, ROLLBACK, IMPORTED = 1, 2, 3, tables.IMPORTED_ALIAS  # finetune.v1.AliasAction
+PROMOTE, FORCE, ROLLBACK, IMPORTED, REMOVED = 1, 2, 3, tables.IMPORTED_ALIAS, 5  # finetune.v1.AliasAction
 JOB_MODEL_SUFFIXES = {ADAPTER: "adapter", MERGED: "merged"}
 
 
@@ -222,6 +222,71 @@ class ModelRegistry:
                 .values(metrics=json.dumps(merged))
             )
 
+    def delete_model(self, ref: str, with_aliases: Sequence[str], change: AliasChange) -> list[str]:
+        """Deletes the model's record and the aliases in `with_aliases` (each with a REMOVED revision), in one
+        transaction; refused while another alias points at it or an adapter needs it as its base. Returns
+        the aliases removed."""
+        model = self._find(ref)
+        if model is None:
+            raise NotFound(f"no model with id or name '{ref}'", field="model")
+        others = sorted(set(model.aliases) - set(with_aliases))
+        if others:
+            raise FailedPrecondition(
+                f"'{model.name}' is what alias(es) {', '.join(others)} point at; move or roll back "
+                "those aliases first",
+                field="model",
+            )
+        if dependants := self._adapters_based_on(model.id):
+            raise FailedPrecondition(
+                f"'{model.name}' is the base of adapter(s) {', '.join(dependants)}, which need it to load",
+                field="model",
+            )
+        removed = sorted(set(with_aliases) & set(model.aliases))
+        now = utcnow()
+        with self.db.begin() as conn:
+            for alias in removed:
+                revision = _next_revision(conn)
+                deleted = conn.execute(
+                    delete(tables.aliases).where(
+                        tables.aliases.c.alias == alias, tables.aliases.c.model_id == model.id
+                    )
+                ).rowcount
+                if deleted != 1:
+                    raise FailedPrecondition(f"'{alias}' moved while the model was deleted; try again")
+                conn.execute(
+                    tables.alias_revisions.insert().values(
+                        alias=alias,
+                        revision=revision,
+                        model_id="",
+                        previous_model_id=model.id,
+                        action=REMOVED,
+                        actor=change.actor,
+                        reason=change.reason,
+                        evidence="{}",
+                        gate_refusal="",
+                        rolled_back_to=0,
+                        created_at=now,
+                    )
+                )
+            # An alias set meanwhile would point at nothing: the delete only happens if none did.
+            pointing = conn.execute(
+                select(func.count()).select_from(tables.aliases).where(tables.aliases.c.model_id == model.id)
+            ).scalar()
+            if pointing:
+                raise FailedPrecondition(f"an alias was set on '{model.name}' meanwhile; try again")
+            conn.execute(delete(tables.models).where(tables.models.c.id == model.id))
+        logger.info(
+            "model deleted",
+            extra={"fields": {"model_id": model.id, "model_name": model.name, "aliases": removed}},
+        )
+        return removed
+
+    def _adapters_based_on(self, model_id: str) -> list[str]:
+        query = select(tables.models.c.name, tables.models.c.lineage).where(tables.models.c.kind == ADAPTER)
+        with self.db.begin() as conn:
+            rows = conn.execute(query).all()
+        return [name for name, lineage in rows if json.loads(lineage).get("base_model_id") == model_id]
+
     # Aliases
 
     def check_alias(self, alias: str) -> None:
@@ -251,7 +316,7 @@ class ModelRegistry:
                         f"'{alias}' moved to {current or 'nothing'} while this change was checked; try again",
                         field="alias",
                     )
-                revision = (conn.execute(select(func.max(tables.aliases.c.revision))).scalar() or 0) + 1
+                revision = _next_revision(conn)
                 values = {"model_id": model.id, "revision": revision, "updated_at": now}
                 if current is None:
                     conn.execute(tables.aliases.insert().values(alias=alias, **values))
@@ -376,6 +441,13 @@ def _revision_record(row: Any) -> AliasRevisionRecord:
     return AliasRevisionRecord(
         row["alias"], row["revision"], row["model_id"], row["previous_model_id"], change, row["created_at"]
     )
+
+
+def _next_revision(conn: Any) -> int:
+    """Revisions count every alias move, removals too, so WatchAliases' cursor never sees a number twice."""
+    current = conn.execute(select(func.max(tables.aliases.c.revision))).scalar() or 0
+    recorded = conn.execute(select(func.max(tables.alias_revisions.c.revision))).scalar() or 0
+    return max(current, recorded) + 1
 
 
 def _check_name(name: str, field_name: str = "name") -> None:

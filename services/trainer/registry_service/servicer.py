@@ -14,6 +14,7 @@ from services.trainer.registry import (
     BASE,
     FORCE,
     PROMOTE,
+    REMOVED,
     ROLLBACK,
     AliasChange,
     AliasRevisionRecord,
@@ -58,6 +59,18 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             models=[model_message(r) for r in records],
             next_page_token=next_page_token(offset, limit, len(records)),
         )
+
+    def DeleteModel(self, request, context):  # noqa: N802
+        if not request.model:
+            raise InvalidArgument("is required", field="model")
+        model = self.registry.get(request.model, field="model")
+        if model.name != request.model and model.id != request.model:
+            raise InvalidArgument(
+                f"'{request.model}' is an alias; name the model by id or name ({model.name})", field="model"
+            )
+        change = AliasChange(REMOVED, actor=_actor(request.actor), reason=request.reason.strip())
+        removed = self.registry.delete_model(model.id, list(request.with_aliases), change)
+        return registry_pb2.DeletedModel(id=model.id, name=model.name, removed_aliases=removed)
 
     # Aliases
 
