@@ -4,8 +4,12 @@ import pytest
 from document_fixtures import RUNBOOK_HTML, RUNBOOK_MD, blank_pdf_bytes, docx_bytes, pdf_bytes
 
 from ftcommon.errors import InvalidArgument
+from services.data.documents.checks import CheckSettings, EvalQuestion, check_pairs
 from services.data.documents.chunking import ChunkSettings, chunk_blocks
+from services.data.documents.model_generation import parse_pair
+from services.data.documents.pairs import Pair, fact_id
 from services.data.documents.parsers import DocumentRejected, parse_document
+from services.data.documents.structural import structural_pairs
 
 
 def test_markdown_blocks_keep_heading_path_and_line():
@@ -89,9 +93,106 @@ def test_chunks_never_span_headings_and_respect_the_size_bound():
 
 @pytest.mark.parametrize(
     ("settings", "field"),
-    [(ChunkSettings(max_chars=0), "chunking.max_chars"), (ChunkSettings(100, 60), "chunking.overlap_chars")],
+    [(ChunkSettings(max_chars=0), "chunk_max_chars"), (ChunkSettings(100, 60), "chunk_overlap_chars")],
 )
 def test_bad_chunk_settings_name_the_field(settings, field):
     with pytest.raises(InvalidArgument) as caught:
         chunk_blocks("runbook.md", parse_document("runbook.md", RUNBOOK_MD.encode()), settings)
     assert caught.value.field == field
+
+
+def runbook_chunks() -> list:
+    return chunk_blocks("runbook.md", parse_document("runbook.md", RUNBOOK_MD.encode()), ChunkSettings())
+
+
+def test_structural_generator_asks_about_headings_with_extractive_answers():
+    pairs = [p for c in runbook_chunks() for p in structural_pairs(c, 3, 600, continuation=False)]
+    by_fact: dict[str, list] = {}
+    for pair in pairs:
+        by_fact.setdefault(pair.fact_id, []).append(pair)
+    assert len(by_fact) == 4  # overview, install, wipe, and the `ftctl stack status` term
+    assert all(len(phrasings) == 3 for phrasings in by_fact.values())
+    for pair in pairs:
+        assert pair.answer in pair.chunk.text  # extractive
+        assert len({p.question for p in by_fact[pair.fact_id]}) == 3  # three different phrasings
+    wipe = [p for p in pairs if p.chunk.heading_path[-1] == "Wipe local data" and p.style == "how"]
+    assert wipe[0].question == "How do I wipe local data in Runbook?"
+    assert wipe[0].answer.startswith("Run `make clean` to delete the var/ folder")
+    term = [p for p in pairs if p.style == "term"]
+    assert term[0].question == "What does `ftctl stack status` do in Runbook?"
+    assert structural_pairs(runbook_chunks()[1], 3, 600, continuation=True) == []
+
+
+def invented(chunk, answer: str) -> Pair:
+    return Pair(
+        "How do I wipe local data in Runbook?", answer, fact_id(chunk, answer), chunk, "model", "how-to"
+    )
+
+
+def test_grounding_keeps_an_extractive_answer_and_rejects_an_invented_one():
+    wipe = next(c for c in runbook_chunks() if c.heading_path[-1] == "Wipe local data")
+    extractive = invented(wipe, "Run make clean: it deletes the var/ folder with every dataset.")
+    made_up = invented(wipe, "Use the ftctl data create command with the purge option.")
+    wrong_number = invented(wipe, "Run make clean 3 times to delete the var folder.")
+    outcome = check_pairs([extractive, made_up, wrong_number], [], CheckSettings())
+    assert outcome.kept == [extractive]
+    assert outcome.grounding[id(extractive)] >= 0.7 > outcome.grounding[id(made_up)]
+    reasons = {r.pair.answer: (r.reason, r.detail) for r in outcome.rejected}
+    assert reasons[made_up.answer][0] == "ungrounded" and "grounding 0." in reasons[made_up.answer][1]
+    assert reasons[wrong_number.answer] == ("ungrounded", "the answer states 3, which its chunk does not")
+
+
+def test_questions_that_are_only_the_heading_and_out_of_bounds_lengths_are_rejected():
+    install = next(c for c in runbook_chunks() if c.heading_path[-1] == "Install")
+    answer = "Run `make setup` to create the virtual environment."
+    pairs = [
+        Pair("What is Install?", answer, "f1", install, "model", "factual"),
+        Pair("How?", answer, "f1", install, "model", "factual"),
+        Pair("How do I set up the platform?", "make", "f1", install, "model", "factual"),
+        Pair("How do I set up the platform?", answer, "f1", install, "model", "factual"),
+    ]
+    outcome = check_pairs(pairs, [], CheckSettings())
+    assert [p.question for p in outcome.kept] == ["How do I set up the platform?"]
+    assert [r.reason for r in outcome.rejected] == ["heading_only", "question_too_short", "answer_too_short"]
+
+
+def test_duplicates_within_the_set_keep_the_first_and_say_why():
+    pairs = [p for c in runbook_chunks() for p in structural_pairs(c, 2, 600, continuation=False)]
+    outcome = check_pairs(pairs + pairs[:2], [], CheckSettings())
+    assert len(outcome.kept) == len(pairs)
+    assert [r.reason for r in outcome.rejected] == ["duplicate", "duplicate"]
+    assert outcome.rejected[0].detail == "the same question as kept pair 1"
+
+
+def test_contamination_guard_removes_pairs_that_repeat_an_evaluation_question():
+    pairs = [p for c in runbook_chunks() for p in structural_pairs(c, 3, 600, continuation=False)]
+    evaluation = [
+        EvalQuestion("ds-eval", 7, "How do I wipe local data in Runbook?"),  # exactly a generated phrasing
+        EvalQuestion("ds-eval", 9, "What are the steps to install for Runbook, please?"),  # nearly one
+        EvalQuestion("ds-eval", 12, "Which port does the gateway listen on?"),  # about nothing generated
+    ]
+    outcome = check_pairs(pairs, evaluation, CheckSettings())
+    removed = {r.pair.question: r.detail for r in outcome.rejected if r.reason == "eval_contamination"}
+    assert (
+        removed["How do I wipe local data in Runbook?"]
+        == "the same question as line 7 of evaluation set ds-eval"
+    )
+    assert "line 9 of evaluation set ds-eval" in removed["What are the steps to install for Runbook?"]
+    assert len(removed) == 2 and len(outcome.kept) == len(pairs) - 2
+    # The other phrasings of the same facts stay: the fact is trained, the evaluation's wording is not.
+    assert any(p.question == "In Runbook, how do you wipe local data?" for p in outcome.kept)
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ('{"question": "What is X?", "answer": "X is Y."}', ("What is X?", "X is Y.")),
+        ('Sure! Here it is:\n{"question": "Q?", "answer": "A."} Hope it helps', ("Q?", "A.")),
+        ('{"question": "Q?"}', None),
+        ('{"question": "Q?", "answer": ', None),
+        ("Question: what? Answer: that.", None),
+        ('["not", "an", "object"]', None),
+    ],
+)
+def test_model_replies_are_parsed_or_refused(reply, expected):
+    assert parse_pair(reply) == expected

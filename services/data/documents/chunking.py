@@ -55,7 +55,7 @@ class Chunk:
 
 
 def chunk_blocks(document: str, blocks: list[Block], settings: ChunkSettings) -> list[Chunk]:
-    settings.check("chunking.")
+    settings.check("chunk_")
     chunks: list[Chunk] = []
     pieces: list[str] = []
     path: tuple[str, ...] | None = None
