@@ -6,8 +6,9 @@ it requeues jobs whose worker stopped heartbeating, claims one, heartbeats while
 a lost lease (another worker took the job over) and tells the runner to stop, and writes the outcome:
 
 - finished: SUCCEEDED with the result, or CANCELLED when a cancel was asked for meanwhile;
-- `JobStopped`: CANCELLED when asked for, QUEUED again when this process is shutting down or the runner
-  stopped for another reason, nothing at all when the lease was lost (the job is someone else's now);
+- `JobStopped`: CANCELLED when asked for, PAUSED when a pause was asked for (the runner saved what it
+  resumes from), QUEUED again when this process is shutting down or the runner stopped for another reason,
+  nothing at all when the lease was lost (the job is someone else's now);
 - `JobFailed`, a `ServiceError` or any other exception: FAILED with its message.
 
 Every outcome is written under the worker's lease (see `jobs.Lease`), so a worker that lost its job can
@@ -111,6 +112,11 @@ class JobContext:
 
     def cancel_requested(self) -> bool:
         return self.store.cancel_requested(self.job.id)
+
+    def pause_requested(self) -> bool:
+        """A pause is the runner's to honour at a safe point (it raises JobStopped once its state is saved);
+        it does not make keep_going() false, so a supervisor does not kill work that is saving itself."""
+        return self.store.pause_requested(self.job.id)
 
     def keep_going(self) -> bool:
         """False once the job was cancelled, taken over by another worker, or this process stops."""
@@ -235,6 +241,8 @@ class JobRuntime:
             return None
         if context.cancel_requested():
             return _Outcome(JobState.CANCELLED, message="cancelled")
+        if context.pause_requested():
+            return _Outcome(JobState.PAUSED, message="paused")
         # This process is shutting down (or the runner gave the job up): the next worker takes it.
         return _Outcome(JobState.QUEUED, message="worker stopped; requeued")
 

@@ -1,7 +1,8 @@
 """The durable job state machine every long operation uses (prepare, train, evaluate).
 
 queued -> running -> succeeded | failed | cancelled, with running -> queued when a worker died and
-the job is picked up again. Jobs and their event logs live in the owning service's database, so
+the job is picked up again, and paused (asked for: the runner stops at a safe point with its state saved)
+-> queued again on resume. Jobs and their event logs live in the owning service's database, so
 progress survives any process: a watcher reads events by index, workers claim jobs atomically,
 and heartbeats tell a live worker from a dead one.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from alembic.operations import Operations
 from sqlalchemy import (
     Boolean,
     Column,
@@ -25,7 +27,9 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    false,
     func,
+    inspect,
     select,
     update,
 )
@@ -43,6 +47,7 @@ class JobState(enum.IntEnum):
     SUCCEEDED = 3
     FAILED = 4
     CANCELLED = 5
+    PAUSED = 6
 
     @property
     def terminal(self) -> bool:
@@ -60,8 +65,11 @@ class EventKind(enum.IntEnum):
 
 
 ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED}),
-    JobState.RUNNING: frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED}),
+    JobState.QUEUED: frozenset({JobState.RUNNING, JobState.CANCELLED, JobState.FAILED, JobState.PAUSED}),
+    JobState.RUNNING: frozenset(
+        {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.QUEUED, JobState.PAUSED}
+    ),
+    JobState.PAUSED: frozenset({JobState.QUEUED, JobState.CANCELLED, JobState.FAILED}),
     JobState.SUCCEEDED: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.CANCELLED: frozenset(),
@@ -85,6 +93,7 @@ class Job:
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    pause_requested: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,7 @@ def job_tables(metadata: MetaData, prefix: str) -> tuple[Table, Table]:
         Column("started_at", DateTime, nullable=True),
         Column("finished_at", DateTime, nullable=True),
         Column("heartbeat_at", DateTime, nullable=True),
+        Column("pause_requested", Boolean, nullable=False, default=False, server_default=false()),
     )
     events = Table(
         f"{prefix}_job_events",
@@ -147,6 +157,19 @@ def job_tables(metadata: MetaData, prefix: str) -> tuple[Table, Table]:
         Column("metrics", Text, nullable=False, default="{}"),
     )
     return jobs, events
+
+
+def add_pause_requested(jobs_table: str) -> Callable[[Operations], None]:
+    """The migration that adds `pause_requested` to a service's jobs table made before pausing existed (a
+    database created since has it: the first migration creates tables from the metadata)."""
+
+    def upgrade(op: Operations) -> None:
+        if "pause_requested" not in {c["name"] for c in inspect(op.get_bind()).get_columns(jobs_table)}:
+            op.add_column(
+                jobs_table, Column("pause_requested", Boolean, nullable=False, server_default=false())
+            )
+
+    return upgrade
 
 
 class JobStore:
@@ -272,17 +295,28 @@ class JobStore:
         cutoff = utcnow() - older_than
         with self.db.begin() as conn:
             stale = conn.execute(
-                select(self.jobs.c.id, self.jobs.c.cancel_requested, self.jobs.c.attempt).where(
-                    and_(self.jobs.c.state == int(JobState.RUNNING), self.jobs.c.heartbeat_at < cutoff)
-                )
+                select(
+                    self.jobs.c.id,
+                    self.jobs.c.cancel_requested,
+                    self.jobs.c.attempt,
+                    self.jobs.c.pause_requested,
+                ).where(and_(self.jobs.c.state == int(JobState.RUNNING), self.jobs.c.heartbeat_at < cutoff))
             ).all()
         requeued = []
-        for job_id, cancel_requested, attempt in stale:
+        for job_id, cancel_requested, attempt, pause_requested in stale:
             if cancel_requested:
                 self.transition(
                     job_id,
                     JobState.CANCELLED,
                     message="cancelled while its worker was lost",
+                    require_from={JobState.RUNNING},
+                )
+            elif pause_requested:
+                # Its last checkpoint is where it resumes from, as after any lost worker.
+                self.transition(
+                    job_id,
+                    JobState.PAUSED,
+                    message="paused while its worker was lost",
                     require_from={JobState.RUNNING},
                 )
             elif attempt >= max_attempts:
@@ -324,7 +358,7 @@ class JobStore:
             values["finished_at"] = utcnow()
         if target == JobState.SUCCEEDED:
             values["progress"] = 1.0
-        if target == JobState.QUEUED:
+        if target in (JobState.QUEUED, JobState.PAUSED):
             values["worker_id"] = ""
         if error:
             values["error"] = error
@@ -350,8 +384,40 @@ class JobStore:
             raise FailedPrecondition(f"job {job_id} already {job.state.name.lower()}", field="id")
         with self.db.begin() as conn:
             conn.execute(update(self.jobs).where(self.jobs.c.id == job_id).values(cancel_requested=True))
-        self.transition(job_id, JobState.CANCELLED, message="cancelled", require_from={JobState.QUEUED})
+        self.transition(
+            job_id, JobState.CANCELLED, message="cancelled", require_from={JobState.QUEUED, JobState.PAUSED}
+        )
         return self.get(job_id)
+
+    def request_pause(self, job_id: str) -> Job:
+        """Queued jobs pause at once; running ones are flagged and their runner stops at a safe point,
+        saving what it resumes from. Asking again changes nothing."""
+        job = self.get(job_id)
+        if job.state.terminal:
+            raise FailedPrecondition(f"job {job_id} already {job.state.name.lower()}", field="id")
+        if job.state == JobState.PAUSED:
+            return job
+        with self.db.begin() as conn:
+            conn.execute(update(self.jobs).where(self.jobs.c.id == job_id).values(pause_requested=True))
+        self.transition(job_id, JobState.PAUSED, message="paused", require_from={JobState.QUEUED})
+        return self.get(job_id)
+
+    def resume(self, job_id: str) -> Job:
+        """A paused job goes back to the queue; a pause not taken yet is withdrawn. Asking again (or for a
+        job that was never paused) changes nothing."""
+        job = self.get(job_id)
+        if job.state.terminal:
+            raise FailedPrecondition(f"job {job_id} already {job.state.name.lower()}", field="id")
+        with self.db.begin() as conn:
+            conn.execute(update(self.jobs).where(self.jobs.c.id == job_id).values(pause_requested=False))
+        self.transition(job_id, JobState.QUEUED, message="resumed", require_from={JobState.PAUSED})
+        return self.get(job_id)
+
+    def pause_requested(self, job_id: str) -> bool:
+        with self.db.begin() as conn:
+            return bool(
+                conn.execute(select(self.jobs.c.pause_requested).where(self.jobs.c.id == job_id)).scalar()
+            )
 
     def cancel_requested(self, job_id: str) -> bool:
         with self.db.begin() as conn:
@@ -483,4 +549,5 @@ class JobStore:
             started_at=row["started_at"],
             finished_at=row["finished_at"],
             heartbeat_at=row["heartbeat_at"],
+            pause_requested=bool(row["pause_requested"]),
         )

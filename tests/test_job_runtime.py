@@ -193,6 +193,34 @@ def test_cancel_and_shutdown_settle_a_running_job(tmp_path: Path) -> None:
     store.db.dispose()
 
 
+def test_a_runner_that_stops_for_a_pause_leaves_the_job_paused(tmp_path: Path) -> None:
+    store = _prepare_store(f"sqlite:///{tmp_path / 'jobs.db'}")
+    running = threading.Event()
+
+    def runner(context: JobContext) -> Finished:
+        running.set()
+        while context.keep_going():  # a pause does not stop keep_going(): the runner honours it itself
+            if context.pause_requested():
+                raise JobStopped()
+            time.sleep(0.01)
+        raise JobStopped()
+
+    job = store.create(PREPARE_KIND, {})
+    runtime = JobRuntime(store, PREPARE_KIND, runner, _settings(heartbeat_seconds=0.05))
+    runtime.start()
+    try:
+        assert running.wait(WAIT_SECONDS)
+        store.request_pause(job.id)
+        _wait_until(lambda: store.get(job.id).state == JobState.PAUSED, "the job is paused")
+        running.clear()
+        store.resume(job.id)
+        assert running.wait(WAIT_SECONDS), "the resumed job runs again"
+        assert store.get(job.id).attempt == 2
+    finally:
+        runtime.stop()
+    store.db.dispose()
+
+
 def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -126,3 +126,45 @@ def test_a_job_that_keeps_losing_its_worker_fails_instead_of_looping(store):
         assert requeued == ([job.id] if attempt == 1 else [])
     failed = store.get(job.id)
     assert failed.state == JobState.FAILED and "lost on each of 2 attempts" in failed.error
+
+
+def test_a_queued_job_pauses_at_once_and_resumes_to_the_queue(store):
+    job = store.create("train", {})
+    paused = store.request_pause(job.id)
+    assert paused.state == JobState.PAUSED and paused.pause_requested
+    assert store.claim("w") is None, "a paused job is nobody's to run"
+    assert store.request_pause(job.id).state == JobState.PAUSED  # asking again changes nothing
+    resumed = store.resume(job.id)
+    assert resumed.state == JobState.QUEUED and not resumed.pause_requested
+    assert store.claim("w").id == job.id
+    states = [e.message for e in store.events_after(job.id, 0) if e.kind == EventKind.STATE]
+    assert states == ["queued", "paused", "resumed", "claimed by w"]
+
+
+def test_a_running_job_is_flagged_and_a_pause_not_taken_can_be_withdrawn(store):
+    job = store.create("train", {})
+    store.claim("w")
+    flagged = store.request_pause(job.id)
+    assert flagged.state == JobState.RUNNING and store.pause_requested(job.id)
+    assert store.resume(job.id).state == JobState.RUNNING and not store.pause_requested(job.id)
+    store.request_pause(job.id)
+    assert store.transition(job.id, JobState.PAUSED, require_from={JobState.RUNNING})
+    assert store.get(job.id).worker_id == ""
+
+
+def test_a_paused_job_can_be_cancelled_and_an_ended_one_neither_paused_nor_resumed(store):
+    job = store.create("train", {})
+    store.request_pause(job.id)
+    assert store.request_cancel(job.id).state == JobState.CANCELLED
+    with pytest.raises(FailedPrecondition):
+        store.request_pause(job.id)
+    with pytest.raises(FailedPrecondition):
+        store.resume(job.id)
+
+
+def test_a_job_asked_to_pause_whose_worker_died_is_paused_not_requeued(store):
+    job = store.create("train", {})
+    store.claim("dead-worker")
+    store.request_pause(job.id)
+    assert store.requeue_stale(timedelta(seconds=-1)) == []
+    assert store.get(job.id).state == JobState.PAUSED

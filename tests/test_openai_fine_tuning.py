@@ -2,26 +2,31 @@
 data and trainer over gRPC on loopback, a real trainer worker process, the real default model at tiny
 settings (a few short conversations, one epoch, one optimizer step)."""
 
+import csv
 import io
 import json
 import os
-import subprocess
-import sys
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import openai
 import pytest
 from gateway_support import loopback_gateway_settings
 from openai import OpenAI
+from test_trainer_jobs import Workers
 
+from finetune.v1 import registry_pb2, registry_pb2_grpc, trainer_pb2
+from ftcommon.grpc_client import open_channel
 from services.inference.auth import KeyStore
 from services.inference.keys import open_gateway_database
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 BASE_MODEL = "smollm2-135m-instruct"
 WAIT_SECONDS = 240
+# Eight optimizer steps of one example: long enough to pause, cancel or kill mid-run, short enough for CPUs.
+SEVERAL_STEPS = {"n_epochs": 2, "batch_size": 1}
 
 ROWS = [
     ("What colour is the Zorblat widget?", "The Zorblat widget is teal."),
@@ -54,18 +59,8 @@ def stack(data_root: Path, data_server, trainer_server) -> Iterator[dict[str, ob
     from services.trainer.server import build_server as build_trainer
 
     trainer = build_trainer(TrainerSettings(data_dir=data_root, port=0, data_address=data_server.address))
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "services.trainer.worker"],
-        cwd=REPO_ROOT,
-        env={
-            **os.environ,
-            "FT_TRAINER_DATA_DIR": str(data_root),
-            "FT_TRAINER_WORKER_POLL_SECONDS": "0.2",
-            "FT_TRAINER_HEARTBEAT_SECONDS": "0.5",
-            "FT_TRAINER_TORCH_THREADS": "2",
-            "FT_TRAINER_LOG_LEVEL": "WARNING",
-        },
-    )
+    workers = Workers(data_root)  # killable like a crashed machine; a lost one's job is requeued after 3 s
+    workers.start()
     settings = loopback_gateway_settings(
         data_root / "openai-gateway",
         trainer.address,
@@ -75,10 +70,9 @@ def stack(data_root: Path, data_server, trainer_server) -> Iterator[dict[str, ob
     )
     gateway = build_server(settings)
     keys = KeyStore(open_gateway_database(settings))
-    yield {"url": gateway.http_url + "/v1", "keys": keys}
+    yield {"url": gateway.http_url + "/v1", "keys": keys, "trainer": trainer.address, "workers": workers}
     gateway.stop(grace=1)
-    worker.terminate()
-    worker.wait(timeout=30)
+    workers.stop_all()
     trainer.stop(grace=1)
 
 
@@ -244,3 +238,176 @@ def test_pagination_with_after_and_limit_and_the_metadata_filter(stack):
 
     files = client.files.list(limit=1)
     assert [f.id for f in files.data] == [uploaded.id]
+
+
+def several_steps_job(client: OpenAI, suffix: str) -> object:
+    uploaded = client.files.create(
+        file=training_file([chat_line(q, a) for q, a in ROWS]), purpose="fine-tune"
+    )
+    return client.fine_tuning.jobs.create(
+        training_file=uploaded.id,
+        model=BASE_MODEL,
+        suffix=suffix,
+        seed=5,
+        method={"type": "supervised", "supervised": {"hyperparameters": SEVERAL_STEPS}},
+    )
+
+
+def wait_for(client: OpenAI, job_id: str, condition, what: str) -> object:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if condition(job):
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id}: {what} within {WAIT_SECONDS} s")
+
+
+def trained_a_step(client: OpenAI, job_id: str) -> object:
+    """Running, with a training step done (its metrics event is in)."""
+
+    def stepped(job) -> bool:
+        events = client.fine_tuning.jobs.list_events(job_id, limit=100).data
+        return job.status == "running" and any(e.type == "metrics" for e in events)
+
+    return wait_for(client, job_id, stepped, "no training step")
+
+
+def step_losses(client: OpenAI, result_file: str) -> dict[int, float]:
+    rows = list(csv.DictReader(io.StringIO(client.files.content(result_file).content.decode())))
+    return {int(row["step"]): float(row["train_loss"]) for row in rows}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(team: OpenAI) -> object:
+    """The reference: a job of several steps that nothing interrupts."""
+    job = wait_until_finished(team, several_steps_job(team, "reference").id)
+    assert job.status == "succeeded", job.error
+    return job
+
+
+@pytest.mark.slow
+def test_a_job_lists_its_metrics_csv_as_a_result_file_and_its_checkpoint(team: OpenAI, uninterrupted):
+    job = uninterrupted
+    assert job.estimated_finish is None  # it has finished
+    (result_file,) = job.result_files
+    described = team.files.retrieve(result_file)
+    assert described.purpose == "fine-tune-results" and described.filename == "step_metrics.csv"
+    lines = team.files.content(result_file).content.decode().splitlines()
+    assert lines[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
+    losses = step_losses(team, result_file)
+    assert sorted(losses) == list(range(1, 9)) and all(loss > 0 for loss in losses.values())
+    (checkpoint,) = team.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert checkpoint.step_number == 8 and checkpoint.fine_tuned_model_checkpoint == job.fine_tuned_model
+    assert checkpoint.metrics.train_loss == pytest.approx(losses[8])
+    assert result_file in [f.id for f in team.files.list(purpose="fine-tune-results").data]
+
+
+@pytest.mark.slow
+def test_cancelling_a_running_job_ends_it_cancelled(team: OpenAI, uninterrupted):
+    job = several_steps_job(team, "to-cancel")
+    running = trained_a_step(team, job.id)
+    assert running.estimated_finish and running.estimated_finish >= running.created_at
+    assert team.fine_tuning.jobs.cancel(job.id).status == "cancelled"
+    time.sleep(1)  # the trainer's own cancellation arrives meanwhile; the job stays as it is
+    final = team.fine_tuning.jobs.retrieve(job.id)
+    assert final.status == "cancelled" and final.fine_tuned_model is None and final.finished_at
+    with pytest.raises(openai.BadRequestError) as again:
+        team.fine_tuning.jobs.pause(job.id)
+    assert "already cancelled" in again.value.message
+
+
+@pytest.mark.slow
+def test_a_paused_job_resumes_from_its_checkpoint_and_succeeds_with_the_same_losses(
+    team: OpenAI, uninterrupted
+):
+    job = several_steps_job(team, "paused")
+    trained_a_step(team, job.id)
+    team.fine_tuning.jobs.pause(job.id)
+    paused = wait_for(team, job.id, lambda j: j.status == "paused", "not paused")
+    assert paused.estimated_finish is None
+    time.sleep(1)
+    assert team.fine_tuning.jobs.retrieve(job.id).status == "paused", "a paused job stays paused"
+    assert team.fine_tuning.jobs.resume(job.id).status in ("queued", "running")
+    final = wait_until_finished(team, job.id)
+    assert final.status == "succeeded", final.error
+    assert final.trained_tokens == uninterrupted.trained_tokens
+    messages = [e.message for e in team.fine_tuning.jobs.list_events(job.id, limit=100).data]
+    assert "Fine-tuning job paused at a checkpoint" in messages
+    assert any(m.startswith("resumed from checkpoint") for m in messages)
+    losses, reference = (
+        step_losses(team, final.result_files[0]),
+        step_losses(team, uninterrupted.result_files[0]),
+    )
+    assert sorted(losses) == sorted(reference)
+    for step, loss in losses.items():
+        assert loss == pytest.approx(reference[step], rel=1e-3), step
+
+
+@pytest.mark.slow
+def test_a_killed_trainer_worker_s_job_still_succeeds_with_the_same_trained_tokens(
+    stack, team: OpenAI, uninterrupted
+):
+    workers: Workers = stack["workers"]  # type: ignore[assignment]
+    job = several_steps_job(team, "killed")
+    trained_a_step(team, job.id)
+    for process in workers.processes:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+    workers.start()  # the replacement requeues the silent job and trains it again from its last checkpoint
+    final = wait_until_finished(team, job.id)
+    assert final.status == "succeeded", final.error
+    assert final.trained_tokens == uninterrupted.trained_tokens
+    messages = [e.message for e in team.fine_tuning.jobs.list_events(job.id, limit=100).data]
+    assert any(m.startswith("The training job was requeued (worker lost") for m in messages)
+
+
+@pytest.mark.slow
+def test_deleting_a_fine_tuned_model_is_refused_while_an_alias_points_at_it(
+    stack, team: OpenAI, uninterrupted
+):
+    model = uninterrupted.fine_tuned_model
+    reply = team.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+    )
+    assert reply.choices[0].message.content is not None
+    with pytest.raises(openai.PermissionDeniedError):
+        client_for(stack, "team-a", ("chat",)).models.delete(model)
+    with pytest.raises(openai.NotFoundError):
+        client_for(stack, "team-b", ("fine-tune",)).models.delete(model)
+    with pytest.raises(openai.NotFoundError):
+        team.models.delete(BASE_MODEL)  # only fine-tuned models are deleted here
+
+    with open_channel(str(stack["trainer"])) as channel:
+        registry = registry_pb2_grpc.RegistryServiceStub(channel)
+        merged_model_id = registry.GetModel(trainer_pb2.GetModelRequest(name=model)).id
+        promote = registry_pb2.PromoteRequest(
+            model=merged_model_id, alias="openai-test-prod", force=True, reason="test", actor="test"
+        )
+        registry.Promote(promote)
+        with pytest.raises(openai.BadRequestError) as refused:
+            team.models.delete(model)
+        assert refused.value.status_code == 400 and refused.value.body["param"] == "model"
+        assert "openai-test-prod" in refused.value.message
+        assert model in [m.id for m in team.models.list().data]
+
+        promote.model, promote.reason = BASE_MODEL, "test: the alias moves away"
+        registry.Promote(promote)
+        deleted = team.models.delete(model)
+        assert deleted.id == model and deleted.deleted
+        assert model not in [m.id for m in team.models.list().data]
+        with pytest.raises(openai.NotFoundError):
+            team.models.retrieve(model)
+        with pytest.raises(openai.NotFoundError):
+            team.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=2
+            )
+        with pytest.raises(grpc.RpcError) as gone:
+            registry.GetModel(trainer_pb2.GetModelRequest(name=merged_model_id))
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+        (removal, *_) = registry.ListAliasHistory(registry_pb2.ListAliasHistoryRequest(alias=model)).revisions
+        assert (
+            removal.action == registry_pb2.ALIAS_ACTION_REMOVED
+            and removal.previous_model_id == merged_model_id
+        )

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -289,6 +290,44 @@ def test_cancel_mid_run_stops_the_job_process_and_registers_nothing(
     assert not pid_alive(pid)
     models = stub.ListModels(trainer_pb2.ListModelsRequest()).models
     assert not [m for m in models if m.lineage.job_id == job.status.id]
+
+
+def test_a_paused_job_checkpoints_and_resumes_exactly(stub, workers, finished, prepared_version_id):
+    reference, reference_events = finished
+    # No periodic checkpoint: the one it resumes from is the one the pause writes.
+    job = create(stub, prepared_version_id, key="to-pause", checkpoint_every_steps=1000)
+    job_id = job.status.id
+    wait_for_event(stub, job_id, common_pb2.EVENT_KIND_TRAIN_STEP)
+    stub.PauseJob(trainer_pb2.GetJobRequest(id=job_id))
+    paused = wait_for_state(stub, job_id, common_pb2.JOB_STATE_PAUSED)
+    assert 0 < paused.step < STEPS and not paused.merged_model_id
+    (checkpoint,) = stub.ListCheckpoints(trainer_pb2.GetJobRequest(id=job_id)).checkpoints
+    assert checkpoint.step == paused.step
+
+    resumed = stub.ResumeJob(trainer_pb2.GetJobRequest(id=job_id))
+    assert resumed.status.state in (common_pb2.JOB_STATE_QUEUED, common_pb2.JOB_STATE_RUNNING)
+    events = watch(stub, job_id)
+    final = stub.GetJob(trainer_pb2.GetJobRequest(id=job_id))
+    assert final.status.state == common_pb2.JOB_STATE_SUCCEEDED, final.status.error
+    assert final.step == STEPS and final.status.attempt == 2
+    assert f"resumed from checkpoint {checkpoint.id} at step {paused.step}" in [e.message for e in events]
+    assert final.metrics["tokens_seen"] == reference.metrics["tokens_seen"]
+    losses, reference_losses = train_losses(events), train_losses(reference_events)
+    for step, loss in losses.items():
+        assert loss == pytest.approx(reference_losses[step], rel=1e-3), step
+    with pytest.raises(grpc.RpcError) as ended:
+        stub.PauseJob(trainer_pb2.GetJobRequest(id=job_id))
+    assert ended.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def wait_for_state(stub, job_id: str, state: int) -> trainer_pb2.TrainingJob:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        job = stub.GetJob(trainer_pb2.GetJobRequest(id=job_id))
+        if job.status.state == state:
+            return job
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} never reached state {state}")
 
 
 ONE_PROCESS: dict[str, object] = {}

@@ -4,7 +4,7 @@ from alembic.operations import Operations
 from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text, inspect
 
 from ftcommon.db import Migration, create_tables
-from ftcommon.jobs import job_tables
+from ftcommon.jobs import add_pause_requested, job_tables
 
 metadata = MetaData()
 
@@ -69,4 +69,5 @@ MIGRATIONS = [
     ),
     Migration("0002_prepared_version_split_pii", _add_split_pii),
     Migration("0003_prepared_version_warnings", _add_warnings),
+    Migration("0004_prepare_jobs_pause_requested", add_pause_requested("prepare_jobs")),
 ]

@@ -12,14 +12,19 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 
 import grpc
 
 from finetune.v1 import common_pb2, data_pb2, data_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from ftcommon.errors import ServiceError, Unavailable, describe_rpc_error
 from ftcommon.logs import log_fields
+from ftcommon.specs.prepare import PrepareSpec, SplitFractions
+from ftcommon.specs.proto_bridge import validate_spec
+from ftcommon.specs.train import TrainSpec
 from services.inference.config import InferenceSettings
 from services.inference.fine_tuning_protocol import Hyperparameters
+from services.inference.fine_tuning_results import ResultFiles
 from services.inference.fine_tuning_store import FineTuningRecords, JobRecord, NewEvent
 from services.inference.peer_errors import peer_error
 
@@ -32,6 +37,12 @@ _SUCCEEDED, _FAILED, _CANCELLED, _RUNNING = (
     common_pb2.JOB_STATE_CANCELLED,
     common_pb2.JOB_STATE_RUNNING,
 )
+# The training job's states that are not ends, as OpenAI names them (queued again: resumed or requeued).
+_OPENAI_STATUS = {
+    common_pb2.JOB_STATE_QUEUED: "queued",
+    common_pb2.JOB_STATE_RUNNING: "running",
+    common_pb2.JOB_STATE_PAUSED: "paused",
+}
 
 
 class JobFailed(Exception):
@@ -49,11 +60,13 @@ class FineTuningFollower:
         records: FineTuningRecords,
         data: data_pb2_grpc.DataServiceStub,
         trainer: trainer_pb2_grpc.TrainerServiceStub,
+        results: ResultFiles,
     ) -> None:
         self.settings = settings
         self.records = records
         self.data = data
         self.trainer = trainer
+        self.results = results
         self._stopping = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self._calls: set[grpc.Call] = set()
@@ -141,15 +154,18 @@ class FineTuningFollower:
 
     def _prepare(self, job: JobRecord) -> None:
         training = self.records.get_file(job.project, job.training_file, "training_file")
-        request = data_pb2.PrepareDatasetRequest(
+        validation_dataset_id = ""
+        if job.validation_file:
+            validation = self.records.get_file(job.project, job.validation_file, "validation_file")
+            validation_dataset_id = validation.dataset_id
+        # OpenAI trains on the whole training file; its validation file, when given, is the validation split.
+        request = PrepareSpec(
             dataset_id=training.dataset_id,
             base_model=job.model,
             seed=job.seed,
-            split=data_pb2.SplitFractions(train=1.0),
-        )
-        if job.validation_file:
-            validation = self.records.get_file(job.project, job.validation_file, "validation_file")
-            request.validation_dataset_id = validation.dataset_id
+            split=SplitFractions(train=1.0),
+            validation_dataset_id=validation_dataset_id,
+        ).to_request()
         try:
             prepare = self.data.PrepareDataset(request, timeout=self.settings.rpc_timeout_seconds)
         except grpc.RpcError as err:
@@ -233,8 +249,11 @@ class FineTuningFollower:
 
     def _on_train_event(self, job: JobRecord, event: common_pb2.JobEvent) -> None:
         translated = _translate(event)
-        if event.kind == common_pb2.EVENT_KIND_STATE and event.state == _RUNNING:
-            self.records.update_job(job.id, status="running")
+        if event.kind == common_pb2.EVENT_KIND_STATE and event.state in _OPENAI_STATUS:
+            self.records.update_job(job.id, status=_OPENAI_STATUS[event.state], estimated_finish=None)
+        if event.kind == common_pb2.EVENT_KIND_TRAIN_STEP and "eta_seconds" in event.metrics:
+            eta = timedelta(seconds=event.metrics["eta_seconds"])
+            self.records.update_job(job.id, estimated_finish=event.time.ToDatetime() + eta)
         if translated is not None:
             self.records.add_event(job.id, translated)
 
@@ -255,9 +274,12 @@ class FineTuningFollower:
             timeout=self.settings.rpc_timeout_seconds,
         )
         self.gateway_event(job.id, f"New fine-tuned model created: {name}")
+        if not self.records.get_job(None, job.id).result_files:
+            self.records.update_job(job.id, result_files=[self.results.write(job)])
         self.records.update_job(
             job.id,
             status="succeeded",
+            estimated_finish=None,
             fine_tuned_model=name,
             merged_model_id=training.merged_model_id,
             trained_tokens=int(training.metrics.get("tokens_seen", 0)),
@@ -267,24 +289,26 @@ class FineTuningFollower:
     def _training_request(
         self, job: JobRecord, version: data_pb2.PreparedVersion
     ) -> trainer_pb2.CreateJobRequest:
-        """The trainer's typed spec for this job; unset fields take the trainer's defaults."""
+        """The job as a TrainSpec: OpenAI's n_epochs, batch_size and learning_rate_multiplier onto its
+        hyperparameters; "auto" leaves one to the trainer's defaults."""
         asked = Hyperparameters.model_validate(job.hyperparameters)
-        hyperparameters = trainer_pb2.Hyperparameters(seed=job.seed)
+        hyperparameters: dict[str, float | int] = {"seed": job.seed}
         if asked.n_epochs != "auto":
-            hyperparameters.epochs = float(asked.n_epochs)
+            hyperparameters["epochs"] = float(asked.n_epochs)
         if asked.batch_size != "auto":
-            hyperparameters.batch_size = asked.batch_size
+            hyperparameters["batch_size"] = asked.batch_size
         if asked.learning_rate_multiplier != "auto":
-            hyperparameters.learning_rate = (
+            hyperparameters["learning_rate"] = (
                 asked.learning_rate_multiplier * self.settings.fine_tuning_base_learning_rate
             )
-        return trainer_pb2.CreateJobRequest(
-            base_model=job.model,
-            prepared_version_id=version.id,
-            hyperparameters=hyperparameters,
-            idempotency_key=job.id,
-            display_name=job.id,
-        )
+        spec = {
+            "base_model": job.model,
+            "prepared_version_id": version.id,
+            "hyperparameters": hyperparameters,
+            "idempotency_key": job.id,
+            "display_name": job.id,
+        }
+        return validate_spec(TrainSpec, spec).to_request()
 
     # Helpers
 
@@ -346,6 +370,15 @@ def _translate(event: common_pb2.JobEvent) -> NewEvent | None:
             return NewEvent("train", event.index, f"Training failed: {event.message}", level="error")
         if event.state == _CANCELLED:
             return NewEvent("train", event.index, "Fine-tuning job cancelled")
+        if event.state == common_pb2.JOB_STATE_PAUSED:
+            return NewEvent("train", event.index, "Fine-tuning job paused at a checkpoint")
+        if event.state == common_pb2.JOB_STATE_QUEUED and event.message == "resumed":
+            return NewEvent("train", event.index, "Fine-tuning job resumed; it continues from its checkpoint")
+        if event.state == common_pb2.JOB_STATE_QUEUED and event.index > 1:
+            message = (
+                f"The training job was requeued ({event.message}); it continues from its last checkpoint"
+            )
+            return NewEvent("train", event.index, message, level="warn")
         return None
     if event.kind == common_pb2.EVENT_KIND_LOG and event.message:
         return NewEvent("train", event.index, event.message)

@@ -31,6 +31,7 @@ class FileRecord:
     purpose: str
     bytes: int
     created_at: datetime
+    artifact_uri: str | None = None  # files the gateway wrote (result files); None for uploads
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class JobRecord:
     cancel_requested: bool
     created_at: datetime
     finished_at: datetime | None
+    estimated_finish: datetime | None = None
+    result_files: list[str] = field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -90,8 +93,18 @@ class FineTuningRecords:
 
     # Files
 
-    def add_file(self, project: str, dataset_id: str, filename: str, purpose: str, size: int) -> FileRecord:
-        record = FileRecord(new_id("file"), project, dataset_id, filename, purpose, size, utcnow())
+    def add_file(
+        self,
+        project: str,
+        dataset_id: str,
+        filename: str,
+        purpose: str,
+        size: int,
+        artifact_uri: str | None = None,
+    ) -> FileRecord:
+        record = FileRecord(
+            new_id("file"), project, dataset_id, filename, purpose, size, utcnow(), artifact_uri
+        )
         with self.db.begin() as conn:
             conn.execute(tables.openai_files.insert().values(**record.__dict__))
         return record
@@ -146,6 +159,7 @@ class FineTuningRecords:
             "hyperparameters": json.dumps(record.hyperparameters),
             "error": None,
             "cancel_requested": 0,
+            "result_files": json.dumps(record.result_files),
         }
         with self.db.begin() as conn:
             conn.execute(tables.fine_tuning_jobs.insert().values(**values))
@@ -195,6 +209,8 @@ class FineTuningRecords:
         a success, nor a success a cancel)."""
         if "error" in values and values["error"] is not None:
             values["error"] = json.dumps(values["error"])
+        if "result_files" in values:
+            values["result_files"] = json.dumps(values["result_files"])
         if values.get("status") in TERMINAL_STATUSES:
             values.setdefault("finished_at", utcnow())
         jobs = tables.fine_tuning_jobs
@@ -275,6 +291,17 @@ class FineTuningRecords:
             ).scalar()
         return int(value or 0)
 
+    def metrics_events(self, job_id: str) -> list[EventRecord]:
+        """The training metrics events of a job, oldest first."""
+        events = tables.fine_tuning_events
+        query = (
+            select(events)
+            .where(and_(events.c.job_id == job_id, events.c.type == "metrics"))
+            .order_by(events.c.seq)
+        )
+        with self.db.begin() as conn:
+            return [_event(row) for row in conn.execute(query).mappings()]
+
     def list_events(self, job_id: str, after: str | None, limit: int) -> tuple[list[EventRecord], bool]:
         """Newest first, as OpenAI lists them; `after` is the last event of the previous page."""
         events = tables.fine_tuning_events
@@ -319,6 +346,8 @@ def _job(row: Any) -> JobRecord:
         cancel_requested=bool(row["cancel_requested"]),
         created_at=row["created_at"],
         finished_at=row["finished_at"],
+        estimated_finish=row["estimated_finish"],
+        result_files=json.loads(row["result_files"]) if row["result_files"] else [],
     )
 
 

@@ -22,6 +22,7 @@ from services.inference.app import create_app
 from services.inference.auth import AdminTokenStore, KeyStore
 from services.inference.config import InferenceSettings
 from services.inference.fine_tuning_follower import FineTuningFollower
+from services.inference.fine_tuning_results import ResultFiles
 from services.inference.fine_tuning_store import FineTuningRecords
 from services.inference.grpc_servicer import InferenceServicer
 from services.inference.keys import open_gateway_database
@@ -58,7 +59,7 @@ class InferenceServer:
         )
         data = data_pb2_grpc.DataServiceStub(self._data_channel)
         records = FineTuningRecords(database)
-        self.follower = FineTuningFollower(settings, records, data, trainer)
+        self.follower = FineTuningFollower(settings, records, data, trainer, ResultFiles(records, store))
         files = OpenAIServingFiles(settings, data, store, records)
         self.state = GatewayState.build(
             settings, manager, keys, AdminTokenStore(database), files, self.follower

@@ -77,9 +77,9 @@ class OpenAIServingFiles:
         return _file_object(self.records.get_file(project, file_id))
 
     def content(self, project: str, file_id: str) -> Iterator[bytes]:
-        """The bytes as uploaded, read from the artifact store in chunks."""
-        dataset = self._dataset(self.records.get_file(project, file_id))
-        handle = self.store.open(dataset.raw.uri, "rb")
+        """The bytes as uploaded (or as the gateway wrote them), read from the artifact store in chunks."""
+        record = self.records.get_file(project, file_id)
+        handle = self.store.open(record.artifact_uri or self._dataset(record).raw.uri, "rb")
 
         def chunks() -> Iterator[bytes]:
             with handle:
@@ -96,14 +96,16 @@ class OpenAIServingFiles:
                 "left validating_files",
                 field="file_id",
             )
-        try:
-            self.data.DeleteDataset(
-                data_pb2.DeleteDatasetRequest(id=record.dataset_id), timeout=self.settings.rpc_timeout_seconds
-            )
-        except grpc.RpcError as err:
-            error = peer_error(err, "data service")
-            if not isinstance(error, NotFound):  # already gone there: finish forgetting it here
-                raise error from None
+        if record.dataset_id:  # a result file is only an artifact (immutable, content-addressed)
+            try:
+                self.data.DeleteDataset(
+                    data_pb2.DeleteDatasetRequest(id=record.dataset_id),
+                    timeout=self.settings.rpc_timeout_seconds,
+                )
+            except grpc.RpcError as err:
+                error = peer_error(err, "data service")
+                if not isinstance(error, NotFound):  # already gone there: finish forgetting it here
+                    raise error from None
         self.records.delete_file(project, file_id)
         return FileDeleted(id=file_id)
 

@@ -7,10 +7,11 @@ learning rate.
 """
 
 import secrets
+from collections.abc import Callable
 
 import grpc
 
-from finetune.v1 import data_pb2, trainer_pb2, trainer_pb2_grpc
+from finetune.v1 import common_pb2, data_pb2, trainer_pb2, trainer_pb2_grpc
 from ftcommon.db import utcnow
 from ftcommon.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.inference.config import InferenceSettings
@@ -57,9 +58,12 @@ class OpenAIServingFineTuning:
                 field="integrations",
             )
         self._check_base_model(request.model)
-        self.records.get_file(project, request.training_file, "training_file")
-        if request.validation_file:
-            self.records.get_file(project, request.validation_file, "validation_file")
+        for param, file_id in (
+            ("training_file", request.training_file),
+            ("validation_file", request.validation_file),
+        ):
+            if file_id and self.records.get_file(project, file_id, param).purpose != "fine-tune":
+                raise InvalidArgument(f"{file_id} is not a file uploaded with purpose fine-tune", field=param)
         job = self.records.add_job(
             JobRecord(
                 id=f"ftjob-{secrets.token_hex(12)}",
@@ -127,6 +131,52 @@ class OpenAIServingFineTuning:
             if not isinstance(error, FailedPrecondition | InvalidArgument):
                 raise error from None
 
+    def pause(self, project: str, job_id: str) -> FineTuningJob:
+        """The trainer stops the job after its current step, with a checkpoint to resume from exactly; a job
+        still queued pauses at once. The status becomes `paused` once the trainer has stopped it."""
+        job = self._trainable(project, job_id, "paused")
+        training = self._call(self.trainer.PauseJob, job.train_job_id or "")
+        if training.status.state == common_pb2.JOB_STATE_PAUSED:
+            job = self.records.update_job(job.id, status="paused", estimated_finish=None)
+        elif job.status != "paused":
+            self.follower.gateway_event(
+                job.id, "Pause requested: the job stops with a checkpoint after its current step"
+            )
+        return job_view(job)
+
+    def resume(self, project: str, job_id: str) -> FineTuningJob:
+        """A paused job is queued again and continues from its checkpoint; a pause not yet taken is
+        withdrawn."""
+        job = self._trainable(project, job_id, "resumed")
+        training = self._call(self.trainer.ResumeJob, job.train_job_id or "")
+        if job.status == "paused" and training.status.state == common_pb2.JOB_STATE_QUEUED:
+            job = self.records.update_job(job.id, status="queued")
+        return job_view(job)
+
+    def _trainable(self, project: str, job_id: str, verb: str) -> JobRecord:
+        job = self.records.get_job(project, job_id)
+        if job.terminal:
+            raise FailedPrecondition(
+                f"Job {job_id} has already {job.status}; only a queued, running or paused job can be {verb}",
+                field="fine_tuning_job_id",
+            )
+        if not job.train_job_id:
+            raise FailedPrecondition(
+                f"Job {job_id} is still validating its files; it can be {verb} once it is queued",
+                field="fine_tuning_job_id",
+            )
+        return job
+
+    def _call(
+        self, method: Callable[..., trainer_pb2.TrainingJob], train_job_id: str
+    ) -> trainer_pb2.TrainingJob:
+        try:
+            return method(
+                trainer_pb2.GetJobRequest(id=train_job_id), timeout=self.settings.rpc_timeout_seconds
+            )
+        except grpc.RpcError as err:
+            raise peer_error(err, "trainer") from None
+
     def events(self, project: str, job_id: str, after: str | None, limit: int) -> EventList:
         _check_limit(limit)
         job = self.records.get_job(project, job_id)
@@ -180,12 +230,7 @@ class OpenAIServingFineTuning:
         )
 
     def _training(self, train_job_id: str) -> trainer_pb2.TrainingJob:
-        try:
-            return self.trainer.GetJob(
-                trainer_pb2.GetJobRequest(id=train_job_id), timeout=self.settings.rpc_timeout_seconds
-            )
-        except grpc.RpcError as err:
-            raise peer_error(err, "trainer") from None
+        return self._call(self.trainer.GetJob, train_job_id)
 
     def _check_base_model(self, model: str) -> None:
         try:
@@ -244,6 +289,8 @@ def job_view(job: JobRecord) -> FineTuningJob:
         seed=job.seed,
         status=job.status,  # type: ignore[arg-type]
         trained_tokens=job.trained_tokens,
+        estimated_finish=epoch_seconds(job.estimated_finish) if job.status == "running" else None,
+        result_files=job.result_files,
         training_file=job.training_file,
         validation_file=job.validation_file,
         metadata=job.metadata,

@@ -49,6 +49,9 @@ openai_files = Table(
     Column("purpose", String(32), nullable=False),
     Column("bytes", Integer, nullable=False),
     Column("created_at", DateTime, nullable=False),
+    # Files the gateway writes itself (a job's metrics CSV, purpose fine-tune-results) are artifacts, not
+    # datasets: dataset_id is empty for them.
+    Column("artifact_uri", String(300), nullable=True),
 )
 
 # POST /v1/fine_tuning/jobs: the OpenAI job and the prepare and training jobs that do its work.
@@ -74,6 +77,8 @@ fine_tuning_jobs = Table(
     Column("trained_tokens", Integer, nullable=True),
     Column("created_at", DateTime, nullable=False),
     Column("finished_at", DateTime, nullable=True),
+    Column("estimated_finish", DateTime, nullable=True),  # from the trainer's latest ETA while it trains
+    Column("result_files", Text, nullable=True),  # JSON list of file ids
 )
 
 # A job's events as OpenAI lists them, translated from the prepare and training jobs' event logs; `source`
@@ -103,6 +108,18 @@ def _add_key_scopes(op: Operations) -> None:
         op.add_column("api_keys", Column("project", String(200), nullable=False, server_default=""))
 
 
+def _add_results(op: Operations) -> None:
+    # A database created since the columns were declared has them already: 0004 creates from the metadata.
+    files = {c["name"] for c in inspect(op.get_bind()).get_columns("openai_files")}
+    if "artifact_uri" not in files:
+        op.add_column("openai_files", Column("artifact_uri", String(300), nullable=True))
+    jobs = {c["name"] for c in inspect(op.get_bind()).get_columns("fine_tuning_jobs")}
+    if "estimated_finish" not in jobs:
+        op.add_column("fine_tuning_jobs", Column("estimated_finish", DateTime, nullable=True))
+    if "result_files" not in jobs:
+        op.add_column("fine_tuning_jobs", Column("result_files", Text, nullable=True))
+
+
 MIGRATIONS = [
     Migration("0001_api_keys", create_tables(metadata, "api_keys")),
     Migration("0002_admin_tokens", create_tables(metadata, "admin_tokens")),
@@ -111,4 +128,5 @@ MIGRATIONS = [
         "0004_openai_fine_tuning",
         create_tables(metadata, "openai_files", "fine_tuning_jobs", "fine_tuning_events"),
     ),
+    Migration("0005_fine_tuning_results", _add_results),
 ]

@@ -398,6 +398,13 @@ class FinetuneRecipe:
         if self.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
+    def checkpoint_to_pause(self, pause_asked: bool) -> Path | None:
+        """After StopRequested: when the first process says the job pauses, every process saves the
+        checkpoint it resumes from (a collective under torchrun); None when it does not pause."""
+        if not self._agree(pause_asked):
+            return None
+        return self.save_checkpoint()
+
 
 class StopRequested(Exception):
     """The job was cancelled or taken away from this worker between two steps."""

@@ -78,9 +78,17 @@ class JobReporter:
         record = record_checkpoint(self.db, self.job_id, step, artifact)
         shutil.rmtree(folder, ignore_errors=True)
         self.store.emit(self.job_id, EventKind.CHECKPOINT, message=record.id, metrics={"step": float(step)})
+        """Between steps: stop when cancelled, no longer ours, or asked to pause."""
+        return self.must_stop() or self.pause_requested()
+
+    def must_stop(self) -> bool:
+        """Cancelled or no longer this worker's; a pause asked once training is done is not honoured."""
 
     def should_stop(self) -> bool:
         job = self.store.get(self.job_id)
+    def pause_requested(self) -> bool:
+        return self.store.pause_requested(self.job_id)
+
         return job.cancel_requested or job.state != JobState.RUNNING or job.worker_id != self.worker_id
 
 
@@ -118,6 +126,12 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
             )
     try:
         state = recipe.train(reporter)
+        # A pause saves the exact state at this step; the worker then settles the job as paused.
+        folder = recipe.checkpoint_to_pause(
+            recipe.is_main and not reporter.must_stop() and reporter.pause_requested()
+        )
+        if folder is not None and recipe.is_main:
+            reporter.on_checkpoint(recipe.state.step, folder)
         recipe.gather_for_export()
     except StopRequested as stop:
         logger.info("job stopped", extra={"fields": {"job_id": job_id, "reason": str(stop)}})
@@ -126,7 +140,7 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
         recipe.close()
     if not recipe.is_main:
         return 0
-    if reporter.should_stop():
+    if reporter.must_stop():
         return EXIT_STOPPED
     prepared = PreparedFolder.open(prepared_dir)
     # Jobs queued before the payload carried the base model's name name it by id.
@@ -135,7 +149,7 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
         recipe, prepared.chat_template(), prepared.end_of_turn, work_dir / "outputs", base_model_name
     )
     # The last chance to honour a cancel before anything is registered.
-    if reporter.should_stop():
+    if reporter.must_stop():
         return EXIT_STOPPED
     registry = ModelRegistry(db, artifacts)
     final_train = [r for r in state.history if r["event"] == "train"][-1]

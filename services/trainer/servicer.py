@@ -139,6 +139,14 @@ class TrainerServicer(TrainerRegistryRpcs):
         self._get(request.id)
         return self._job_message(self.store.request_cancel(request.id))
 
+    def PauseJob(self, request, context):  # noqa: N802
+        self._get(request.id)
+        return self._job_message(self.store.request_pause(request.id))
+
+    def ResumeJob(self, request, context):  # noqa: N802
+        self._get(request.id)
+        return self._job_message(self.store.resume(request.id))
+
     def WatchJob(self, request, context: grpc.ServicerContext):  # noqa: N802
         self._get(request.id)
         if request.after_index < 0:

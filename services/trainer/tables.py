@@ -4,7 +4,7 @@ from alembic.operations import Operations
 from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text, select
 
 from ftcommon.db import Migration, create_tables
-from ftcommon.jobs import job_tables
+from ftcommon.jobs import add_pause_requested, job_tables
 
 metadata = MetaData()
 
@@ -97,4 +97,5 @@ MIGRATIONS = [
         create_tables(metadata, "train_jobs", "train_job_events", "models", "aliases", "checkpoints"),
     ),
     Migration("0002_alias_history", _create_alias_history),
+    Migration("0003_train_jobs_pause_requested", add_pause_requested("train_jobs")),
 ]

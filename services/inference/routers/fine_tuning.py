@@ -1,4 +1,5 @@
-"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, events, checkpoints; keys with the fine-tune scope."""
+"""/v1/fine_tuning/jobs: create, list, retrieve, cancel, pause, resume, events, checkpoints; keys with the
+fine-tune scope."""
 
 import json
 from typing import Annotated
@@ -44,6 +45,16 @@ def retrieve_job(job_id: str, key: FineTuneKey, state: Gateway) -> FineTuningJob
 @router.post("/{job_id}/cancel")
 def cancel_job(job_id: str, key: FineTuneKey, state: Gateway) -> FineTuningJob:
     return state.fine_tuning.cancel(project_of(key), job_id)
+
+
+@router.post("/{job_id}/pause")
+def pause_job(job_id: str, key: FineTuneKey, state: Gateway) -> FineTuningJob:
+    return state.fine_tuning.pause(project_of(key), job_id)
+
+
+@router.post("/{job_id}/resume")
+def resume_job(job_id: str, key: FineTuneKey, state: Gateway) -> FineTuningJob:
+    return state.fine_tuning.resume(project_of(key), job_id)
 
 
 @router.get("/{job_id}/events")
