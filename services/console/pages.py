@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from starlette.responses import Response
 
 from finetune.v1 import common_pb2
+from services.console.charts import histogram, interval
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
@@ -38,6 +39,7 @@ def size(num_bytes: int) -> str:
 
 
 templates.env.filters.update(when=when, state_name=state_name, size=size)
+templates.env.globals.update(histogram=histogram, interval=interval)
 
 
 def render(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> Response:

@@ -7,7 +7,6 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from finetune.v1 import eval_pb2
-from services.console.charts import interval
 from services.console.pages import enum_name, render
 from services.console.peers import ConsoleError
 from services.console.protocol_evaluations import SPLITS, EvalForm
@@ -60,7 +59,7 @@ def compare_runs(request: Request, console: Console, _: SignedIn, a: str = "", b
     return render(
         request,
         "evaluation_compare.html",
-        {"comparison": comparison, "verdict_name": verdict_name, "interval": interval},
+        {"comparison": comparison, "verdict_name": verdict_name},
     )
 
 
@@ -89,7 +88,6 @@ def run_report(
             "chosen": {"candidate": candidate, "category": category, "model": model, "outcome": outcome},
             "outcomes": OUTCOMES,
             "verdict_name": verdict_name,
-            "interval": interval,
             "command": EvalForm.from_request(run.request).command(),
         },
     )
