@@ -95,7 +95,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def invalid_form(request: Request, err: RequestValidationError) -> Response:
         first = err.errors()[0]
         where = ".".join(str(part) for part in first["loc"] if part not in ("body", "query"))
-        return _error(request, ConsoleError(f"field '{where}': {first['msg']}", 400))
+        message = str(first["msg"]).removeprefix("Value error, ")
+        return _error(request, ConsoleError(f"field '{where}': {message}" if where else message, 400))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, err: Exception) -> Response:

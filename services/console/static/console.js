@@ -95,6 +95,7 @@ async function streamChat(model, messages, form, box) {
   const reader = reply.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
+  let failed = false;
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
@@ -105,11 +106,53 @@ async function streamChat(model, messages, form, box) {
       const data = block.split("\n").find((line) => line.startsWith("data: "));
       if (!data || data === "data: [DONE]") continue;
       const body = JSON.parse(data.slice(6));
-      if (block.startsWith("event: error")) { text.textContent += `\n[${body.error} · request id ${body.request_id}]`; continue; }
+      if (block.startsWith("event: error")) {
+        failed = true;
+        text.textContent += `\n[${body.error} · request id ${body.request_id}]`;
+        continue;
+      }
       const delta = body.choices && body.choices[0].delta;
       if (delta && delta.content) text.textContent += delta.content;
     }
   }
+  if (!failed) offerToSave(box, messages, text.textContent);
+}
+
+// Admins get a form under each finished answer: the exchange (answer editable) becomes a dataset row.
+function offerToSave(box, messages, answer) {
+  const template = document.getElementById("save-row-template");
+  if (!template || !answer) return;
+  const form = template.content.firstElementChild.cloneNode(true);
+  form.answer.value = answer;
+  const nameLabel = form.querySelector(".new-name");
+  const showName = () => { nameLabel.hidden = form.dataset_id.value !== ""; };
+  form.dataset_id.addEventListener("change", showName);
+  showName();
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const result = form.querySelector(".save-result");
+    const reply = await fetch("/api/playground/training-rows", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", "Accept": "application/json", "X-CSRF-Token": csrfToken() },
+      body: JSON.stringify({
+        dataset_id: form.dataset_id.value, name: form.name.value,
+        messages: messages.concat([{ role: "assistant", content: form.answer.value }]),
+      }),
+    });
+    const body = await reply.json();
+    if (reply.ok) {
+      result.className = "save-result saved";
+      result.innerHTML = "";
+      const link = document.createElement("a");
+      link.href = body.url;
+      link.textContent = `Saved: dataset ${body.name} (${body.id}), ${body.rows} rows`;
+      result.appendChild(link);
+    } else {
+      result.className = "save-result error";
+      result.textContent = `${body.service || "console"}: ${body.error}` + (body.request_id ? ` (request id ${body.request_id})` : "");
+    }
+  });
+  box.appendChild(form);
 }
 
 function setupPlayground() {
