@@ -82,16 +82,14 @@ def ours(rows: list[dict[str, str]], data_stub, trainer_address: str) -> dict[st
     from data_fixtures import jsonl, upload, wait_for_job
 
     from finetune.v1 import common_pb2, data_pb2
+    from ftcommon.specs.prepare import PrepareSpec
 
     data = jsonl(rows)
     started = time.perf_counter()
     dataset = upload(data_stub, data, "lamini_bench.jsonl")
     ingested = time.perf_counter()
-    job = data_stub.PrepareDataset(
-        data_pb2.PrepareDatasetRequest(
-            dataset_id=dataset.id, base_model="smollm2-135m-instruct", max_seq_len=2048, seed=1
-        )
-    )
+    spec = PrepareSpec(dataset_id=dataset.id, base_model="smollm2-135m-instruct", max_seq_len=2048, seed=1)
+    job = data_stub.PrepareDataset(spec.to_request())
     done = wait_for_job(data_stub, job.status.id, timeout=3600)
     prepared = time.perf_counter()
     assert done.status.state == common_pb2.JOB_STATE_SUCCEEDED, done.status.error

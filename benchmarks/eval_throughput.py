@@ -38,11 +38,11 @@ from finetune.v1 import (  # noqa: E402
     data_pb2_grpc,
     eval_pb2,
     eval_pb2_grpc,
-    inference_pb2,
     trainer_pb2,
     trainer_pb2_grpc,
 )
 from ftcommon.grpc_client import open_channel  # noqa: E402
+from ftcommon.specs.evaluate import EvalSpec  # noqa: E402
 from services.eval.metrics import exact_match  # noqa: E402
 from services.trainer.config import DEFAULT_BASE_MODEL_NAME  # noqa: E402
 
@@ -131,14 +131,13 @@ def platform_run(
         )
         stub = eval_pb2_grpc.EvalServiceStub(open_channel(evaluation.address))
         started = time.perf_counter()
-        run = stub.CreateRun(
-            eval_pb2.CreateRunRequest(
-                models=[DEFAULT_BASE_MODEL_NAME],
-                data=eval_pb2.EvalData(dataset_id=dataset.id),
-                metrics=["exact_match"],
-                generation=inference_pb2.SamplingParams(max_tokens=max_tokens, temperature=0.0),
-            )
+        spec = EvalSpec(
+            models=[DEFAULT_BASE_MODEL_NAME],
+            data={"dataset_id": dataset.id},
+            metrics=["exact_match"],
+            generation={"max_tokens": max_tokens, "temperature": 0.0},
         )
+        run = stub.CreateRun(spec.to_request())
         for _ in stub.WatchRun(common_pb2.WatchRequest(id=run.status.id), timeout=3600):
             pass
         seconds = time.perf_counter() - started

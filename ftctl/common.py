@@ -24,6 +24,7 @@ from rich.text import Text
 from typer.core import TyperOption
 
 from finetune.v1 import common_pb2
+from ftcommon.errors import InvalidArgument
 from ftcommon.grpc_client import open_channel
 from ftcommon.settings import ServiceAddresses
 
@@ -136,6 +137,15 @@ def rpc_errors() -> Iterator[None]:
         else:
             console.print(f"[red]error[/red] {code}: {escape(err.details() or '')}")
         raise typer.Exit(1) from None
+
+
+@contextmanager
+def spec_errors(source: str) -> Iterator[None]:
+    """A request its spec refuses (ftcommon/specs): one line naming the field and where it came from."""
+    try:
+        yield
+    except InvalidArgument as err:
+        raise typer.BadParameter(f"{err.field}: {err.message}", param_hint=source) from None
 
 
 STATE_NAMES = {v: k.removeprefix("JOB_STATE_").lower() for k, v in common_pb2.JobState.items()}

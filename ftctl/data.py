@@ -6,13 +6,17 @@ import shlex
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import grpc
 import typer
+from pydantic import BaseModel
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from finetune.v1 import common_pb2, data_pb2, data_pb2_grpc
+from ftcommon.specs.prepare import PiiOptions, PrepareSpec, RefusalOptions
+from ftcommon.specs.proto_bridge import validate_spec
 from ftctl.common import (
     JSON_OPTION,
     STATE_NAMES,
@@ -22,6 +26,7 @@ from ftctl.common import (
     print_json,
     print_table,
     rpc_errors,
+    spec_errors,
     stub,
 )
 
@@ -36,15 +41,15 @@ FORMATS = {
 SCHEMAS = {
     name.removeprefix("DATASET_SCHEMA_").lower(): value for name, value in data_pb2.DatasetSchema.items()
 }
-TEMPLATES = {
-    name.removeprefix("PROMPT_TEMPLATE_").lower(): value for name, value in data_pb2.PromptTemplate.items()
-}
-TRUNCATIONS = {
-    name.removeprefix("TRUNCATION_POLICY_").lower(): value
-    for name, value in data_pb2.TruncationPolicy.items()
-}
-for choices in (FORMATS, SCHEMAS, TEMPLATES, TRUNCATIONS):
+for choices in (FORMATS, SCHEMAS):
     choices.pop("unspecified")
+
+
+def _option(name: str, spec: type[BaseModel] = PrepareSpec, flag: str = "") -> Any:
+    """A prepare flag: unset unless given, with the spec's help text and default."""
+    field = spec.model_fields[name]
+    default = "" if field.default in (None, "", 0.0) else f" Default: {field.default}."
+    return typer.Option(None, flag or "--" + name.replace("_", "-"), help=f"{field.description}{default}")
 
 
 def _data_stub() -> data_pb2_grpc.DataServiceStub:
@@ -380,12 +385,26 @@ def delete(dataset_id: str = typer.Argument(...), show_json: bool = JSON_OPTION)
         console.print(f"deleted {escape(dataset_id)}")
 
 
-def _split(value: str) -> data_pb2.SplitFractions:
-    try:
-        train, validation, test = (float(part) for part in value.split(","))
-    except ValueError:
-        raise typer.BadParameter("give three fractions, e.g. 0.9,0.05,0.05", param_hint="--split") from None
-    return data_pb2.SplitFractions(train=train, validation=validation, test=test)
+def prepare_spec(dataset_id: str, base_model: str, options: dict[str, Any]) -> PrepareSpec:
+    """What `data prepare` asks for. `options` are PrepareSpec's fields, flattened as the flags spell them
+    (split as "0.8,0.1,0.1", refusal_domain/fraction/text, redact_pii/strict_pii/pii_allow); None: not given,
+    left to the spec's default."""
+    refusals = {
+        "domain": options.pop("refusal_domain", None),
+        "fraction": options.pop("refusal_fraction", None),
+        "refusal_text": options.pop("refusal_text", None),
+    }
+    pii = {
+        "redact": options.pop("redact_pii", None),
+        "strict": options.pop("strict_pii", None),
+        "allow": options.pop("pii_allow", None),
+    }
+    values: dict[str, Any] = {"dataset_id": dataset_id, "base_model": base_model, **options}
+    for name, section in (("refusals", refusals), ("pii", pii)):
+        if given := {key: value for key, value in section.items() if value is not None}:
+            values[name] = given
+    with spec_errors("options"):
+        return validate_spec(PrepareSpec, {k: v for k, v in values.items() if v is not None})
 
 
 def _print_version(version: data_pb2.PreparedVersion, show_json: bool) -> None:
@@ -432,59 +451,44 @@ def _print_version(version: data_pb2.PreparedVersion, show_json: bool) -> None:
 def prepare(
     dataset_id: str = typer.Argument(...),
     base_model: str = typer.Option(..., "--base-model", help="Registry name, id or alias of the base model."),
-    template: str | None = typer.Option(
-        None,
-        "--template",
-        help=f"Prompt template: {', '.join(TEMPLATES)} (default: the model's chat template).",
+    template: str | None = _option("template"),
+    system_prompt: str | None = _option("system_prompt"),
+    max_seq_len: int | None = _option("max_seq_len"),
+    truncation: str | None = _option("truncation"),
+    split: str | None = typer.Option(
+        None, "--split", help="train,validation,test fractions. Default: 0.8,0.1,0.1."
     ),
-    system_prompt: str = typer.Option("", "--system-prompt", help="Added as the first message of every row."),
-    max_seq_len: int = typer.Option(0, "--max-seq-len", help="Longest example in tokens (default 2048)."),
-    truncation: str | None = typer.Option(
-        None, "--truncation", help=f"Longer examples: {', '.join(TRUNCATIONS)} (default: drop)."
-    ),
-    split: str = typer.Option("0.9,0.05,0.05", "--split", help="train,validation,test fractions."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split and of the refusal questions."),
-    refusal_domain: str = typer.Option(
-        "",
-        "--refusal-domain",
-        help="Teach refusing off-topic questions: 'Let's keep the discussion relevant to D.'",
-    ),
-    refusal_fraction: float = typer.Option(
-        0.0,
-        "--refusal-fraction",
-        help="Refusal rows as a fraction of the kept rows; 0.15 (with a domain) is a good start: it adds "
-        "many distinct off-topic questions, enough for the model to learn to refuse.",
-    ),
-    refusal_text: str = typer.Option(
-        "", "--refusal-text", help="A fixed refusal answer instead of the default."
-    ),
+    seed: int | None = _option("seed"),
+    refusal_domain: str | None = _option("domain", RefusalOptions, "--refusal-domain"),
+    refusal_fraction: float | None = _option("fraction", RefusalOptions, "--refusal-fraction"),
+    refusal_text: str | None = _option("refusal_text", RefusalOptions, "--refusal-text"),
     redact_pii: bool = typer.Option(
-        False,
-        "--redact-pii",
-        help="Replace emails, phone numbers and API keys with placeholders in the prepared rows.",
+        False, "--redact-pii", help=PiiOptions.model_fields["redact"].description
     ),
     strict_pii: bool = typer.Option(
-        False, "--strict-pii", help="Refuse to prepare while any PII would be left unredacted."
+        False, "--strict-pii", help=PiiOptions.model_fields["strict"].description
     ),
     pii_allow: list[str] = PII_ALLOW,
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the job's progress until it ends."),
     show_json: bool = JSON_OPTION,
 ) -> None:
     """Template, tokenize, mask and split a dataset into an immutable prepared version (a job)."""
-    request = data_pb2.PrepareDatasetRequest(
-        dataset_id=dataset_id,
-        base_model=base_model,
-        template=_choice(template, TEMPLATES, "--template"),
-        system_prompt=system_prompt,
-        max_seq_len=max_seq_len,
-        truncation=_choice(truncation, TRUNCATIONS, "--truncation"),
-        split=_split(split),
-        seed=seed,
-        refusals=data_pb2.RefusalOptions(
-            domain=refusal_domain, fraction=refusal_fraction, refusal_text=refusal_text
-        ),
-        pii=data_pb2.PiiOptions(redact=redact_pii, strict=strict_pii, allow=pii_allow),
-    )
+    options = {
+        "template": template,
+        "system_prompt": system_prompt,
+        "max_seq_len": max_seq_len,
+        "truncation": truncation,
+        "split": split,
+        "seed": seed,
+        "refusal_domain": refusal_domain,
+        "refusal_fraction": refusal_fraction,
+        "refusal_text": refusal_text,
+        # Switches: only an explicit --redact-pii / --strict-pii / --pii-allow counts as given.
+        "redact_pii": redact_pii or None,
+        "strict_pii": strict_pii or None,
+        "pii_allow": pii_allow or None,
+    }
+    request = prepare_spec(dataset_id, base_model, options).to_request()
     client = _data_stub()
     with rpc_errors():
         job = client.PrepareDataset(request)

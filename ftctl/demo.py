@@ -86,7 +86,7 @@ def main(
         console.rule("[bold]upload and prepare")
         runner.upload()
         runner.prepare()
-        refusal_text = spec.prepare.refusals.text if spec.prepare.refusals else ""
+        refusal_text = spec.prepare.refusals.refusal_text
         questions = held_out_questions(runner, refusal_text)
         console.rule("[bold]the base model answers held-out questions")
         before = ask(client, spec.base_model, questions)

@@ -3,11 +3,14 @@
 import tempfile
 import webbrowser
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
 
-from finetune.v1 import common_pb2, eval_pb2, eval_pb2_grpc, inference_pb2
+from finetune.v1 import common_pb2, eval_pb2, eval_pb2_grpc
+from ftcommon.specs.evaluate import EvalSpec
+from ftcommon.specs.proto_bridge import validate_spec
 from ftctl.common import (
     JSON_OPTION,
     STATE_NAMES,
@@ -17,6 +20,7 @@ from ftctl.common import (
     print_json,
     print_table,
     rpc_errors,
+    spec_errors,
     stub,
 )
 
@@ -50,13 +54,43 @@ def _eval_stub() -> eval_pb2_grpc.EvalServiceStub:
     return stub(eval_pb2_grpc.EvalServiceStub, addresses().eval_address)
 
 
-def _benchmark(spec: str) -> eval_pb2.BenchmarkSpec:
+def _benchmark(spec: str, limit: int) -> dict[str, Any]:
     name, separator, path = spec.partition("=")
     if not separator or not name or not path:
         raise typer.BadParameter(
             f"{spec!r}: expected NAME=PATH, e.g. mmlu=../shared/datasets/benchmarks/mmlu"
         )
-    return eval_pb2.BenchmarkSpec(name=name, path=str(Path(path).resolve()))
+    return {"name": name, "path": str(Path(path).resolve()), "limit": limit}
+
+
+def eval_spec(
+    models: str,
+    data: dict[str, str],
+    benchmarks: list[str],
+    benchmark_limit: int,
+    metrics: str,
+    rule: dict[str, Any],
+    probes: dict[str, Path | None],
+    **given: Any,
+) -> EvalSpec:
+    """What `eval run` asks for: comma-separated models and metrics, the data (prepared_version_id or
+    dataset_id, split), NAME=PATH benchmarks with one limit, the promotion rule's fields (None: not given, so
+    the service's data-dependent default holds), probes files, and EvalSpec's own fields as `given`
+    (max_tokens for generation). Empty values are not given: the spec's or the service's defaults hold."""
+    values: dict[str, Any] = {name: value for name, value in given.items() if value}
+    if "max_tokens" in values:
+        values["generation"] = {"max_tokens": values.pop("max_tokens")}
+    values |= {
+        "models": models.split(","),
+        "metrics": metrics.split(","),
+        "data": {name: value for name, value in data.items() if value},
+        "benchmarks": [_benchmark(spec, benchmark_limit) for spec in benchmarks],
+        **{name: _lines(path) for name, path in probes.items()},
+    }
+    if given_rule := {name: value for name, value in rule.items() if value not in (None, "")}:
+        values["promotion_rule"] = given_rule
+    with spec_errors("options"):
+        return validate_spec(EvalSpec, values)
 
 
 @app.command("run")
@@ -89,36 +123,25 @@ def run(
     show_json: bool = JSON_OPTION,
 ) -> None:
     """Start an evaluation run and follow its progress to the verdict."""
-    data = eval_pb2.EvalData(split=split)
-    if dataset:
-        data.prepared_version_id = dataset
-    elif eval_set:
-        data.dataset_id = eval_set
-    specs = [_benchmark(spec) for spec in benchmark]
-    for spec in specs:
-        spec.limit = benchmark_limit
-    request = eval_pb2.CreateRunRequest(
-        models=[m.strip() for m in models.split(",") if m.strip()],
-        data=data,
-        metrics=[m.strip() for m in metrics.split(",") if m.strip()],
+    request = eval_spec(
+        models,
+        {"prepared_version_id": dataset, "dataset_id": "" if dataset else eval_set, "split": split},
+        benchmark,
+        benchmark_limit,
+        metrics,
+        {
+            "primary_metric": primary_metric,
+            "min_delta": min_delta,
+            "min_refusal_rate": min_refusal_rate,
+            "max_wrong_refusal_rate": max_wrong_refusal_rate,
+        },
+        {"off_topic_probes": off_topic_probes, "in_domain_probes": in_domain_probes},
         max_examples=max_examples,
-        generation=inference_pb2.SamplingParams(max_tokens=max_tokens),
+        max_tokens=max_tokens,
         seed=seed,
-        benchmarks=specs,
-        off_topic_probes=_lines(off_topic_probes),
-        in_domain_probes=_lines(in_domain_probes),
         refusal_text=refusal_text,
         judge_model=judge_model,
-    )
-    thresholds = {
-        "min_delta": min_delta,
-        "min_refusal_rate": min_refusal_rate,
-        "max_wrong_refusal_rate": max_wrong_refusal_rate,
-    }
-    given = {name: value for name, value in thresholds.items() if value is not None}
-    if primary_metric or given:
-        # Only what the user set: unset thresholds take the service's data-dependent defaults.
-        request.promotion_rule.CopyFrom(eval_pb2.PromotionRule(primary_metric=primary_metric, **given))
+    ).to_request()
     service = _eval_stub()
     with rpc_errors():
         created = service.CreateRun(request)

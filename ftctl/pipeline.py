@@ -14,7 +14,6 @@ from typing import Any
 
 import grpc
 import typer
-from google.protobuf.json_format import ParseDict, ParseError
 from rich.markup import escape
 
 from finetune.v1 import (
@@ -23,7 +22,6 @@ from finetune.v1 import (
     data_pb2_grpc,
     eval_pb2,
     eval_pb2_grpc,
-    inference_pb2,
     registry_pb2,
     registry_pb2_grpc,
     trainer_pb2,
@@ -31,8 +29,9 @@ from finetune.v1 import (
 )
 from ftcommon.ids import sha256_file, sha256_json
 from ftcommon.settings import ServiceAddresses
+from ftcommon.specs.train import TrainSpec
 from ftctl.common import console, follow_job, rpc_errors, stub
-from ftctl.data import FORMATS, TEMPLATES, TRUNCATIONS, upload_requests
+from ftctl.data import FORMATS, upload_requests
 from ftctl.pipeline_spec import PipelineSpec, PipelineSpecError, load_spec
 
 app = typer.Typer(no_args_is_help=True)
@@ -84,6 +83,40 @@ class PipelineResult:
     @property
     def promoted(self) -> bool:
         return bool(self.state.promoted_alias)
+
+
+def prepare_request(spec: PipelineSpec, dataset_id: str) -> data_pb2.PrepareDatasetRequest:
+    return spec.prepare.model_copy(update={"dataset_id": dataset_id}).to_request()
+
+
+def train_spec(spec: PipelineSpec, prepared_version_id: str, attempt: int) -> TrainSpec:
+    """The training job of this pipeline run; the same hyperparameters on the same data are the same job."""
+    asked = spec.hyperparameters.model_dump(mode="json", exclude_unset=True)
+    return TrainSpec(
+        base_model=spec.base_model,
+        prepared_version_id=prepared_version_id,
+        hyperparameters=spec.hyperparameters,
+        idempotency_key=f"pipeline:{spec.name}:{prepared_version_id}:{sha256_json(asked)[:16]}:{attempt}",
+        display_name=spec.name,
+    )
+
+
+def eval_request(
+    spec: PipelineSpec, baseline: str, candidate: str, prepared_version_id: str, attempt: int
+) -> eval_pb2.CreateRunRequest:
+    """The file's eval section on the prepared version's split, baseline against candidate. Unless the
+    section says otherwise, it uses the prepare seed and the refusal text the model was taught."""
+    asked = spec.eval
+    supplied: dict[str, Any] = {
+        "models": [baseline, candidate],
+        "data": asked.data.model_copy(update={"prepared_version_id": prepared_version_id}),
+        "idempotency_key": f"pipeline:{spec.name}:{baseline}:{candidate}:{attempt}",
+    }
+    if "seed" not in asked.model_fields_set:
+        supplied["seed"] = spec.prepare.seed
+    if "refusal_text" not in asked.model_fields_set and spec.prepare.refusals.refusal_text:
+        supplied["refusal_text"] = spec.prepare.refusals.refusal_text
+    return asked.model_copy(update=supplied).to_request()
 
 
 class PipelineRunner:
@@ -141,28 +174,7 @@ class PipelineRunner:
                 f"[green]✓[/green] prepared version {self.state.prepared_version_id} (already prepared)"
             )
             return
-        spec = self.spec.prepare
-        train, validation, test = spec.split
-        request = data_pb2.PrepareDatasetRequest(
-            dataset_id=self.state.dataset_id,
-            base_model=self.spec.base_model,
-            template=TEMPLATES[spec.template],
-            system_prompt=spec.system_prompt,
-            max_seq_len=spec.max_seq_len,
-            truncation=TRUNCATIONS[spec.truncation],
-            split=data_pb2.SplitFractions(train=train, validation=validation, test=test),
-            seed=spec.seed,
-            pii=data_pb2.PiiOptions(redact=spec.redact_pii, strict=spec.strict_pii, allow=spec.pii_allow),
-        )
-        if spec.refusals:
-            request.refusals.CopyFrom(
-                data_pb2.RefusalOptions(
-                    domain=spec.refusals.domain,
-                    fraction=spec.refusals.fraction,
-                    refusal_text=spec.refusals.text,
-                )
-            )
-        job = self.data.PrepareDataset(request)
+        job = self.data.PrepareDataset(prepare_request(self.spec, self.state.dataset_id))
         self._follow(self.data.WatchPrepareJob, job.status.id, "prepare")
         job = self.data.GetPrepareJob(data_pb2.GetPrepareJobRequest(id=job.status.id))
         self._require_success(job.status, "prepare")
@@ -173,28 +185,12 @@ class PipelineRunner:
         if self.state.merged_model_id:
             console.print(f"[green]✓[/green] merged model {self.state.merged_model_id} (already trained)")
             return
-        try:
-            hyperparameters = ParseDict(self.spec.hyperparameters, trainer_pb2.Hyperparameters())
-        except ParseError as exc:
-            raise PipelineFailed(f"hyperparameters: {exc}") from exc
         if self.state.train_job_id:
             previous = self.trainer.GetJob(trainer_pb2.GetJobRequest(id=self.state.train_job_id))
             if previous.status.state in (common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED):
                 self.state.train_attempt += 1  # a fresh key: the failed job stays as it was
-        key = (
-            f"pipeline:{self.spec.name}:{self.state.prepared_version_id}:"
-            + sha256_json(self.spec.hyperparameters)[:16]
-            + f":{self.state.train_attempt}"
-        )
-        job = self.trainer.CreateJob(
-            trainer_pb2.CreateJobRequest(
-                base_model=self.spec.base_model,
-                prepared_version_id=self.state.prepared_version_id,
-                hyperparameters=hyperparameters,
-                idempotency_key=key,
-                display_name=self.spec.name,
-            )
-        )
+        request = train_spec(self.spec, self.state.prepared_version_id, self.state.train_attempt).to_request()
+        job = self.trainer.CreateJob(request)
         self.state.train_job_id = job.status.id
         self._save()
         self._follow(self.trainer.WatchJob, job.status.id, "train")
@@ -207,7 +203,6 @@ class PipelineRunner:
         if self.state.verdict:
             console.print(f"[green]✓[/green] evaluation {self.state.eval_run_id}: {self.state.verdict}")
             return
-        spec = self.spec.eval
         if self.state.eval_run_id:
             previous = self.eval.GetRun(eval_pb2.GetRunRequest(id=self.state.eval_run_id))
             if previous.status.state in (common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED):
@@ -215,22 +210,13 @@ class PipelineRunner:
         # The registry promotes only on a comparison with the model the alias serves now (for a new alias:
         # with the base model the candidate was trained from).
         baseline = self._current_model(self.spec.promote_alias) or self.spec.base_model
-        request = eval_pb2.CreateRunRequest(
-            models=[baseline, self.state.merged_model_id],
-            data=eval_pb2.EvalData(prepared_version_id=self.state.prepared_version_id, split=spec.split),
-            max_examples=spec.max_examples,
-            generation=inference_pb2.SamplingParams(max_tokens=spec.max_tokens, temperature=0.0),
-            seed=self.spec.prepare.seed,
-            benchmarks=[ParseDict(b, eval_pb2.BenchmarkSpec()) for b in spec.benchmarks],
-            promotion_rule=ParseDict(spec.promotion_rule, eval_pb2.PromotionRule()),
-            off_topic_probes=spec.off_topic_probes,
-            in_domain_probes=spec.in_domain_probes,
-            idempotency_key=(
-                f"pipeline:{self.spec.name}:{baseline}:{self.state.merged_model_id}:{self.state.eval_attempt}"
-            ),
+        request = eval_request(
+            self.spec,
+            baseline,
+            self.state.merged_model_id,
+            self.state.prepared_version_id,
+            self.state.eval_attempt,
         )
-        if self.spec.prepare.refusals and self.spec.prepare.refusals.text:
-            request.refusal_text = self.spec.prepare.refusals.text
         run = self.eval.CreateRun(request)
         self.state.eval_run_id = run.status.id
         self._save()
@@ -251,7 +237,7 @@ class PipelineRunner:
             alias=self.spec.promote_alias,
             eval_run_id=self.state.eval_run_id,
             data=eval_pb2.EvalData(
-                prepared_version_id=self.state.prepared_version_id, split=self.spec.eval.split
+                prepared_version_id=self.state.prepared_version_id, split=self.spec.eval.data.split
             ),
             actor=f"pipeline {self.spec.name}",
         )

@@ -1,10 +1,27 @@
-"""The declarative pipeline file: dataset, base model, preparation, hyperparameters, evaluation, promotion."""
+"""The declarative pipeline file: dataset, base model, preparation, hyperparameters, evaluation, promotion.
+
+Its `prepare`, `hyperparameters` and `eval` sections are the job specs themselves (ftcommon/specs), spelled
+as `ftctl data prepare`, `ftctl train create --config` and `ftctl eval run` spell them, with the same
+defaults; only what the pipeline supplies (the dataset it uploaded, the base model, the models it compares)
+is left out of them.
+"""
 
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ftcommon.specs.evaluate import EvalSpec
+from ftcommon.specs.prepare import PrepareSpec
+from ftcommon.specs.train import Hyperparameters
+
+# What the pipeline fills in itself: a section that sets one of these is refused, naming it.
+SUPPLIED_BY_THE_PIPELINE = {
+    "prepare": ("dataset_id", "base_model"),
+    "eval": ("models", "idempotency_key"),
+    "eval.data": ("prepared_version_id", "dataset_id"),
+}
 
 
 class Strict(BaseModel):
@@ -23,45 +40,32 @@ class DatasetSpec(Strict):
     pii_allow: list[str] = []
 
 
-class RefusalSpec(Strict):
-    domain: str
-    fraction: float = Field(0.15, ge=0, le=1)
-    text: str = ""
-
-
-class PrepareSpec(Strict):
-    template: Literal["chat", "alpaca", "question_answer"] = "chat"
-    system_prompt: str = ""
-    max_seq_len: int = Field(512, gt=0)
-    truncation: Literal["drop", "truncate"] = "drop"
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    seed: int = 0
-    refusals: RefusalSpec | None = None
-    redact_pii: bool = False
-    strict_pii: bool = False  # refuse to prepare while unredacted PII remains
-    pii_allow: list[str] = []
-
-
-class EvalSpec(Strict):
-    split: str = "test"
-    max_examples: int = Field(0, ge=0)
-    max_tokens: int = Field(96, gt=0)
-    benchmarks: list[dict[str, Any]] = []
-    promotion_rule: dict[str, Any] = {}
-    # Each: the questions themselves, or a text file of them, one a line (relative to the pipeline file).
-    off_topic_probes: list[str] | Path = []  # empty: the evaluator's built-in set
-    in_domain_probes: list[str] | Path = []  # asked besides the split's own in-domain questions
-
-
 class PipelineSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     base_model: str
     dataset: DatasetSpec
-    prepare: PrepareSpec = PrepareSpec()
-    # Keys are finetune.v1.Hyperparameters fields; unknown ones are rejected by name.
-    hyperparameters: dict[str, Any] = {}
+    # `dataset_id` is the uploaded dataset's, filled in when the pipeline has uploaded it.
+    prepare: PrepareSpec
+    hyperparameters: Hyperparameters = Hyperparameters()
     eval: EvalSpec = EvalSpec()
     promote_alias: str = "prod"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pipeline_supplies(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        for section, keys in SUPPLIED_BY_THE_PIPELINE.items():
+            values: Any = raw
+            for part in section.split("."):
+                values = values.get(part) if isinstance(values, dict) else None
+            for key in keys:
+                if isinstance(values, dict) and key in values:
+                    raise ValueError(f"{section}.{key}: set by the pipeline, not by the file")
+        prepare = raw.get("prepare") or {}
+        if not isinstance(prepare, dict):
+            return raw
+        return {**raw, "prepare": {**prepare, "dataset_id": "", "base_model": raw.get("base_model", "")}}
 
 
 class PipelineSpecError(ValueError):
@@ -76,6 +80,16 @@ def load_spec(path: Path) -> PipelineSpec:
         raise PipelineSpecError(f"{path}: {exc}") from exc
     if not isinstance(raw, dict):
         raise PipelineSpecError(f"{path}: expected a mapping at the top level")
+    evaluation = raw.get("eval")
+    if isinstance(evaluation, dict):
+        raw["eval"] = {
+            **evaluation,
+            **{
+                name: _probes(path, f"eval.{name}", evaluation[name])
+                for name in ("off_topic_probes", "in_domain_probes")
+                if name in evaluation
+            },
+        }
     try:
         spec = PipelineSpec.model_validate(raw)
     except ValidationError as exc:
@@ -83,15 +97,14 @@ def load_spec(path: Path) -> PipelineSpec:
         raise PipelineSpecError(f"{path}: {problems}") from exc
     if not spec.dataset.path.is_absolute():
         spec.dataset.path = (path.parent / spec.dataset.path).resolve()
-    spec.eval.off_topic_probes = _probes(path, "eval.off_topic_probes", spec.eval.off_topic_probes)
-    spec.eval.in_domain_probes = _probes(path, "eval.in_domain_probes", spec.eval.in_domain_probes)
     return spec
 
 
-def _probes(spec_path: Path, field: str, value: list[str] | Path) -> list[str]:
-    if isinstance(value, list):
+def _probes(spec_path: Path, field: str, value: Any) -> Any:
+    """Probes given as a text file (one question a line, relative to the pipeline file) become the list."""
+    if not isinstance(value, str):
         return value
-    probes_path = value if value.is_absolute() else spec_path.parent / value
+    probes_path = Path(value) if Path(value).is_absolute() else spec_path.parent / value
     try:
         lines = probes_path.read_text().splitlines()
     except OSError as exc:

@@ -5,10 +5,11 @@ from typing import Any
 
 import typer
 import yaml
-from google.protobuf.json_format import ParseDict, ParseError
 from rich.markup import escape
 
 from finetune.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from ftcommon.specs.proto_bridge import validate_spec
+from ftcommon.specs.train import HYPERPARAMETERS_FIELD, Hyperparameters, TrainSpec
 from ftctl.common import (
     JSON_OPTION,
     STATE_NAMES,
@@ -18,17 +19,12 @@ from ftctl.common import (
     print_json,
     print_table,
     rpc_errors,
+    spec_errors,
     stub,
 )
 
 app = typer.Typer(no_args_is_help=True)
 
-# Short names accepted in job files and flags for the proto enums.
-ENUM_PREFIXES = {
-    "method": "TRAINING_METHOD_",
-    "schedule": "LR_SCHEDULE_",
-    "strategy": "DISTRIBUTED_STRATEGY_",
-}
 STATES = {name: value for value, name in STATE_NAMES.items() if name != "unspecified"}
 
 
@@ -36,18 +32,48 @@ def trainer() -> trainer_pb2_grpc.TrainerServiceStub:
     return stub(trainer_pb2_grpc.TrainerServiceStub, addresses().trainer_address)
 
 
-def hyperparameters_from(values: dict[str, Any]) -> trainer_pb2.Hyperparameters:
-    """A job file's `hyperparameters` mapping (proto field names; enums by short name) as a message."""
-    values = dict(values)
-    for name, prefix in ENUM_PREFIXES.items():
-        if isinstance(values.get(name), str) and not values[name].startswith(prefix):
-            values[name] = prefix + values[name].upper()
-    if isinstance(values.get("target_modules"), str):
-        values["target_modules"] = [values["target_modules"]]
-    try:
-        return ParseDict(values, trainer_pb2.Hyperparameters())
-    except ParseError as err:
-        raise typer.BadParameter(str(err), param_hint="--config") from None
+def _flag(name: str) -> Any:
+    """A hyperparameter's flag: unset unless given, with the spec's help text and default."""
+    field = Hyperparameters.model_fields[name]
+    default = "" if field.default is None else f" Default: {field.default}."
+    return typer.Option(None, help=f"{field.description}{default}")
+
+
+def job_file_values(config: Path) -> dict[str, Any]:
+    """A job file's hyperparameters: a `hyperparameters:` mapping, or the file's top-level mapping."""
+    document = yaml.safe_load(config.read_text()) or {}
+    if not isinstance(document, dict):
+        raise typer.BadParameter("expected a mapping of hyperparameters", param_hint="--config")
+    return document.get(HYPERPARAMETERS_FIELD, document)
+
+
+def train_spec(
+    dataset: str,
+    base_model: str,
+    config: Path | None,
+    flags: dict[str, Any],
+    display_name: str = "",
+    idempotency_key: str = "",
+) -> TrainSpec:
+    """What `train create` asks for: the job file's values, then the flags given (None: not given) over them.
+    Only what the file or a flag names counts as set; the rest is left to the trainer's defaults."""
+    values = job_file_values(config) if config is not None else {}
+    given = {name: value for name, value in flags.items() if value is not None}
+    with spec_errors("--config" if config is not None else "flags"):
+        hyperparameters = validate_spec(
+            Hyperparameters, {**values, **given}, field_prefix=HYPERPARAMETERS_FIELD
+        )
+    with spec_errors("--dataset/--base-model"):
+        return validate_spec(
+            TrainSpec,
+            {
+                "base_model": base_model,
+                "prepared_version_id": dataset,
+                "hyperparameters": hyperparameters,
+                "idempotency_key": idempotency_key,
+                "display_name": display_name,
+            },
+        )
 
 
 def job_row(job: trainer_pb2.TrainingJob) -> list[Any]:
@@ -67,25 +93,21 @@ def create(
     dataset: str = typer.Option(..., "--dataset", help="The prepared dataset version id."),
     base_model: str = typer.Option("smollm2-135m-instruct", "--base-model", help="Model name, id or alias."),
     config: Path | None = typer.Option(None, "--config", help="A YAML job file: `hyperparameters:` mapping."),
-    method: str | None = typer.Option(None, help="lora | full | qlora"),
-    lora_rank: int | None = typer.Option(None),
-    learning_rate: float | None = typer.Option(None),
-    epochs: float | None = typer.Option(None),
-    max_steps: int | None = typer.Option(None),
-    batch_size: int | None = typer.Option(None),
-    gradient_accumulation_steps: int | None = typer.Option(None),
-    num_processes: int | None = typer.Option(None),
-    seed: int | None = typer.Option(None),
+    method: str | None = _flag("method"),
+    lora_rank: int | None = _flag("lora_rank"),
+    learning_rate: float | None = _flag("learning_rate"),
+    epochs: float | None = _flag("epochs"),
+    max_steps: int | None = _flag("max_steps"),
+    batch_size: int | None = _flag("batch_size"),
+    gradient_accumulation_steps: int | None = _flag("gradient_accumulation_steps"),
+    num_processes: int | None = _flag("num_processes"),
+    seed: int | None = _flag("seed"),
     name: str = typer.Option("", "--name", help="A display name for the job."),
     idempotency_key: str = typer.Option("", help="Retrying with the same key returns the same job."),
     watch_progress: bool = typer.Option(False, "--watch", help="Follow the job until it ends."),
     show_json: bool = JSON_OPTION,
 ) -> None:
     """Queue a fine-tuning job; flags override the job file, unset values take the platform defaults."""
-    values: dict[str, Any] = {}
-    if config is not None:
-        document = yaml.safe_load(config.read_text()) or {}
-        values.update(document.get("hyperparameters", document))
     flags = {
         "method": method,
         "lora_rank": lora_rank,
@@ -97,14 +119,7 @@ def create(
         "num_processes": num_processes,
         "seed": seed,
     }
-    values.update({k: v for k, v in flags.items() if v is not None})
-    request = trainer_pb2.CreateJobRequest(
-        base_model=base_model,
-        prepared_version_id=dataset,
-        hyperparameters=hyperparameters_from(values),
-        idempotency_key=idempotency_key,
-        display_name=name,
-    )
+    request = train_spec(dataset, base_model, config, flags, name, idempotency_key).to_request()
     with rpc_errors():
         job = trainer().CreateJob(request)
     if show_json:

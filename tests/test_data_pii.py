@@ -141,7 +141,7 @@ def test_a_pipeline_file_takes_the_same_options(data_stub, data_server, data_roo
     (tmp_path / "pipeline.yaml").write_text(
         "name: pii\nbase_model: smollm2-135m-instruct\n"
         "dataset: {path: people.csv, name: people, encoding: cp1252}\n"
-        "prepare: {max_seq_len: 128, redact_pii: true, strict_pii: true, pii_allow: [company.internal]}\n"
+        "prepare: {max_seq_len: 128, pii: {redact: true, strict: true, allow: [company.internal]}}\n"
     )
     runner = PipelineRunner(
         load_spec(tmp_path / "pipeline.yaml"),

@@ -1,7 +1,13 @@
 """One typed spec per job kind (ftcommon/specs): every proto field has its spec field and back, spec -> proto
--> spec is the identity, "unset" stays apart from 0, and errors name the field."""
+-> spec is the identity, "unset" stays apart from 0, and errors name the field; a pipeline file, a job file
+and CLI flags asking for the same thing build the same request (through the functions the commands use)."""
+
+import re
+from pathlib import Path
 
 import pytest
+import typer
+import yaml
 from google.protobuf.message import Message
 from pydantic import BaseModel
 
@@ -11,6 +17,12 @@ from ftcommon.specs.evaluate import EvalSpec
 from ftcommon.specs.prepare import DEFAULT_REFUSAL_FRACTION, PrepareSpec
 from ftcommon.specs.proto_bridge import spec_fields_mismatch
 from ftcommon.specs.train import Hyperparameters, TrainSpec
+from ftctl.data import prepare_spec
+from ftctl.evaluation import eval_spec
+from ftctl.pipeline import eval_request, prepare_request
+from ftctl.pipeline import train_spec as pipeline_train_spec
+from ftctl.pipeline_spec import PipelineSpecError, load_spec
+from ftctl.train import train_spec
 
 SPECS: list[tuple[type[BaseModel], type[Message]]] = [
     (TrainSpec, trainer_pb2.CreateJobRequest),
@@ -137,3 +149,116 @@ def test_prepare_defaults_live_in_the_spec() -> None:
             data_pb2.PrepareDatasetRequest(dataset_id="ds", base_model="m", max_seq_len=0)
         )
     assert err.value.field == "max_seq_len"
+
+
+# Every entry point builds its request through the spec: the same asked-for values give the same request.
+
+HYPERPARAMETERS = {"method": "lora", "lora_rank": 8, "learning_rate": 0.0005, "epochs": 2, "batch_size": 4}
+PREPARE = {
+    "max_seq_len": 256,
+    "split": [0.75, 0.05, 0.2],
+    "seed": 3,
+    "refusals": {"domain": "the platform"},
+    "pii": {"redact": True, "allow": ["company.internal"]},
+}
+
+
+def pipeline_file(folder: Path, **sections: object) -> Path:
+    path = folder / "pipeline.yaml"
+    document = {
+        "name": "same-request",
+        "base_model": "smollm2-135m-instruct",
+        "dataset": {"path": "data.jsonl", "name": "d"},
+        **sections,
+    }
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
+def test_a_pipeline_file_a_config_file_and_flags_ask_for_the_same_training_job(tmp_path: Path) -> None:
+    pipeline = load_spec(pipeline_file(tmp_path, hyperparameters=HYPERPARAMETERS))
+    from_pipeline = pipeline_train_spec(pipeline, "pv-1", attempt=0).to_request()
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump({"hyperparameters": HYPERPARAMETERS}))
+    common = ("pv-1", "smollm2-135m-instruct")
+    names = (pipeline.name, from_pipeline.idempotency_key)
+    from_config = train_spec(*common, config, {}, *names).to_request()
+    from_flags = train_spec(*common, None, HYPERPARAMETERS, *names).to_request()
+    assert from_pipeline == from_config == from_flags
+    assert from_flags.hyperparameters.method == trainer_pb2.TRAINING_METHOD_LORA
+    assert not from_flags.hyperparameters.HasField("warmup_steps")  # not asked for: the trainer decides
+
+
+def test_flags_override_the_config_file_and_only_given_flags_count(tmp_path: Path) -> None:
+    config = tmp_path / "job.yaml"
+    config.write_text(yaml.safe_dump(HYPERPARAMETERS))  # a bare mapping works too
+    flags = {"lora_rank": 4, "max_steps": None, "seed": 0}
+    request = train_spec("pv-1", "m", config, flags).to_request()
+    assert request.hyperparameters.lora_rank == 4 and request.hyperparameters.HasField("seed")
+    assert not request.hyperparameters.HasField("max_steps")
+    with pytest.raises(typer.BadParameter, match="hyperparameters.epochs"):
+        train_spec("pv-1", "m", config, {"epochs": 0})
+
+
+def test_a_pipeline_file_and_prepare_flags_ask_for_the_same_prepare(tmp_path: Path) -> None:
+    pipeline = load_spec(pipeline_file(tmp_path, prepare=PREPARE))
+    from_pipeline = prepare_request(pipeline, "ds-1")
+    flags = {
+        "max_seq_len": 256,
+        "split": "0.75,0.05,0.2",
+        "seed": 3,
+        "refusal_domain": "the platform",
+        "redact_pii": True,
+        "pii_allow": ["company.internal"],
+        "template": None,
+    }
+    from_flags = prepare_spec("ds-1", "smollm2-135m-instruct", flags).to_request()
+    assert from_pipeline == from_flags
+    assert from_flags.refusals.fraction == DEFAULT_REFUSAL_FRACTION
+
+
+def test_a_pipeline_file_and_eval_flags_ask_for_the_same_run(tmp_path: Path) -> None:
+    section = {
+        "data": {"split": "test"},
+        "generation": {"max_tokens": 64},
+        "promotion_rule": {"min_delta": 0.0},
+    }
+    pipeline = load_spec(pipeline_file(tmp_path, eval=section))
+    from_pipeline = eval_request(pipeline, "base", "tuned", "pv-1", attempt=0)
+    from_flags = eval_spec(
+        "base,tuned",
+        {"prepared_version_id": "pv-1", "split": "test"},
+        [],
+        0,
+        "",
+        {"min_delta": 0.0, "min_refusal_rate": None},
+        {"off_topic_probes": None},
+        max_tokens=64,
+    ).to_request()
+    from_flags.idempotency_key = from_pipeline.idempotency_key  # the pipeline's own, for its re-runs
+    assert from_pipeline == from_flags
+    assert from_flags.promotion_rule.HasField("min_delta")
+    assert not from_flags.promotion_rule.HasField("min_refusal_rate")
+
+
+@pytest.mark.parametrize(
+    ("sections", "named"),
+    [
+        ({"hyperparameters": {"lora_rnak": 8}}, "hyperparameters.lora_rnak"),
+        ({"prepare": {"max_seq": 128}}, "prepare.max_seq"),
+        ({"eval": {"max_tokens": 8}}, "eval.max_tokens"),
+        ({"eval": {"models": ["a"]}}, "eval.models: set by the pipeline"),
+    ],
+)
+def test_an_unknown_key_in_a_pipeline_file_is_refused_by_name(
+    tmp_path: Path, sections: dict[str, object], named: str
+) -> None:
+    with pytest.raises(PipelineSpecError, match=re.escape(named)):
+        load_spec(pipeline_file(tmp_path, **sections))
+
+
+def test_an_unknown_key_in_a_job_file_is_refused_by_name(tmp_path: Path) -> None:
+    config = tmp_path / "job.yaml"
+    config.write_text("hyperparameters:\n  method: lora\n  lora_rnak: 8\n")
+    with pytest.raises(typer.BadParameter, match="hyperparameters.lora_rnak: Extra inputs are not permitted"):
+        train_spec("pv-1", "m", config, {})
