@@ -27,6 +27,43 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset()
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return "unknown"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            return value.strip()
+    return "unknown"
+
+
+# The flags that decide how fast torch's CPU kernels run, for benchmark results.
+PERFORMANCE_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+)
+
+
+def cpu_report() -> dict[str, object]:
+    """What a benchmark result must say about the processor it ran on."""
+    flags = cpu_flags()
+    return {
+        "model": cpu_model(),
+        "flags": [flag for flag in PERFORMANCE_FLAGS if flag in flags],
+        "native_bf16": cpu_has_native_bf16(),
+        "usable_cpus": usable_cpu_count(),
+        "host_cpus": os.cpu_count(),
+    }
+
+
 def cpu_has_native_bf16() -> bool:
     return bool(cpu_flags() & NATIVE_BF16_FLAGS)
 
@@ -50,3 +87,29 @@ def usable_cpu_count() -> int:
     if quota is not None:
         count = min(count, max(1, int(quota)))
     return max(1, count)
+
+
+def thread_count(configured: int) -> int:
+    """Threads for one compute process: the configured count, or (0) every CPU this process may use."""
+    return configured or usable_cpu_count()
+
+
+def sharing_thread_environment(threads: int) -> dict[str, str]:
+    """Environment for a compute child process that may share its CPUs with other jobs. OpenMP reads it once,
+    when the library loads, so it must be in place before the child imports torch.
+
+    PASSIVE: a thread that waits at a barrier sleeps instead of spinning. Spinning threads of two trainings
+    on the same cores burn each other's time slices (measured with benchmarks/train_sharing.py)."""
+    return {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def configure_torch_threads(threads: int) -> None:
+    """Intra-op threads as given; one inter-op thread, since training and serving issue no parallel torch
+    ops of their own (jit forks) and every extra pool is one more thread to schedule."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or inter-op work has started in this process: keep what it has
+        pass

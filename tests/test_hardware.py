@@ -1,9 +1,23 @@
 """Run-time hardware facts: bf16 support from the CPU's flags, usable CPUs from affinity and cgroup quota."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
-from ftcommon.hardware import NATIVE_BF16_FLAGS, cgroup_cpu_quota, cpu_flags, usable_cpu_count
+from ftcommon.hardware import (
+    NATIVE_BF16_FLAGS,
+    cgroup_cpu_quota,
+    cpu_flags,
+    cpu_model,
+    cpu_report,
+    thread_count,
+    usable_cpu_count,
+)
+from services.trainer.config import TrainerSettings
+from services.trainer.worker import TrainingSupervisor
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 ZEN3_FLAGS = "fpu vme sse sse2 avx avx2 fma bmi2"
 SAPPHIRE_RAPIDS_FLAGS = ZEN3_FLAGS + " avx512f avx512bw avx512_bf16 amx_bf16 amx_tile"
@@ -23,6 +37,14 @@ def test_native_bf16_only_with_its_flags(tmp_path):
 
 def test_unreadable_cpuinfo_means_no_flags(tmp_path):
     assert cpu_flags(tmp_path / "absent") == frozenset()
+    assert cpu_model(tmp_path / "absent") == "unknown"
+
+
+def test_cpu_report_names_the_model_and_the_flags_that_matter(tmp_path):
+    assert cpu_model(cpuinfo(tmp_path, SAPPHIRE_RAPIDS_FLAGS)) == "test"
+    report = cpu_report()
+    assert set(report) == {"model", "flags", "native_bf16", "usable_cpus", "host_cpus"}
+    assert report["native_bf16"] == bool(set(report["flags"]) & NATIVE_BF16_FLAGS)
 
 
 def test_cgroup_quota(tmp_path):
@@ -36,3 +58,29 @@ def test_cgroup_quota(tmp_path):
 
 def test_usable_cpus_never_exceed_the_affinity_mask():
     assert 1 <= usable_cpu_count() <= len(os.sched_getaffinity(0))
+
+
+def test_thread_count_is_the_setting_or_every_usable_cpu():
+    assert thread_count(0) == usable_cpu_count()
+    assert thread_count(3) == 3
+
+
+def test_training_processes_get_threads_that_sleep_when_they_wait(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    env = TrainingSupervisor(TrainerSettings(data_dir=tmp_path, torch_threads=1))._child_env()
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["OMP_NUM_THREADS"] == "1"
+    # An operator's own OpenMP settings win.
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert TrainingSupervisor(TrainerSettings(data_dir=tmp_path))._child_env()["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_torch_threads_as_configured_with_one_inter_op_thread():
+    code = (
+        "from ftcommon.hardware import configure_torch_threads; import torch; configure_torch_threads(1); "
+        "print(torch.get_num_threads(), torch.get_num_interop_threads())"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT
+    ).stdout
+    assert output.split() == ["1", "1"]

@@ -69,8 +69,8 @@ class InferenceSettings(ServiceSettings):
     engine_restart_attempts: int = Field(3, ge=1)
     engine_restart_backoff_seconds: float = Field(2.0, ge=0)
 
-    # transformers engine
-    torch_threads: int = Field(0, ge=0)  # 0: torch's default
+    # Compute threads of either engine; 0: every CPU this process may use (affinity and cgroup quota).
+    torch_threads: int = Field(0, ge=0)
     # vLLM engine
     vllm_kv_cache_gib: int = Field(2, ge=1)
     # Where vLLM and torch compile caches go (they otherwise land in the home and system temp folders).

@@ -33,7 +33,7 @@ class TrainerSettings(ServiceSettings):
     jobs: TrainJobSettings = TrainJobSettings()
     # Seconds a cancelled job process gets to exit on SIGTERM before SIGKILL.
     cancel_grace_seconds: float = 10.0
-    # Threads per training process; 0 leaves torch's default (all cores).
+    # Threads per training process; 0: every CPU the worker may use (affinity and cgroup quota).
     torch_threads: int = 0
 
     @model_validator(mode="before")

@@ -15,11 +15,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-import torch
-
 from ftcommon.artifacts import ArtifactStore
 from ftcommon.db import Database
-from ftcommon.hardware import usable_cpu_count
+from ftcommon.hardware import configure_torch_threads, thread_count
 from ftcommon.jobs import EventKind, JobState, JobStore
 from ftcommon.logs import configure_logging
 from ftcommon.prepared_layout import PreparedFolder
@@ -220,7 +218,7 @@ def main() -> None:
     settings = TrainerSettings()
     configure_logging("trainer", settings.log_level)
     # The CPUs this process may use (affinity, cgroup quota), not the host's: oversubscribed threads spin.
-    torch.set_num_threads(settings.torch_threads or usable_cpu_count())
+    configure_torch_threads(thread_count(settings.torch_threads))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.exit(run(settings, job_id, worker_id))
 

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from ftcommon.db import Database
+from ftcommon.hardware import sharing_thread_environment, thread_count
 from ftcommon.job_runtime import Finished, JobContext, JobFailed, JobRuntime, JobStopped
 from ftcommon.jobs import Job
 from ftcommon.logs import configure_logging
@@ -119,6 +120,10 @@ class TrainingSupervisor:
                 env[f"FT_TRAINER_{name.upper()}"] = str(value)
         env["FT_TRAINER_DATA_DIR"] = str(self.settings.data_dir.resolve())
         env.setdefault("HF_HUB_OFFLINE", "1")
+        # Threads sized to this host's usable CPUs that sleep when they wait: two jobs on one host then share
+        # it instead of spinning against each other. An operator's own OMP_* settings win.
+        for name, value in sharing_thread_environment(thread_count(self.settings.torch_threads)).items():
+            env.setdefault(name, value)
         return env
 
 

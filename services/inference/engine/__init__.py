@@ -4,7 +4,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from ftcommon.hardware import cpu_has_native_bf16
+from ftcommon.hardware import configure_torch_threads, cpu_has_native_bf16, thread_count
 from ftcommon.logs import log_fields
 from services.inference.config import InferenceSettings
 from services.inference.engine.base import EngineClient, EngineModel
@@ -45,12 +45,14 @@ async def load_engine(settings: InferenceSettings, model: EngineModel) -> Engine
         cache_dir = settings.cache_dir or Path(tempfile.gettempdir()) / "ft-inference-cache"
         with children_die_with_this_process(engine_run_dir(settings)):
             return await VllmEngine.load(
-                model, settings.max_batch_size, cache_dir, settings.vllm_kv_cache_gib, dtype
+                model,
+                settings.max_batch_size,
+                cache_dir,
+                settings.vllm_kv_cache_gib,
+                dtype,
+                thread_count(settings.torch_threads),
             )
     from services.inference.engine.transformers_engine import TransformersEngine
 
-    if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
+    configure_torch_threads(thread_count(settings.torch_threads))
     return await TransformersEngine.load(model, settings.max_batch_size, dtype)

@@ -29,11 +29,16 @@ def vllm_available() -> bool:
     return True
 
 
-def configure_environment(cache_dir: Path, kv_cache_gib: int) -> None:
+def configure_environment(cache_dir: Path, kv_cache_gib: int, threads: int) -> None:
     """vLLM reads these from the environment only, in this process and in its engine-core process; they must
     be set before the engine starts. Caches go to our folder instead of the home and system temp folders."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # else it keeps one of two cores to itself
+    allowed = sorted(os.sched_getaffinity(0))
+    if threads < len(allowed):
+        # vLLM binds one OpenMP thread to each CPU of its affinity mask; a cgroup quota or the torch_threads
+        # setting allows fewer, so name them (else its threads outnumber the CPUs it gets and spin).
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, allowed[:threads])))
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_dir / "vllm"))
@@ -52,9 +57,15 @@ class VllmEngine(EngineClient):
 
     @classmethod
     async def load(
-        cls, model: EngineModel, max_batch_size: int, cache_dir: Path, kv_cache_gib: int, dtype: str
+        cls,
+        model: EngineModel,
+        max_batch_size: int,
+        cache_dir: Path,
+        kv_cache_gib: int,
+        dtype: str,
+        threads: int,
     ) -> "VllmEngine":
-        configure_environment(cache_dir, kv_cache_gib)
+        configure_environment(cache_dir, kv_cache_gib, threads)
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
