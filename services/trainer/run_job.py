@@ -76,18 +76,18 @@ class JobReporter:
         record = record_checkpoint(self.db, self.job_id, step, artifact)
         shutil.rmtree(folder, ignore_errors=True)
         self.store.emit(self.job_id, EventKind.CHECKPOINT, message=record.id, metrics={"step": float(step)})
+
+    def should_stop(self) -> bool:
         """Between steps: stop when cancelled, no longer ours, or asked to pause."""
         return self.must_stop() or self.pause_requested()
 
     def must_stop(self) -> bool:
         """Cancelled or no longer this worker's; a pause asked once training is done is not honoured."""
-
-    def should_stop(self) -> bool:
         job = self.store.get(self.job_id)
+        return job.cancel_requested or job.state != JobState.RUNNING or job.worker_id != self.worker_id
+
     def pause_requested(self) -> bool:
         return self.store.pause_requested(self.job_id)
-
-        return job.cancel_requested or job.state != JobState.RUNNING or job.worker_id != self.worker_id
 
 
 def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
@@ -124,14 +124,14 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
             )
     try:
         state = recipe.train(reporter)
+        recipe.gather_for_export()
+    except StopRequested as stop:
         # A pause saves the exact state at this step; the worker then settles the job as paused.
         folder = recipe.checkpoint_to_pause(
             recipe.is_main and not reporter.must_stop() and reporter.pause_requested()
         )
         if folder is not None and recipe.is_main:
             reporter.on_checkpoint(recipe.state.step, folder)
-        recipe.gather_for_export()
-    except StopRequested as stop:
         logger.info("job stopped", extra={"fields": {"job_id": job_id, "reason": str(stop)}})
         return EXIT_STOPPED
     finally:
