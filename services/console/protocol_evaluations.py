@@ -3,7 +3,8 @@
 
 from pydantic import Field
 
-from finetune.v1 import eval_pb2, inference_pb2
+from finetune.v1 import eval_pb2
+from ftcommon.specs.evaluate import EvalSpec
 from services.console.forms import FormModel
 
 SPLITS = ("test", "validation", "train")
@@ -28,13 +29,13 @@ class EvalForm(FormModel):
         return [self.baseline.strip(), *([self.candidate.strip()] if self.candidate.strip() else [])]
 
     def request(self) -> eval_pb2.CreateRunRequest:
-        return eval_pb2.CreateRunRequest(
+        return EvalSpec(
             models=self.models,
-            data=eval_pb2.EvalData(prepared_version_id=self.prepared_version_id, split=self.split),
+            data={"prepared_version_id": self.prepared_version_id, "split": self.split},
             max_examples=self.max_examples,
-            generation=inference_pb2.SamplingParams(max_tokens=self.max_tokens),
+            generation={"max_tokens": self.max_tokens},
             off_topic_probes=_lines(self.off_topic_probes),
-        )
+        ).to_request()
 
     @classmethod
     def from_request(cls, request: eval_pb2.CreateRunRequest) -> "EvalForm":
