@@ -38,6 +38,15 @@ class DataSettings(ServiceSettings):
     jobs: PrepareJobSettings = PrepareJobSettings()
     # Near duplicates: Jaccard similarity of word 3-shingles at or above this (one changed word in a 20-word row gives 0.74).
     near_duplicate_threshold: float = Field(0.7, gt=0, le=1)
+    # GenerateDataset: documents to Q&A pairs. A document over this size is refused with its name.
+    max_document_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    # The generator model is reached through the inference service (its gRPC API), one reply at most this long.
+    inference_address: str = peer_address("inference")
+    generator_timeout_seconds: float = Field(120.0, gt=0)
+    # Generator calls in flight at once, so the gateway's engine batches them.
+    generator_concurrency: int = Field(4, ge=1)
+    # Generate jobs run in this process too (FT_DATA_GENERATE_JOBS__WORKERS, ...).
+    generate_jobs: JobRuntimeSettings = JobRuntimeSettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -11,6 +11,7 @@ from services.data import tables
 from services.data.base_models import BaseModels
 from services.data.catalog import Catalog
 from services.data.config import DataSettings
+from services.data.generate_jobs import GenerateJobs
 from services.data.prepare import PrepareRunner
 from services.data.servicer import DataServicer
 from services.data.worker import prepare_runtime
@@ -19,11 +20,18 @@ SERVICE_NAME = data_pb2.DESCRIPTOR.services_by_name["DataService"].full_name
 
 
 class DataServer:
-    """The running gRPC server plus the prepare workers it owns; stop() ends both."""
+    """The running gRPC server plus the prepare and generate workers it owns; stop() ends them all."""
 
-    def __init__(self, running: RunningServer, workers: JobRuntime, base_models: BaseModels) -> None:
+    def __init__(
+        self,
+        running: RunningServer,
+        workers: JobRuntime,
+        generate_workers: JobRuntime,
+        base_models: BaseModels,
+    ) -> None:
         self.running = running
         self.workers = workers
+        self.generate_workers = generate_workers
         self.base_models = base_models
 
     @property
@@ -36,8 +44,12 @@ class DataServer:
 
     def stop(self, grace: float | None = None) -> None:
         self.running.stop(grace)
-        self.workers.stop()
+        self.stop_workers()
         self.base_models.close()
+
+    def stop_workers(self) -> None:
+        self.workers.stop()
+        self.generate_workers.stop()
 
 
 def build_server(settings: DataSettings) -> DataServer:
@@ -52,19 +64,22 @@ def build_server(settings: DataSettings) -> DataServer:
     scratch = settings.data_dir / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
     workers = prepare_runtime(jobs, PrepareRunner(store, catalog, base_models, scratch), settings)
-    servicer = DataServicer(settings, store, catalog, jobs, base_models, workers)
+    generate_jobs = JobStore(db, tables.generate_jobs, tables.generate_job_events, id_prefix="gen")
+    generation = GenerateJobs(settings, store, catalog, generate_jobs, base_models)
+    servicer = DataServicer(settings, store, catalog, jobs, base_models, workers, generation)
     running = start_server(
         settings, [(data_pb2_grpc.add_DataServiceServicer_to_server, servicer, SERVICE_NAME)]
     )
     workers.start()
-    return DataServer(running, workers, base_models)
+    generation.runtime.start()
+    return DataServer(running, workers, generation.runtime, base_models)
 
 
 def main() -> None:
     settings = DataSettings()
     configure_logging("data", settings.log_level)
     server = build_server(settings)
-    serve_until_signalled(server.running, on_stop=server.workers.stop)
+    serve_until_signalled(server.running, on_stop=server.stop_workers)
 
 
 if __name__ == "__main__":

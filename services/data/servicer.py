@@ -19,6 +19,7 @@ from services.data.base_models import BaseModels
 from services.data.catalog import Catalog, DatasetRecord, VersionRecord
 from services.data.config import DataSettings
 from services.data.formats import FileFormat
+from services.data.generate_jobs import GenerateJobs
 from services.data.ingest import IngestOptions
 from services.data.pii import PiiAllowList, refuse_remaining_pii
 from services.data.prepare import (
@@ -108,6 +109,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         jobs: JobStore,
         base_models: BaseModels,
         workers: JobRuntime,
+        generation: GenerateJobs,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -115,6 +117,7 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         self.jobs = jobs
         self.base_models = base_models
         self.workers = workers
+        self.generation = generation
 
     # Datasets
 
@@ -296,3 +299,18 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         return data_pb2.ReadPreparedExamplesResponse(
             examples=examples, next_page_token=next_page_token(offset, limit, len(examples))
         )
+
+    # Generate jobs: documents to a question-answer dataset (generate_jobs.py)
+
+    def GenerateDataset(self, request: data_pb2.GenerateDatasetRequest, context):  # noqa: N802
+        return self.generation.message(self.generation.create(request))
+
+    def GetGenerateJob(self, request, context):  # noqa: N802
+        return self.generation.message(self.generation.jobs.get(request.id))
+
+    def WatchGenerateJob(self, request, context):  # noqa: N802
+        for event in self.generation.jobs.watch(request.id, request.after_index, context.is_active):
+            yield job_event(event)
+
+    def CancelGenerateJob(self, request, context):  # noqa: N802
+        return self.generation.message(self.generation.jobs.request_cancel(request.id))

@@ -9,6 +9,8 @@ from ftcommon.jobs import add_pause_requested, job_tables
 metadata = MetaData()
 
 prepare_jobs, prepare_job_events = job_tables(metadata, "prepare")
+# Documents to Q&A (GenerateDataset): jobs of their own, so each kind keeps its own payload and ids.
+generate_jobs, generate_job_events = job_tables(metadata, "generate")
 
 datasets = Table(
     "datasets",
@@ -70,4 +72,5 @@ MIGRATIONS = [
     Migration("0002_prepared_version_split_pii", _add_split_pii),
     Migration("0003_prepared_version_warnings", _add_warnings),
     Migration("0004_prepare_jobs_pause_requested", add_pause_requested("prepare_jobs")),
+    Migration("0006_generate_jobs", create_tables(metadata, "generate_jobs", "generate_job_events")),
 ]

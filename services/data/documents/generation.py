@@ -70,6 +70,7 @@ class GenerationResult:
                     "structural_pairs": structural_by_chunk[chunk.chunk_id],
                     "model_pairs": len(model.pairs) if model else 0,
                     "model_malformed": model.malformed if model else 0,
+                    "model_failed_calls": model.failed_calls if model else 0,
                     "kept": kept_by_chunk[chunk.chunk_id],
                     "rejected": dict(rejected_by_chunk[chunk.chunk_id]),
                 }

@@ -4,8 +4,9 @@ The inference contract has no constrained decoding (no JSON schema or grammar on
 engine behind the gateway is asked for it), so this asks for one JSON object per question style, parses
 the first {...} in the reply, and retries with sampling when the reply is not a usable object. A small
 model (the 135M default) often fails every attempt: that chunk then reports zero model pairs and the
-malformed replies, never an error, and the structural pairs still stand. A generator the gateway does not
-know fails the whole job with one clear line (GeneratorMissing), before any pair is kept.
+malformed replies, never an error, and the structural pairs still stand. A call that times out or is
+turned away for load is counted for its chunk and the run goes on; a generator the gateway does not know
+fails the whole job with one clear line (GeneratorMissing), and so does a gateway that cannot be reached.
 
 Generate calls go out `concurrency` at a time, so the gateway's engine batches them.
 """
@@ -33,6 +34,8 @@ SYSTEM_PROMPT = (
     '{"question": "...", "answer": "..."}'
 )
 MAX_CHUNK_CHARS_IN_PROMPT = 2400
+# One slow or shed call costs its chunk a pair, not the whole run.
+_SKIPPED_CALL_CODES = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 class GeneratorMissing(Exception):
@@ -55,6 +58,7 @@ class ChunkYield:
     pairs: list[Pair] = field(default_factory=list)
     calls: int = 0
     malformed: int = 0  # replies that held no usable {"question", "answer"} object
+    failed_calls: int = 0  # calls that timed out or were shed by the gateway
     styles_without_pair: list[str] = field(default_factory=list)
 
 
@@ -96,7 +100,11 @@ class ModelGenerator:
             found = None
             for attempt in range(self.settings.attempts):
                 result.calls += 1
-                found = parse_pair(self._generate(chunk, style, attempt))
+                reply = self._generate(chunk, style, attempt)
+                if reply is None:
+                    result.failed_calls += 1
+                    continue
+                found = parse_pair(reply)
                 if found:
                     break
                 result.malformed += 1
@@ -109,7 +117,8 @@ class ModelGenerator:
             )
         return result
 
-    def _generate(self, chunk: Chunk, style: str, attempt: int) -> str:
+    def _generate(self, chunk: Chunk, style: str, attempt: int) -> str | None:
+        """The reply's text; None when the call timed out or was shed."""
         where = " > ".join(chunk.heading_path) or chunk.document
         user = (
             f'Text from {chunk.document} ({where}):\n"""\n{chunk.text[:MAX_CHUNK_CHARS_IN_PROMPT]}\n"""\n\n'
@@ -130,6 +139,8 @@ class ModelGenerator:
         try:
             return self.stub.Generate(request, timeout=self.settings.timeout_seconds).text
         except grpc.RpcError as err:
+            if err.code() in _SKIPPED_CALL_CODES:
+                return None
             if err.code() == grpc.StatusCode.NOT_FOUND:
                 raise GeneratorMissing(
                     f"the inference service does not serve the generator '{self.settings.model}': {err.details()}"
