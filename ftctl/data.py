@@ -29,8 +29,10 @@ from ftctl.common import (
     spec_errors,
     stub,
 )
+from ftctl.data_generate import generate
 
 app = typer.Typer(no_args_is_help=True)
+app.command("generate")(generate)
 
 CHUNK_BYTES = 1024 * 1024
 # Trailing metadata of a failed schema detection: the field mapping that would work, as JSON.

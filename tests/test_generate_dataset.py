@@ -223,3 +223,23 @@ def test_generation_with_the_default_model_yields_a_dataset_prepare_accepts(gene
     assert chunk.structural_pairs == 3 and report.pairs_kept >= 3  # the structural floor stands
     version = prepare(stub, dataset_id=job.dataset_id, max_seq_len=256)
     assert version.prepared_version_id
+
+
+def test_cli_generates_from_a_folder_and_prints_the_report(data_server, monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from ftctl.data import app
+
+    monkeypatch.setenv("FT_DATA_ADDRESS", data_server.address)
+    (tmp_path / "runbook.md").write_text(RUNBOOK_MD)
+    (tmp_path / "nested").mkdir()
+    (tmp_path / "nested" / "guide.docx").write_bytes(GUIDE_DOCX)
+    (tmp_path / "nested" / "notes.xlsx").write_bytes(b"PK")  # not a document: a folder skips it
+    result = CliRunner().invoke(app, ["generate", str(tmp_path), "--name", "cli-docs", "--phrasings", "2"])
+    assert result.exit_code == 0, result.output
+    assert "runbook.md" in result.stdout and "guide.docx" in result.stdout
+    assert "pairs kept" in result.stdout and "sample of kept pairs" in result.stdout
+    assert "next: ftctl data prepare ds" in result.stdout
+
+    bad = CliRunner().invoke(app, ["generate", str(tmp_path / "runbook.md"), "--chunk-max-chars", "0"])
+    assert bad.exit_code == 1 and "INVALID_ARGUMENT" in bad.stderr and "chunk_max_chars" in bad.stderr
