@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from services.eval import error_analysis
-from services.eval.metrics import TEXT_METRICS, RefusalDetector, text_scores
+from services.eval.metrics import RATE_METRICS, TEXT_METRICS, RefusalDetector, text_scores
 from services.eval.promotion import Rule, decide
 from services.eval.statistics import Interval, bootstrap_interval, paired_comparison, wilson_interval
 
@@ -61,7 +61,7 @@ class ModelOutputs:
     training_curve: list[dict[str, float]] = field(default_factory=list)
 
 
-def per_example_metrics(outputs: ModelOutputs, examples: list[Example]) -> dict[str, list[float]]:
+def per_example_metrics(outputs: ModelOutputs, examples: list[Example]) -> dict[str, list[float | None]]:
     """Metric -> one value per example; empty when the run had no examples (benchmarks only)."""
     if not examples:
         return {}
@@ -98,9 +98,7 @@ def build_report(
     """
     metrics = {m.label: per_example_metrics(m, examples) for m in models}
     answerable = answer_rows(examples)
-    scored = {
-        label: {k: [v[i] for i in answerable] for k, v in values.items()} for label, values in metrics.items()
-    }
+    scored = {label: _answer_scores(values, answerable) for label, values in metrics.items()}
     summaries = {label: _summaries(values, seed) for label, values in scored.items()}
     behaviour = {m.label: _refusal_behaviour(m, examples, detector) for m in models}
     for label, rates in behaviour.items():
@@ -164,8 +162,23 @@ def build_report(
     }
 
 
+def _answer_scores(values: dict[str, list[float | None]], rows: list[int]) -> dict[str, list[float]]:
+    """Each metric over the answer rows. A metric that is None on a row (fact accuracy where the reference
+    states no key fact) is taken over the other rows; the same rows for every model, as the reference
+    decides. A metric with no row left is left out."""
+    series = {name: [v[i] for i in rows if v[i] is not None] for name, v in values.items()}
+    return {name: kept for name, kept in series.items() if kept}
+
+
 def _summaries(values: dict[str, list[float]], seed: int) -> dict[str, dict[str, float]]:
-    return {name: _interval_dict(bootstrap_interval(series, seed)) for name, series in values.items()}
+    return {
+        name: _interval_dict(
+            wilson_interval(round(sum(series)), len(series))
+            if name in RATE_METRICS
+            else bootstrap_interval(series, seed)
+        )
+        for name, series in values.items()
+    }
 
 
 def _interval_dict(interval: Interval) -> dict[str, float]:
