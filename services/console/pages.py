@@ -9,7 +9,7 @@ from fastapi.templating import Jinja2Templates
 from google.protobuf.timestamp_pb2 import Timestamp
 from starlette.responses import Response
 
-from finetune.v1 import common_pb2
+from finetune.v1 import common_pb2, registry_pb2
 from services.console.charts import histogram, interval
 
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -38,7 +38,11 @@ def size(num_bytes: int) -> str:
     return f"{amount:.1f} GB"
 
 
-templates.env.filters.update(when=when, state_name=state_name, size=size)
+def alias_action(action: int) -> str:
+    return enum_name(action, registry_pb2.AliasAction, "ALIAS_ACTION_") if action else ""
+
+
+templates.env.filters.update(when=when, state_name=state_name, size=size, alias_action=alias_action)
 templates.env.globals.update(histogram=histogram, interval=interval)
 
 

@@ -1,15 +1,19 @@
 """Registry pages: models with lineage, aliases with revision history, promote (gated on the server) and
 rollback. A refused promotion shows the registry's reason and the request id on the same page."""
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
+from finetune.v1 import trainer_pb2
 from services.console.pages import render
-from services.console.peers import ConsoleError
+from services.console.peers import ConsoleError, call
 from services.console.protocol import PromoteForm
 from services.console.security import Admin, SignedIn
+from services.console.serving_exports import ExportServing
+from services.console.serving_model_page import ModelPageServing
 from services.console.serving_models import ModelsServing
 from services.console.state import Console
 
@@ -77,3 +81,22 @@ def rollback(
 ) -> Response:
     serving(console).rollback(alias, revision, reason, session.operator.name)
     return RedirectResponse("/models", status_code=303)
+
+
+@router.get("/{model_ref}")
+def model_page(request: Request, console: Console, _: SignedIn, model_ref: str) -> Response:
+    page = ModelPageServing(console.peers).page(model_ref)
+    return render(request, "model.html", {"page": page, "m": page.model})
+
+
+@router.get("/{model_ref}/export")
+def export_model(console: Console, _: SignedIn, model_ref: str, format: str = "merged") -> StreamingResponse:
+    model = call("registry", console.peers.registry.GetModel, trainer_pb2.GetModelRequest(name=model_ref))
+    exports = ExportServing(console.peers, console.settings.watch_timeout_seconds * 12)
+    stream, first = exports.first_chunk(model.id, format)
+    folder = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{model.name}-{format}")
+    return StreamingResponse(
+        exports.zipped(stream, first, folder),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{folder}.zip"'},
+    )
