@@ -58,3 +58,53 @@ def test_the_dataset_page_draws_each_splits_length_histogram(
     assert counted == version.split_stats["train"].examples == 8
     assert 'aria-label="test split token lengths"' in section
     assert f"/evaluations?prepared_version_id={version_id}" in section
+
+
+def test_the_prepare_and_training_forms_follow_the_specs(console: ConsoleState, data_stub) -> None:
+    from data_fixtures import jsonl, upload, wait_for_job
+
+    rows = [{"question": f"How does step {i} work?", "answer": f"Step {i} works."} for i in range(12)]
+    dataset = upload(data_stub, jsonl(rows), "steps.jsonl", name="console-steps")
+    client, csrf = signed_in(console, "admin")
+    page = client.get(f"/datasets/{dataset.id}").text
+    form = page.split('id="prepare-form"')[1].split("</form>")[0]
+    assert 'name="split" placeholder="0.8,0.1,0.1"' in form and 'name="refusals.domain"' in form
+    assert f"ftctl data prepare {dataset.id} --base-model smollm2-135m-instruct" in form
+    shown = client.get(
+        f"/datasets/{dataset.id}/prepare/equivalents",
+        params={"base_model": "smollm2-135m-instruct", "max_seq_len": "128", "split": "0.5,0.25,0.25"},
+    ).json()
+    assert (
+        "--max-seq-len 128 --split 0.5,0.25,0.25" in shown["command"] and "max_seq_len: 128" in shown["yaml"]
+    )
+    bad = client.get(
+        f"/datasets/{dataset.id}/prepare/equivalents",
+        params={"base_model": "m", "split": "1,1"},
+        headers={"Accept": "application/json"},  # as the page's script asks
+    )
+    assert bad.status_code == 400 and "split" in bad.json()["error"]
+
+    fields = {"csrf_token": csrf, "base_model": "smollm2-135m-instruct", "max_seq_len": "128", "template": ""}
+    reply = client.post(f"/datasets/{dataset.id}/prepare", data=fields)
+    assert reply.status_code == 200 and "--max-seq-len 128" in reply.text
+    job_id = re.search(r"Prepare job <code>([^<]+)</code>", reply.text).group(1)  # type: ignore[union-attr]
+    done = wait_for_job(data_stub, job_id)
+    version = data_stub.GetPreparedVersion(data_pb2.GetPreparedVersionRequest(id=done.prepared_version_id))
+    assert version.request.max_seq_len == 128 and version.request.split.train == 0.8  # blank: the default
+
+    new_job = client.get(f"/jobs/new?prepared_version_id={version.id}").text
+    assert 'name="learning_rate" placeholder="0.001"' in new_job and "Peak learning rate" in new_job
+    assert f"ftctl train create --dataset {version.id}" in new_job
+    shown = client.get(
+        "/jobs/new/equivalents",
+        params={"base_model": "smollm2-135m-instruct", "prepared_version_id": version.id, "lora_rank": "8"},
+    ).json()
+    assert "--lora-rank 8" in shown["command"] and "lora_rank: 8" in shown["yaml"]
+    refused = client.post(
+        "/jobs",
+        data={"csrf_token": csrf, "base_model": "m", "prepared_version_id": version.id, "epochs": "0"},
+    )
+    assert refused.status_code == 400 and "hyperparameters.epochs" in refused.text
+    reader, reader_csrf = signed_in(console, "read-only")
+    assert reader.post("/jobs", data={"csrf_token": reader_csrf}).status_code == 403
+    assert reader.post(f"/datasets/{dataset.id}/prepare", data={"csrf_token": reader_csrf}).status_code == 403

@@ -1,11 +1,14 @@
-"""The evaluation form, typed: what it accepts, the CreateRunRequest it becomes, and the equivalent
-`ftctl eval run` command shown beside it."""
+"""The evaluation form, typed: what it accepts, the CreateRunRequest it becomes (through EvalSpec, the job
+spec the CLI and pipelines use), and the equivalent `ftctl eval run` command shown beside it."""
 
 from pydantic import Field
 
 from finetune.v1 import eval_pb2
+from ftcommon.errors import InvalidArgument
 from ftcommon.specs.evaluate import EvalSpec
+from ftcommon.specs.proto_bridge import validate_spec
 from services.console.forms import FormModel
+from services.console.peers import ConsoleError
 
 SPLITS = ("test", "validation", "train")
 
@@ -28,14 +31,25 @@ class EvalForm(FormModel):
     def models(self) -> list[str]:
         return [self.baseline.strip(), *([self.candidate.strip()] if self.candidate.strip() else [])]
 
+    def spec(self) -> EvalSpec:
+        """The run as the eval service's spec reads it: only what the form set is sent."""
+        values: dict[str, object] = {
+            "models": self.models,
+            "data": {"prepared_version_id": self.prepared_version_id, "split": self.split},
+        }
+        if self.max_examples:
+            values["max_examples"] = self.max_examples
+        if self.max_tokens:
+            values["generation"] = {"max_tokens": self.max_tokens}
+        if probes := _lines(self.off_topic_probes):
+            values["off_topic_probes"] = probes
+        try:
+            return validate_spec(EvalSpec, values)
+        except InvalidArgument as err:
+            raise ConsoleError(f"field '{err.field}': {err.message}", 400) from None
+
     def request(self) -> eval_pb2.CreateRunRequest:
-        return EvalSpec(
-            models=self.models,
-            data={"prepared_version_id": self.prepared_version_id, "split": self.split},
-            max_examples=self.max_examples,
-            generation={"max_tokens": self.max_tokens},
-            off_topic_probes=_lines(self.off_topic_probes),
-        ).to_request()
+        return self.spec().to_request()
 
     @classmethod
     def from_request(cls, request: eval_pb2.CreateRunRequest) -> "EvalForm":

@@ -1,13 +1,13 @@
 """Datasets through DataService: pages of the list, uploads streamed in chunks, the validation report,
-and prepare requests built from the form."""
+and prepare requests built from their spec (PrepareSpec)."""
 
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from finetune.v1 import common_pb2, data_pb2
+from ftcommon.specs.prepare import PrepareSpec
 from services.console.peers import ConsoleError, Peers, call
-from services.console.protocol import PrepareForm
 
 UPLOAD_CHUNK_BYTES = 1 << 20
 
@@ -76,5 +76,5 @@ class DatasetsServing:
         )
         return DatasetReport(dataset, report, preview, list(versions.versions))
 
-    def prepare(self, dataset_id: str, form: PrepareForm) -> data_pb2.PrepareJob:
-        return call("data service", self.peers.data.PrepareDataset, form.request(dataset_id))
+    def prepare(self, spec: PrepareSpec) -> data_pb2.PrepareJob:
+        return call("data service", self.peers.data.PrepareDataset, spec.to_request())

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 import grpc
 
 from finetune.v1 import common_pb2, data_pb2, trainer_pb2
+from ftcommon.specs.train import TrainSpec
 from services.console.pages import state_name
 from services.console.peers import Peers, call, peer_failed
-from services.console.protocol import JobForm
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,8 @@ class TrainingServing:
         )
         return list(reply.versions)
 
-    def create(self, form: JobForm) -> trainer_pb2.TrainingJob:
-        return call("trainer", self.peers.trainer.CreateJob, form.request())
+    def create(self, spec: TrainSpec) -> trainer_pb2.TrainingJob:
+        return call("trainer", self.peers.trainer.CreateJob, spec.to_request())
 
     def cancel(self, job_id: str) -> trainer_pb2.TrainingJob:
         return call("trainer", self.peers.trainer.CancelJob, trainer_pb2.GetJobRequest(id=job_id))

@@ -1,19 +1,25 @@
 """Dataset pages: the list, uploads (multipart, streamed on to DataService.UploadDataset), the validation
 report, and the prepare form."""
 
-from typing import Annotated
-
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from finetune.v1 import data_pb2
+from ftcommon.settings import DEFAULT_BASE_MODEL_NAME
+from ftcommon.specs.prepare import PrepareSpec
 from services.console.pages import enum_name, render
 from services.console.peers import ConsoleError
-from services.console.protocol import PrepareForm
 from services.console.security import Admin, SignedIn
 from services.console.serving_datasets import DatasetsServing
+from services.console.spec_forms import (
+    PREPARE_COMMON,
+    PREPARE_OWN_INPUTS,
+    fields_of,
+    prepare_equivalents,
+    prepare_spec,
+)
 from services.console.state import Console
 
 router = APIRouter(prefix="/datasets")
@@ -55,22 +61,28 @@ def dataset_report(request: Request, console: Console, _: SignedIn, dataset_id: 
         {
             "item": report,
             "schema": enum_name(report.report.schema, data_pb2.DatasetSchema, "DATASET_SCHEMA_"),
-            "form": PrepareForm(),
+            "base_model": DEFAULT_BASE_MODEL_NAME,
+            "prepare_fields": fields_of(PrepareSpec, PREPARE_OWN_INPUTS, PREPARE_COMMON),
+            "prepare_equivalents": prepare_equivalents(
+                prepare_spec(dataset_id, {"base_model": DEFAULT_BASE_MODEL_NAME})
+            ),
         },
     )
 
 
+@router.get("/{dataset_id}/prepare/equivalents")
+def prepare_equivalents_of(request: Request, _: SignedIn, dataset_id: str) -> JSONResponse:
+    """The command and YAML of the form as filled so far (the page asks as a person types)."""
+    shown = prepare_equivalents(prepare_spec(dataset_id, request.query_params))
+    return JSONResponse({"command": shown.command, "yaml": shown.yaml})
+
+
 @router.post("/{dataset_id}/prepare")
-def prepare_dataset(
-    request: Request,
-    console: Console,
-    _: Admin,
-    dataset_id: str,
-    form: Annotated[PrepareForm, Form()],
-) -> Response:
-    job = serving(console).prepare(dataset_id, form)
+async def prepare_dataset(request: Request, console: Console, _: Admin, dataset_id: str) -> Response:
+    spec = prepare_spec(dataset_id, await request.form())  # type: ignore[arg-type]
+    job = await run_in_threadpool(serving(console).prepare, spec)
     return render(
         request,
         "prepared.html",
-        {"job": job, "dataset_id": dataset_id, "command": form.command(dataset_id)},
+        {"job": job, "dataset_id": dataset_id, "prepared_equivalents": prepare_equivalents(spec)},
     )

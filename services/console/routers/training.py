@@ -2,14 +2,17 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Header, Request
-from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from fastapi import APIRouter, Header, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from ftcommon.settings import DEFAULT_BASE_MODEL_NAME
+from ftcommon.specs.train import Hyperparameters
 from services.console.pages import render
-from services.console.protocol import TERMINAL_STATES, JobForm
+from services.console.protocol import TERMINAL_STATES
 from services.console.security import Admin, SignedIn
 from services.console.serving_training import TrainingServing
+from services.console.spec_forms import TRAIN_COMMON, fields_of, train_equivalents, train_spec
 from services.console.state import Console
 
 router = APIRouter(prefix="/jobs")
@@ -28,16 +31,32 @@ def list_jobs(request: Request, console: Console, _: SignedIn, page_token: str =
 @router.get("/new")
 def new_job(request: Request, console: Console, _: SignedIn, prepared_version_id: str = "") -> Response:
     versions = serving(console).prepared_versions()
+    chosen = prepared_version_id or (versions[0].id if versions else "")
+    defaults = {"base_model": DEFAULT_BASE_MODEL_NAME, "prepared_version_id": chosen}
     return render(
         request,
         "job_new.html",
-        {"versions": versions, "selected": prepared_version_id, "base_model": DEFAULT_BASE_MODEL_NAME},
+        {
+            "versions": versions,
+            "selected": prepared_version_id,
+            "base_model": DEFAULT_BASE_MODEL_NAME,
+            "fields": fields_of(Hyperparameters, set(), TRAIN_COMMON),
+            "train_equivalents": train_equivalents(train_spec(defaults)) if chosen else None,
+        },
     )
 
 
+@router.get("/new/equivalents")
+def job_equivalents(request: Request, _: SignedIn) -> JSONResponse:
+    """The command and YAML of the form as filled so far (the page asks as a person types)."""
+    shown = train_equivalents(train_spec(request.query_params))
+    return JSONResponse({"command": shown.command, "yaml": shown.yaml})
+
+
 @router.post("")
-def create_job(console: Console, _: Admin, form: Annotated[JobForm, Form()]) -> Response:
-    job = serving(console).create(form)
+async def create_job(request: Request, console: Console, _: Admin) -> Response:
+    spec = train_spec(await request.form())  # type: ignore[arg-type]
+    job = await run_in_threadpool(serving(console).create, spec)
     return RedirectResponse(f"/jobs/{job.status.id}", status_code=303)
 
 

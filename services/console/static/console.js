@@ -170,4 +170,28 @@ function setupPlayground() {
   });
 }
 
-document.addEventListener("DOMContentLoaded", () => { setupUpload(); setupJobChart(); setupPlayground(); });
+// Prepare and training forms: the equivalent ftctl command and pipeline YAML follow the inputs; the server
+// builds both from the job spec, so the page never disagrees with the CLI.
+function setupEquivalents() {
+  for (const form of document.querySelectorAll("form[data-equivalents]")) {
+    const command = form.querySelector(".equivalent-command");
+    const yaml = form.querySelector(".equivalent-yaml");
+    const errorBox = form.querySelector(".equivalent-error");
+    let timer = null;
+    const refresh = async () => {
+      const fields = new URLSearchParams(new FormData(form));
+      fields.delete("csrf_token");
+      const reply = await fetch(`${form.dataset.equivalents}?${fields}`, { headers: { Accept: "application/json" } });
+      const body = await reply.json();
+      errorBox.hidden = reply.ok;
+      if (!reply.ok) { errorBox.textContent = body.error; return; }
+      command.textContent = body.command;
+      yaml.textContent = body.yaml;
+    };
+    form.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(refresh, 300); });
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  setupUpload(); setupJobChart(); setupPlayground(); setupEquivalents();
+});
