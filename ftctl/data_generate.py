@@ -6,6 +6,16 @@ import typer
 from rich.markup import escape
 
 from finetune.v1 import common_pb2, data_pb2, data_pb2_grpc
+from ftcommon.specs.generate import (
+    DEFAULT_CHUNK_MAX_CHARS,
+    DEFAULT_CHUNK_OVERLAP_CHARS,
+    DEFAULT_MIN_GROUNDING,
+    DEFAULT_MODEL_ATTEMPTS,
+    DEFAULT_MODEL_MAX_TOKENS,
+    DEFAULT_PHRASINGS_PER_FACT,
+    GenerateSpec,
+)
+from ftcommon.specs.proto_bridge import validate_spec
 from ftctl.common import (
     JSON_OPTION,
     STATE_NAMES,
@@ -15,6 +25,7 @@ from ftctl.common import (
     print_json,
     print_table,
     rpc_errors,
+    spec_errors,
     stdout,
     stub,
 )
@@ -48,24 +59,32 @@ def generate(
         "questions are removed (contamination guard).",
     ),
     chunk_max_chars: int | None = typer.Option(
-        None, "--chunk-max-chars", help="Chunk size bound. Default: 1500."
+        None, "--chunk-max-chars", help=f"Chunk size bound. Default: {DEFAULT_CHUNK_MAX_CHARS}."
     ),
     chunk_overlap_chars: int | None = typer.Option(
-        None, "--chunk-overlap-chars", help="Overlap between chunks of one section. Default: 150."
+        None,
+        "--chunk-overlap-chars",
+        help=f"Overlap between chunks of one section. Default: {DEFAULT_CHUNK_OVERLAP_CHARS}.",
     ),
     phrasings: int | None = typer.Option(
-        None, "--phrasings", help="Structural phrasings per fact, 1-5. Default: 3."
+        None,
+        "--phrasings",
+        help=f"Structural phrasings per fact, 1-5. Default: {DEFAULT_PHRASINGS_PER_FACT}.",
     ),
     min_grounding: float | None = typer.Option(
         None,
         "--min-grounding",
-        help="Share of an answer's content words its chunk must hold, 0-1. Default: 0.7.",
+        help=f"Share of an answer's content words its chunk must hold, 0-1. Default: {DEFAULT_MIN_GROUNDING}.",
     ),
     model_attempts: int | None = typer.Option(
-        None, "--model-attempts", help="Generator attempts per style and chunk, 1-5. Default: 2."
+        None,
+        "--model-attempts",
+        help=f"Generator attempts per style and chunk, 1-5. Default: {DEFAULT_MODEL_ATTEMPTS}.",
     ),
     model_max_tokens: int | None = typer.Option(
-        None, "--model-max-tokens", help="Longest generator reply in tokens. Default: 192."
+        None,
+        "--model-max-tokens",
+        help=f"Longest generator reply in tokens. Default: {DEFAULT_MODEL_MAX_TOKENS}.",
     ),
     redact_pii: bool = typer.Option(
         False, "--redact-pii", help="Replace emails, phone numbers and keys in the text before generating."
@@ -81,29 +100,27 @@ def generate(
     """Generate grounded question-answer pairs from documents into a dataset (a job), and print its report:
     yield per document and chunk, rejected pairs by reason, and a sample."""
     files = _document_files(documents)
-    request = data_pb2.GenerateDatasetRequest(
-        name=name,
-        generator=generator,
-        question_styles=styles,
-        eval_dataset_ids=eval_datasets,
-        redact_pii=redact_pii,
-    )
-    for field, value in (
-        ("chunk_max_chars", chunk_max_chars),
-        ("chunk_overlap_chars", chunk_overlap_chars),
-        ("phrasings_per_fact", phrasings),
-        ("min_grounding", min_grounding),
-        ("model_attempts", model_attempts),
-        ("model_max_tokens", model_max_tokens),
-    ):
-        if value is not None:
-            setattr(request, field, value)
+    values = {
+        "name": name,
+        "generator": generator,
+        "question_styles": styles,
+        "eval_dataset_ids": eval_datasets,
+        "redact_pii": redact_pii,
+        "chunk_max_chars": chunk_max_chars,
+        "chunk_overlap_chars": chunk_overlap_chars,
+        "phrasings_per_fact": phrasings,
+        "min_grounding": min_grounding,
+        "model_attempts": model_attempts,
+        "model_max_tokens": model_max_tokens,
+    }
     if server_paths:
-        request.sources.extend(str(path.resolve()) for path in files)
+        values["sources"] = [str(path.resolve()) for path in files]
     else:
-        request.documents.extend(
-            data_pb2.SourceDocument(filename=path.name, content=path.read_bytes()) for path in files
-        )
+        values["documents"] = [{"filename": path.name, "content": path.read_bytes()} for path in files]
+    with spec_errors("options"):
+        # Only what was given is sent; the server applies the same spec's defaults to the rest.
+        spec = validate_spec(GenerateSpec, {k: v for k, v in values.items() if _given(v)})
+    request = spec.to_request()
     client = stub(data_pb2_grpc.DataServiceStub, addresses().data_address)
     with rpc_errors():
         job = client.GenerateDataset(request, timeout=300)
@@ -122,6 +139,11 @@ def generate(
         raise typer.Exit(1)
     if not show_json:
         print_report(job)
+
+
+def _given(value: object) -> bool:
+    """A flag the user gave: not None and not an empty switch, text or list (0 is given: the spec judges it)."""
+    return value is not None and value is not False and value != "" and value != []
 
 
 def _document_files(paths: list[Path]) -> list[Path]:

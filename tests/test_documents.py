@@ -196,3 +196,32 @@ def test_contamination_guard_removes_pairs_that_repeat_an_evaluation_question():
 )
 def test_model_replies_are_parsed_or_refused(reply, expected):
     assert parse_pair(reply) == expected
+
+
+def test_generate_spec_matches_its_message_and_names_bad_fields():
+    from finetune.v1 import data_pb2
+    from ftcommon.specs.generate import GenerateSpec
+    from ftcommon.specs.proto_bridge import spec_fields_mismatch
+
+    assert spec_fields_mismatch(GenerateSpec, data_pb2.GenerateDatasetRequest.DESCRIPTOR) == []
+    spec = GenerateSpec(documents=[{"filename": "a.md", "content": b"# A"}], chunk_max_chars=400)
+    assert GenerateSpec.from_request(spec.to_request()) == spec
+    assert not spec.to_request().HasField("phrasings_per_fact")  # unset stays unset: the server's default
+    for request, field in (
+        (data_pb2.GenerateDatasetRequest(chunk_max_chars=0), "chunk_max_chars"),
+        (data_pb2.GenerateDatasetRequest(chunk_overlap_chars=800), "chunk_overlap_chars"),
+        (data_pb2.GenerateDatasetRequest(question_styles=["poetic"]), "question_styles"),
+        (data_pb2.GenerateDatasetRequest(model_max_tokens=5000), "model_max_tokens"),
+    ):
+        with pytest.raises(InvalidArgument) as caught:
+            GenerateSpec.from_request(request)
+        assert caught.value.field == field
+
+
+def test_a_fenced_code_block_with_blank_lines_is_never_an_answer():
+    text = "# Guide\n\n## Setup\n\n```sh\nmake setup\n\nmake test\n```\n\nSetup takes about 4 minutes on a laptop.\n"
+    [chunk] = [
+        c for c in chunk_blocks("guide.md", parse_document("guide.md", text.encode()), ChunkSettings())
+    ]
+    answers = {p.answer for p in structural_pairs(chunk, 3, 600, continuation=False)}
+    assert answers == {"Setup takes about 4 minutes on a laptop."}

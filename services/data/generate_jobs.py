@@ -18,7 +18,7 @@ import json
 from pathlib import PurePath
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict, ParseDict
+from google.protobuf.json_format import MessageToDict
 
 from finetune.v1 import data_pb2
 from ftcommon.artifacts import Artifact, ArtifactStore
@@ -27,6 +27,7 @@ from ftcommon.grpc_client import open_channel
 from ftcommon.job_runtime import Finished, JobContext, JobFailed, JobRuntime
 from ftcommon.jobs import Job, JobStore
 from ftcommon.protoconv import artifact_ref, job_status
+from ftcommon.specs.generate import GenerateSpec, SourceDocument
 from services.data.base_models import BaseModels
 from services.data.catalog import Catalog
 from services.data.config import DataSettings
@@ -43,64 +44,26 @@ from services.data.schemas import Schema
 from services.data.source_reader import read_source
 
 GENERATE_KIND = "generate"
-MAX_PHRASINGS = 5
-MAX_MODEL_ATTEMPTS = 5
-MODEL_MAX_TOKENS_BOUNDS = (16, 1024)
-MIN_ANSWER_CHARS_BOUND = 20
 
 
-def generation_settings(
-    request: data_pb2.GenerateDatasetRequest, near_threshold: float
-) -> GenerationSettings:
-    """The run's settings with every default filled in; InvalidArgument naming the first bad field."""
-    defaults = GenerationSettings()
-    chunking = ChunkSettings(
-        max_chars=_given(request, "chunk_max_chars", defaults.chunking.max_chars),
-        overlap_chars=_given(request, "chunk_overlap_chars", defaults.chunking.overlap_chars),
-    )
-    chunking.check("chunk_")
-    phrasings = _given(request, "phrasings_per_fact", defaults.phrasings_per_fact)
-    if not 1 <= phrasings <= MAX_PHRASINGS:
-        raise InvalidArgument(f"must be between 1 and {MAX_PHRASINGS}", field="phrasings_per_fact")
-    min_grounding = _given(request, "min_grounding", defaults.checks.min_grounding)
-    if not 0 <= min_grounding <= 1:
-        raise InvalidArgument("must be between 0 and 1", field="min_grounding")
-    max_answer = _given(request, "max_answer_chars", defaults.max_answer_chars)
-    if max_answer < MIN_ANSWER_CHARS_BOUND:
-        raise InvalidArgument(f"must be at least {MIN_ANSWER_CHARS_BOUND}", field="max_answer_chars")
+def generation_settings(spec: GenerateSpec, near_threshold: float) -> GenerationSettings:
     checks = CheckSettings(
-        max_answer_chars=max(max_answer, defaults.checks.max_answer_chars),
-        min_grounding=min_grounding,
+        max_answer_chars=max(spec.max_answer_chars, CheckSettings().max_answer_chars),
+        min_grounding=spec.min_grounding,
         near_duplicate_threshold=near_threshold,
     )
-    return GenerationSettings(chunking, checks, phrasings, max_answer, request.redact_pii)
+    chunking = ChunkSettings(spec.chunk_max_chars, spec.chunk_overlap_chars)
+    return GenerationSettings(
+        chunking, checks, spec.phrasings_per_fact, spec.max_answer_chars, spec.redact_pii
+    )
 
 
-def _given(request: data_pb2.GenerateDatasetRequest, name: str, default: Any) -> Any:
-    return getattr(request, name) if request.HasField(name) else default
-
-
-def model_settings(
-    request: data_pb2.GenerateDatasetRequest, model: str, settings: DataSettings
-) -> ModelSettings:
-    styles = tuple(dict.fromkeys(request.question_styles)) or tuple(STYLES)
-    unknown = [s for s in styles if s not in STYLES]
-    if unknown:
-        raise InvalidArgument(
-            f"unknown question style '{unknown[0]}' (known: {', '.join(STYLES)})", field="question_styles"
-        )
-    attempts = _given(request, "model_attempts", ModelSettings(model).attempts)
-    if not 1 <= attempts <= MAX_MODEL_ATTEMPTS:
-        raise InvalidArgument(f"must be between 1 and {MAX_MODEL_ATTEMPTS}", field="model_attempts")
-    max_tokens = _given(request, "model_max_tokens", ModelSettings(model).max_tokens)
-    low, high = MODEL_MAX_TOKENS_BOUNDS
-    if not low <= max_tokens <= high:
-        raise InvalidArgument(f"must be between {low} and {high}", field="model_max_tokens")
+def model_settings(spec: GenerateSpec, model: str, settings: DataSettings) -> ModelSettings:
     return ModelSettings(
         model=model,
-        styles=styles,
-        attempts=attempts,
-        max_tokens=max_tokens,
+        styles=tuple(dict.fromkeys(spec.question_styles)) or tuple(STYLES),
+        attempts=spec.model_attempts,
+        max_tokens=spec.model_max_tokens,
         concurrency=settings.generator_concurrency,
         timeout_seconds=settings.generator_timeout_seconds,
     )
@@ -125,49 +88,41 @@ class GenerateJobs:
     # At request time
 
     def create(self, request: data_pb2.GenerateDatasetRequest) -> Job:
-        if not request.documents and not request.sources:
+        spec = GenerateSpec.from_request(request)
+        if not spec.documents and not spec.sources:
             raise InvalidArgument("name at least one document (documents or sources)", field="documents")
-        run_settings = generation_settings(request, self.settings.near_duplicate_threshold)
         generator: dict[str, str] | None = None
-        if request.generator:
+        if spec.generator:
             try:
-                model = self.base_models.resolve(request.generator)
+                model = self.base_models.resolve(spec.generator)
             except InvalidArgument as err:
                 raise InvalidArgument(
-                    f"no generator model '{request.generator}': {err.message}", field="generator"
+                    f"no generator model '{spec.generator}': {err.message}", field="generator"
                 ) from None
-            chosen = model_settings(request, model.name, self.settings)  # checked now, before a job exists
-            generator = {
-                "name": model.name,
-                "id": model.id,
-                "styles": list(chosen.styles),
-                "attempts": chosen.attempts,
-                "max_tokens": chosen.max_tokens,
-            }
-        for index, dataset_id in enumerate(request.eval_dataset_ids):
+            generator = {"name": model.name, "id": model.id}
+        for index, dataset_id in enumerate(spec.eval_dataset_ids):
             try:
                 self.catalog.get_dataset(dataset_id)
             except NotFound as err:
                 raise NotFound(err.message, field=f"eval_dataset_ids[{index}]") from None
-        files = [*self._sent(request), *self._read(request)]
+        files = [*self._sent(spec), *self._read(spec)]
         documents = [self._stored(name, data) for name, data in files]
-        shown = data_pb2.GenerateDatasetRequest()
-        shown.CopyFrom(request)
-        for document in shown.documents:
-            document.content = b""
+        # The spec as the job keeps it: every default filled in, the documents by name (their bytes are stored).
+        shown = spec.model_copy(
+            update={"documents": [SourceDocument(filename=d.filename) for d in spec.documents]}
+        )
         payload = {
-            "request": MessageToDict(shown, preserving_proto_field_name=True),
+            "spec": shown.model_dump(mode="json"),
             "documents": documents,
             "generator": generator,
-            "settings": _settings_json(run_settings),
         }
         job = self.jobs.create(GENERATE_KIND, payload)
         self.runtime.wake()
         return job
 
-    def _sent(self, request: data_pb2.GenerateDatasetRequest) -> list[tuple[str, bytes]]:
+    def _sent(self, spec: GenerateSpec) -> list[tuple[str, bytes]]:
         files = []
-        for index, document in enumerate(request.documents):
+        for index, document in enumerate(spec.documents):
             name = PurePath(document.filename).name
             if not name:
                 raise InvalidArgument("is required", field=f"documents[{index}].filename")
@@ -175,9 +130,9 @@ class GenerateJobs:
             files.append((name, document.content))
         return files
 
-    def _read(self, request: data_pb2.GenerateDatasetRequest) -> list[tuple[str, bytes]]:
+    def _read(self, spec: GenerateSpec) -> list[tuple[str, bytes]]:
         files = []
-        for index, text in enumerate(request.sources):
+        for index, text in enumerate(spec.sources):
             field = f"sources[{index}]"
             try:
                 source, data, name = read_source(text, self.settings)
@@ -212,12 +167,12 @@ class GenerateJobs:
 
     def run(self, context: JobContext) -> Finished:
         payload = context.job.payload
-        request = ParseDict(payload["request"], data_pb2.GenerateDatasetRequest())
-        run_settings = generation_settings(request, self.settings.near_duplicate_threshold)
+        spec = stored_spec(payload)
+        run_settings = generation_settings(spec, self.settings.near_duplicate_threshold)
         sources = [
             SourceFile(d["name"], self.store.read_bytes(d["uri"]), d["sha256"]) for d in payload["documents"]
         ]
-        eval_questions = self._eval_questions(request.eval_dataset_ids)
+        eval_questions = self._eval_questions(spec.eval_dataset_ids)
         generator = payload["generator"]
         channel = (
             open_channel(
@@ -230,7 +185,7 @@ class GenerateJobs:
         )
         try:
             model = (
-                ModelGenerator(channel, model_settings(request, generator["name"], self.settings))
+                ModelGenerator(channel, model_settings(spec, generator["name"], self.settings))
                 if channel
                 else None
             )
@@ -250,7 +205,9 @@ class GenerateJobs:
             "job_id": context.job.id,
             "documents": payload["documents"],
             "generator": generator,
-            "settings": payload["settings"],
+            "settings": MessageToDict(
+                spec.to_request(include_defaults=True), preserving_proto_field_name=True
+            ),
         }
         stored_report = self.store.put_bytes(json.dumps(report, ensure_ascii=False).encode())
         rows = result.rows()
@@ -262,7 +219,7 @@ class GenerateJobs:
                 f"no pair was kept of {report['pairs_generated']} generated ({reasons}); report {stored_report.uri}"
             )
         data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
-        name = request.name or f"generated-{context.job.id}"
+        name = spec.name or f"generated-{context.job.id}"
         record = register_dataset(
             data,
             name,
@@ -298,7 +255,7 @@ class GenerateJobs:
         reply = data_pb2.GenerateJob(
             status=job_status(job),
             dataset_id=job.result.get("dataset_id", ""),
-            request=ParseDict(job.payload["request"], data_pb2.GenerateDatasetRequest()),
+            request=stored_spec(job.payload).to_request(include_defaults=True),
         )
         stored = job.result.get("report")
         if stored:
@@ -307,16 +264,8 @@ class GenerateJobs:
         return reply
 
 
-def _settings_json(settings: GenerationSettings) -> dict[str, Any]:
-    return {
-        "chunk_max_chars": settings.chunking.max_chars,
-        "chunk_overlap_chars": settings.chunking.overlap_chars,
-        "phrasings_per_fact": settings.phrasings_per_fact,
-        "max_answer_chars": settings.max_answer_chars,
-        "min_grounding": settings.checks.min_grounding,
-        "near_duplicate_threshold": settings.checks.near_duplicate_threshold,
-        "redact_pii": settings.redact_pii,
-    }
+def stored_spec(payload: dict[str, Any]) -> GenerateSpec:
+    return GenerateSpec.model_validate(payload["spec"])
 
 
 def _artifact_json(artifact: Artifact) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ftcommon.specs.generate import DEFAULT_MIN_GROUNDING
 from services.data.documents.pairs import Pair, Rejected
 from services.data.duplicates import find_duplicates, normalise
 from services.data.records import Conversation
@@ -40,7 +41,7 @@ class CheckSettings:
     max_question_chars: int = 300
     min_answer_chars: int = 10
     max_answer_chars: int = 1200
-    min_grounding: float = 0.7
+    min_grounding: float = DEFAULT_MIN_GROUNDING
     near_duplicate_threshold: float = 0.7
 
 

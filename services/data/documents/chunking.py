@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from ftcommon.errors import InvalidArgument
+from ftcommon.specs.generate import DEFAULT_CHUNK_MAX_CHARS, DEFAULT_CHUNK_OVERLAP_CHARS
 from services.data.documents.parsers import Block
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -19,8 +20,8 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 @dataclass(frozen=True)
 class ChunkSettings:
-    max_chars: int = 1500
-    overlap_chars: int = 150
+    max_chars: int = DEFAULT_CHUNK_MAX_CHARS
+    overlap_chars: int = DEFAULT_CHUNK_OVERLAP_CHARS
 
     def check(self, field_prefix: str) -> None:
         if self.max_chars <= 0:

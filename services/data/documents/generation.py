@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ftcommon.specs.generate import DEFAULT_MAX_ANSWER_CHARS, DEFAULT_PHRASINGS_PER_FACT
 from services.data.documents.checks import CheckOutcome, CheckSettings, EvalQuestion, check_pairs
 from services.data.documents.chunking import Chunk, ChunkSettings, chunk_blocks
 from services.data.documents.model_generation import ChunkYield, ModelGenerator
@@ -35,8 +36,8 @@ class SourceFile:
 class GenerationSettings:
     chunking: ChunkSettings = ChunkSettings()
     checks: CheckSettings = CheckSettings()
-    phrasings_per_fact: int = 3
-    max_answer_chars: int = 600
+    phrasings_per_fact: int = DEFAULT_PHRASINGS_PER_FACT
+    max_answer_chars: int = DEFAULT_MAX_ANSWER_CHARS
     redact_pii: bool = False
 
 

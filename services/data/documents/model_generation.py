@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from finetune.v1 import common_pb2, inference_pb2, inference_pb2_grpc
+from ftcommon.specs.generate import DEFAULT_MODEL_ATTEMPTS, DEFAULT_MODEL_MAX_TOKENS
 from services.data.documents.chunking import Chunk
 from services.data.documents.pairs import Pair, fact_id
 
@@ -46,8 +47,8 @@ class GeneratorMissing(Exception):
 class ModelSettings:
     model: str
     styles: tuple[str, ...] = tuple(STYLES)
-    attempts: int = 2  # per style and chunk; the first greedy, the rest sampled
-    max_tokens: int = 192
+    attempts: int = DEFAULT_MODEL_ATTEMPTS  # per style and chunk; the first greedy, the rest sampled
+    max_tokens: int = DEFAULT_MODEL_MAX_TOKENS
     temperature: float = 0.7
     concurrency: int = 4
     timeout_seconds: float = 120.0

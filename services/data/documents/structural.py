@@ -142,10 +142,23 @@ def _lower_first(text: str) -> str:
     return f"{first} {rest}".strip()
 
 
+def _paragraphs(text: str) -> list[str]:
+    """Paragraphs split at blank lines, but a fenced code block (which may hold blank lines) kept whole."""
+    paragraphs: list[str] = []
+    open_fence = False
+    for part in text.split("\n\n"):
+        if open_fence:
+            paragraphs[-1] = f"{paragraphs[-1]}\n\n{part}"
+        elif part.strip():
+            paragraphs.append(part.strip())
+        open_fence ^= part.count("```") % 2 == 1
+    return paragraphs
+
+
 def _opening(text: str, max_chars: int) -> str:
     """The chunk's first paragraph (more if it is short), cut at the last sentence end within max_chars."""
     # Prose only: a table, code block or raw HTML makes a poor answer to "what is X?".
-    paragraphs = [p.strip() for p in text.split("\n\n") if p.strip() and not p.strip().startswith(_NOT_PROSE)]
+    paragraphs = [p for p in _paragraphs(text) if not p.startswith(_NOT_PROSE)]
     answer = ""
     for paragraph in paragraphs:
         candidate = f"{answer}\n\n{paragraph}".strip()
