@@ -6,9 +6,14 @@ examples' messages also travel over gRPC, in ReadPreparedExamples). Both sides g
     chat_template.jinja   the template the rows were rendered with (it is stored with the trained model)
     train.jsonl, validation.jsonl, test.jsonl
                           one tokenized example per line: input_ids, labels (-100 where no loss),
-                          messages, source_line (its line in the dataset, 0 for added rows), is_refusal
+                          messages, source_line (its line in the dataset, 0 for added rows), is_refusal;
+                          in a version of preference pairs (manifest "preference_pairs": true) also
+                          rejected_input_ids, rejected_labels and rejected (the rejected answer's text):
+                          input_ids/labels then hold the chosen answer, so SFT readers train on it
 
-Versions written before the manifest recorded its format are format 1; they have the same files.
+Versions written before the manifest recorded its format are format 1; they have the same files. Pairs
+added keys without a format bump: a version without them reads as before, and a reader that ignores them
+reads a pairs version as SFT data on the chosen answers.
 """
 
 import json
@@ -28,6 +33,7 @@ SPLITS = ("train", "validation", "test")
 # Manifest keys a reader relies on; the rest of the manifest describes the prepare for people and tools.
 FORMAT_VERSION_KEY = "format_version"
 END_OF_TURN_KEY = "end_of_turn"
+PREFERENCE_PAIRS_KEY = "preference_pairs"  # absent (older versions) means false
 
 # Keys of one example line.
 INPUT_IDS = "input_ids"
@@ -35,6 +41,9 @@ LABELS = "labels"
 MESSAGES = "messages"
 SOURCE_LINE = "source_line"
 IS_REFUSAL = "is_refusal"
+REJECTED_INPUT_IDS = "rejected_input_ids"
+REJECTED_LABELS = "rejected_labels"
+REJECTED = "rejected"
 
 
 class PreparedLayoutError(ValueError):
@@ -55,18 +64,43 @@ def write_chat_template(folder: Path, template: str) -> None:
     (folder / CHAT_TEMPLATE_FILE).write_text(template, encoding="utf-8")
 
 
-def write_manifest(folder: Path, end_of_turn: str, details: Mapping[str, Any]) -> dict[str, Any]:
+def write_manifest(
+    folder: Path, end_of_turn: str, details: Mapping[str, Any], preference_pairs: bool = False
+) -> dict[str, Any]:
     """Writes prepare.json: `details` (what the prepare did) plus the keys readers rely on."""
     manifest = {**details, FORMAT_VERSION_KEY: FORMAT_VERSION, END_OF_TURN_KEY: end_of_turn}
+    if preference_pairs:
+        manifest[PREFERENCE_PAIRS_KEY] = True
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
     return manifest
 
 
-def example_body(input_ids: list[int], labels: list[int], messages: list[dict[str, str]]) -> str:
+@dataclass(frozen=True)
+class RejectedAnswer:
+    """A preference pair's rejected side: the prompt with the rejected answer, tokenized and labelled."""
+
+    input_ids: list[int]
+    labels: list[int]
+    content: str
+
+
+def example_body(
+    input_ids: list[int],
+    labels: list[int],
+    messages: list[dict[str, str]],
+    rejected: RejectedAnswer | None = None,
+) -> str:
     """The start of an example line, which exact duplicates share: writers encode it once per copy set."""
-    return (
+    body = (
         f'{{"{INPUT_IDS}": {json.dumps(input_ids)}, "{LABELS}": {json.dumps(labels)}, '
         f'"{MESSAGES}": {json.dumps(messages, ensure_ascii=False)}, '
+    )
+    if rejected is None:
+        return body
+    return body + (
+        f'"{REJECTED_INPUT_IDS}": {json.dumps(rejected.input_ids)}, '
+        f'"{REJECTED_LABELS}": {json.dumps(rejected.labels)}, '
+        f'"{REJECTED}": {json.dumps(rejected.content, ensure_ascii=False)}, '
     )
 
 
@@ -111,6 +145,10 @@ class PreparedFolder:
     @property
     def end_of_turn(self) -> str:
         return self.manifest[END_OF_TURN_KEY]
+
+    @property
+    def preference_pairs(self) -> bool:
+        return bool(self.manifest.get(PREFERENCE_PAIRS_KEY, False))
 
     def chat_template(self) -> str:
         path = self.folder / CHAT_TEMPLATE_FILE

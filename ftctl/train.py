@@ -102,6 +102,7 @@ def create(
     gradient_accumulation_steps: int | None = _flag("gradient_accumulation_steps"),
     num_processes: int | None = _flag("num_processes"),
     seed: int | None = _flag("seed"),
+    dpo_beta: float | None = _flag("dpo_beta"),
     name: str = typer.Option("", "--name", help="A display name for the job."),
     idempotency_key: str = typer.Option("", help="Retrying with the same key returns the same job."),
     watch_progress: bool = typer.Option(False, "--watch", help="Follow the job until it ends."),
@@ -118,6 +119,7 @@ def create(
         "gradient_accumulation_steps": gradient_accumulation_steps,
         "num_processes": num_processes,
         "seed": seed,
+        "dpo_beta": dpo_beta,
     }
     request = train_spec(dataset, base_model, config, flags, name, idempotency_key).to_request()
     with rpc_errors():

@@ -22,7 +22,7 @@ from finetune.v1 import trainer_pb2
 from ftcommon.hardware import cpu_has_native_bf16
 from ftcommon.specs.proto_bridge import SpecFieldError, from_message, to_message
 
-Method = Literal["lora", "full", "qlora"]
+Method = Literal["lora", "full", "qlora", "dpo"]
 Schedule = Literal["cosine", "linear", "constant"]
 Strategy = Literal["ddp", "fsdp"]
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -38,7 +38,11 @@ class Hyperparameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    method: Method = Field("lora", description="lora | full | qlora (qlora needs CUDA and bitsandbytes).")
+    method: Method = Field(
+        "lora",
+        description="lora | full | qlora (qlora needs CUDA and bitsandbytes) | dpo (preference tuning with "
+        "LoRA on a prepared version of preference pairs).",
+    )
     lora_rank: int = Field(16, description="LoRA rank r.")
     lora_alpha: float = Field(32.0, description="LoRA alpha; the update is scaled by alpha / r.")
     lora_dropout: float = Field(0.0, description="Dropout on the LoRA input; 0 turns it off.")
@@ -73,6 +77,26 @@ class Hyperparameters(BaseModel):
         None,
         description="fp32 | bf16 | fp16; unset: bf16 where the GPU or CPU computes it natively, else fp32.",
     )
+    # 0.1 is the DPO paper's and TRL's default: higher keeps the policy closer to the reference model.
+    dpo_beta: float = Field(0.1, description="method dpo: the DPO loss's beta (> 0).")
+    dpo_sft_weight: float = Field(
+        0.0,
+        description="method dpo: weight of the chosen answers' mean token NLL added to the loss; 0: none.",
+    )
+
+    @field_validator("dpo_beta")
+    @classmethod
+    def _dpo_beta(cls, value: float) -> float:
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError("must be a positive number")
+        return value
+
+    @field_validator("dpo_sft_weight")
+    @classmethod
+    def _dpo_sft_weight(cls, value: float) -> float:
+        if not math.isfinite(value) or value < 0:
+            raise ValueError("must be 0 (no SFT term) or positive")
+        return value
 
     @field_validator("lora_rank")
     @classmethod

@@ -51,6 +51,7 @@ class VersionRecord:
     split_pii: dict[str, dict[str, Any]] = field(default_factory=dict)
     # What prepare advises acting on (split_advice.py); empty for versions made before it advised.
     warnings: list[str] = field(default_factory=list)
+    preference_pairs: bool = False  # every row is a preference pair (what DPO trains on)
 
 
 class Catalog:
@@ -129,6 +130,7 @@ class Catalog:
                         created_at=record.created_at,
                         split_pii=json.dumps(record.split_pii),
                         warnings=json.dumps(record.warnings),
+                        preference_pairs=int(record.preference_pairs),
                     )
                 )
         except IntegrityError:
@@ -193,4 +195,5 @@ def _version(row: Any) -> VersionRecord:
         created_at=row["created_at"],
         split_pii=json.loads(row["split_pii"] or "{}"),
         warnings=json.loads(row["warnings"] or "[]"),
+        preference_pairs=bool(row["preference_pairs"]),
     )

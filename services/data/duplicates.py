@@ -43,7 +43,9 @@ def normalise(text: str) -> str:
 
 
 def conversation_key(conversation: Conversation) -> str:
-    return "\n".join(f"{m['role']}:{normalise(m['content'])}" for m in conversation.messages)
+    key = "\n".join(f"{m['role']}:{normalise(m['content'])}" for m in conversation.messages)
+    # Pairs that share a prompt and chosen answer but reject different answers are different rows.
+    return key if conversation.rejected is None else f"{key}\nrejected:{normalise(conversation.rejected)}"
 
 
 def find_duplicates(conversations: Sequence[Conversation], threshold: float) -> list[DuplicateGroup]:

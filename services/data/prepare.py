@@ -33,7 +33,7 @@ from services.data.refusals import off_topic_questions, refusal_answer
 from services.data.split_advice import small_test_split_warning
 from services.data.splitting import SPLITS, assign_splits, shuffled
 from services.data.stats import token_stats
-from services.data.tokenization import IGNORE_INDEX, training_examples
+from services.data.tokenization import IGNORE_INDEX, preference_examples, training_examples
 
 SPEC_KEY = "spec"
 TOKENIZE_BATCH = 2048
@@ -115,8 +115,34 @@ def version_id(dataset: DatasetRecord, model: BaseModel, request: data_pb2.Prepa
 class _Example:
     conversation: Conversation
     group: str
-    input_ids: list[int]
+    input_ids: list[int]  # a preference pair's chosen side
     labels: list[int]
+    rejected: tuple[list[int], list[int]] | None = None  # a preference pair's rejected side: ids, labels
+
+    @property
+    def sequences(self) -> list[tuple[list[int], list[int]]]:
+        return [(self.input_ids, self.labels), *([self.rejected] if self.rejected else [])]
+
+
+# Per distinct row: input_ids, labels and, for a preference pair, the rejected side's.
+_Encoded = tuple[list[int], list[int], tuple[list[int], list[int]] | None]
+
+
+def check_pairs_request(
+    request: data_pb2.PrepareDatasetRequest, pairs: bool, validation_pairs: bool | None
+) -> None:
+    """InvalidArgument naming the field a request sets that a preference (or plain) dataset cannot use."""
+    if pairs and request.refusals.fraction > 0:
+        raise InvalidArgument(
+            "adds refusal rows, which have no rejected answer; a preference dataset holds its refusals "
+            "as pairs (the refusal chosen over an answer)",
+            field="refusals.fraction",
+        )
+    if validation_pairs is not None and validation_pairs != pairs:
+        raise InvalidArgument(
+            "must be a preference dataset too" if pairs else "is a preference dataset; this one is not",
+            field="validation_dataset_id",
+        )
 
 
 class PrepareRunner:
@@ -144,6 +170,10 @@ class PrepareRunner:
         progress(0.01, "loading the dataset and the tokenizer", {})
         conversations = load_conversations(self.store, dataset)
         validation_rows = self._validation_rows(request)
+        pairs = any(c.rejected is not None for c in conversations)
+        check_pairs_request(
+            request, pairs, any(c.rejected is not None for c in validation_rows) if validation_rows else None
+        )
         # Only the dataset's rows are scanned: the system prompt and refusal rows are the operator's own text.
         allow = PiiAllowList.parse(request.pii.allow, "pii.allow")
         pii_of = {id(c): scan_conversation(c, request.pii.redact, allow) for c in conversations}
@@ -213,6 +243,7 @@ class PrepareRunner:
                     "tokenizer_sha256": tokenizer_sha,
                     "chat_template_sha256": sha256_bytes(template.encode()),
                 },
+                preference_pairs=pairs,
             )
             stop_if_asked()
             artifact = self.store.put_dir(folder)
@@ -231,6 +262,7 @@ class PrepareRunner:
             created_at=utcnow(),
             split_pii=split_pii,
             warnings=warnings,
+            preference_pairs=pairs,
         )
         return self.catalog.add_version(record)
 
@@ -286,17 +318,15 @@ class PrepareRunner:
         stop_if_asked: Callable[[], None],
     ) -> tuple[list[_Example], int, int]:
         # Exact duplicates are tokenized once for the whole data set, not once per batch.
-        keys = [tuple((m["role"], m["content"]) for m in c.messages) for c in conversations]
+        keys = [(tuple((m["role"], m["content"]) for m in c.messages), c.rejected) for c in conversations]
         first_of = {key: index for index, key in reversed(list(enumerate(keys)))}
         distinct = list(first_of)
-        encoded: dict[tuple, tuple[list[int], list[int]]] = {}
+        encoded: dict[tuple, _Encoded] = {}
         for start in range(0, len(distinct), TOKENIZE_BATCH):
             stop_if_asked()
             batch = distinct[start : start + TOKENIZE_BATCH]
-            messages = [conversations[first_of[key]].messages for key in batch]
-            encoded.update(
-                zip(batch, training_examples(tokenizer, messages, end_of_turn, template), strict=True)
-            )
+            rows = [conversations[first_of[key]] for key in batch]
+            encoded.update(zip(batch, _encode_rows(tokenizer, rows, end_of_turn, template), strict=True))
             done = min(start + TOKENIZE_BATCH, len(distinct))
             progress(
                 0.05 + 0.85 * done / len(distinct),
@@ -308,15 +338,19 @@ class PrepareRunner:
         limit = request.max_seq_len
         keep_truncated = request.truncation == data_pb2.TRUNCATION_POLICY_TRUNCATE
         for conversation, group, key in zip(conversations, groups, keys, strict=True):
-            input_ids, labels = encoded[key]
-            if len(input_ids) > limit:
-                # A truncated example that lost every answer token would train nothing.
-                if not keep_truncated or all(t == IGNORE_INDEX for t in labels[:limit]):
+            example = _Example(conversation, group, *encoded[key])
+            if any(len(ids) > limit for ids, _ in example.sequences):
+                # A truncated example (or either side of a pair) that lost every answer token trains nothing.
+                if not keep_truncated or any(
+                    all(t == IGNORE_INDEX for t in labels[:limit]) for _, labels in example.sequences
+                ):
                     dropped += 1
                     continue
-                input_ids, labels = input_ids[:limit], labels[:limit]
+                example.input_ids, example.labels = example.input_ids[:limit], example.labels[:limit]
+                if example.rejected:
+                    example.rejected = (example.rejected[0][:limit], example.rejected[1][:limit])
                 truncated += 1
-            examples.append(_Example(conversation, group, input_ids, labels))
+            examples.append(example)
         return examples, dropped, truncated
 
     @staticmethod
@@ -327,10 +361,13 @@ class PrepareRunner:
         # Exact duplicates share their token lists (see tokenization.py): each list is serialised and
         # counted once, which keeps data sets with many copies of a row cheap to write.
         encoded_tokens: dict[int, str] = {}
+        # A pair counts as one example whose tokens are both sides': what one pair costs the trainer.
         trained_tokens: dict[int, int] = {}
         for example in examples:
             if id(example.labels) not in trained_tokens:
-                trained_tokens[id(example.labels)] = len(example.labels) - example.labels.count(IGNORE_INDEX)
+                trained_tokens[id(example.labels)] = sum(
+                    len(labels) - labels.count(IGNORE_INDEX) for _, labels in example.sequences
+                )
         for split in SPLITS:
             indexes = [i for i, s in enumerate(splits) if s == split]
             if split == "train":
@@ -338,7 +375,7 @@ class PrepareRunner:
             with open(folder / prepared_layout.split_file(split), "w", encoding="utf-8") as handle:
                 handle.writelines(PrepareRunner._line(examples[index], encoded_tokens) for index in indexes)
             stats[split] = token_stats(
-                [len(examples[i].input_ids) for i in indexes],
+                [sum(len(ids) for ids, _ in examples[i].sequences) for i in indexes],
                 [trained_tokens[id(examples[i].labels)] for i in indexes],
             )
         return stats
@@ -349,8 +386,13 @@ class PrepareRunner:
         # came from differs, so everything else is encoded once.
         key = id(example.input_ids)
         if key not in encoded:
+            rejected = (
+                prepared_layout.RejectedAnswer(*example.rejected, example.conversation.rejected or "")
+                if example.rejected
+                else None
+            )
             encoded[key] = prepared_layout.example_body(
-                example.input_ids, example.labels, example.conversation.messages
+                example.input_ids, example.labels, example.conversation.messages, rejected
             )
         conversation = example.conversation
         return prepared_layout.example_line(encoded[key], conversation.line, conversation.is_refusal)
@@ -360,3 +402,14 @@ class PrepareRunner:
         return sha256_json(
             {name: sha256_file(folder / name) for name in TOKENIZER_FILES if (folder / name).exists()}
         )
+
+
+def _encode_rows(tokenizer: Any, rows: list[Conversation], end_of_turn: str, template: str) -> list[_Encoded]:
+    """Tokenized rows: plain conversations, or preference pairs (a dataset holds one kind)."""
+    messages = [row.messages for row in rows]
+    if rows and rows[0].rejected is not None:
+        pairs = preference_examples(
+            tokenizer, messages, [row.rejected or "" for row in rows], end_of_turn, template
+        )
+        return [(*chosen, rejected) for chosen, rejected in pairs]
+    return [(*example, None) for example in training_examples(tokenizer, messages, end_of_turn, template)]

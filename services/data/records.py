@@ -30,9 +30,12 @@ class Conversation:
     # The file's field each message came from, so reports name what the user wrote ("answer", "output").
     fields: list[str] = field(default_factory=list)
     is_refusal: bool = False
+    # A preference pair's rejected answer to the same prompt; the chosen answer is the last message.
+    rejected: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"source_line": self.line, "messages": self.messages, "is_refusal": self.is_refusal}
+        value = {"source_line": self.line, "messages": self.messages, "is_refusal": self.is_refusal}
+        return value if self.rejected is None else {**value, "rejected": self.rejected}
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> "Conversation":
@@ -47,4 +50,5 @@ class Conversation:
                 for m in value["messages"]
             ],
             is_refusal=bool(value.get("is_refusal", False)),
+            rejected=value.get("rejected"),
         )

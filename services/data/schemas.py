@@ -6,7 +6,7 @@ import json
 import re
 import shlex
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ftcommon.errors import InvalidArgument
@@ -20,22 +20,38 @@ class Schema(enum.IntEnum):
     PROMPT_COMPLETION = 3
     MESSAGES = 4
     TEXT = 5
+    PREFERENCE = 6
+    OPENAI_PREFERENCE = 7
 
 
+PREFERENCE_SCHEMAS = (Schema.PREFERENCE, Schema.OPENAI_PREFERENCE)
+# A column named like one of these makes the file a preference file: only those schemas are tried, so a
+# file missing its `rejected` column is told so rather than offered a question/answer mapping.
+_PREFERENCE_MARKERS = ("chosen", "rejected", "preferred_output", "non_preferred_output")
+
+# Preference schemas come first: a {messages, chosen, rejected} file also has the messages schema's field.
 REQUIRED_FIELDS: dict[Schema, tuple[str, ...]] = {
+    Schema.OPENAI_PREFERENCE: ("input", "preferred_output", "non_preferred_output"),
+    Schema.PREFERENCE: ("chosen", "rejected"),
     Schema.MESSAGES: ("messages",),
     Schema.ALPACA: ("instruction", "output"),
     Schema.PROMPT_COMPLETION: ("prompt", "completion"),
     Schema.QUESTION_ANSWER: ("question", "answer"),
     Schema.TEXT: ("text",),
 }
-OPTIONAL_FIELDS: dict[Schema, tuple[str, ...]] = {Schema.ALPACA: ("input",)}
+# A preference row's prompt is either field (plan_fields requires one of the two columns).
+OPTIONAL_FIELDS: dict[Schema, tuple[str, ...]] = {
+    Schema.ALPACA: ("input",),
+    Schema.PREFERENCE: ("prompt", "messages"),
+}
 _SUGGESTION_ORDER = (
     Schema.QUESTION_ANSWER,
     Schema.PROMPT_COMPLETION,
     Schema.ALPACA,
     Schema.MESSAGES,
     Schema.TEXT,
+    Schema.PREFERENCE,
+    Schema.OPENAI_PREFERENCE,
 )
 KNOWN_FIELDS = sorted(
     {f for fields in (*REQUIRED_FIELDS.values(), *OPTIONAL_FIELDS.values()) for f in fields}
@@ -62,6 +78,11 @@ _USUAL_COLUMNS: dict[str, tuple[str, ...]] = {
     "completion": ("completion", "response", "answer", "a", "output", "target"),
     "text": ("text", "content", "body", "document", "sample"),
     "messages": ("messages", "conversation", "conversations", "dialog", "dialogue", "chat", "turns"),
+    "chosen": ("chosen", "preferred", "accepted", "good", "better", "winner"),
+    "rejected": ("rejected", "dispreferred", "nonpreferred", "bad", "worse", "loser"),
+    "input": ("input",),
+    "preferred_output": ("preferredoutput",),
+    "non_preferred_output": ("nonpreferredoutput",),
 }
 _NOT_A_WORD = re.compile(r"[^0-9a-z]+")
 
@@ -118,10 +139,19 @@ def plan_fields(requested: Schema | None, mapping: dict[str, str], columns: list
         return name if name in columns else None
 
     candidates = [requested] if requested else list(REQUIRED_FIELDS)
+    if not requested and any(available(name) for name in _PREFERENCE_MARKERS):
+        candidates = list(PREFERENCE_SCHEMAS)
     for schema in candidates:
         if all(available(name) for name in REQUIRED_FIELDS[schema]):
             fields = REQUIRED_FIELDS[schema] + OPTIONAL_FIELDS.get(schema, ())
-            return FieldPlan(schema, {name: column for name in fields if (column := available(name))})
+            plan = FieldPlan(schema, {name: column for name in fields if (column := available(name))})
+            if schema == Schema.PREFERENCE and not {"prompt", "messages"} & set(plan.columns):
+                raise InvalidArgument(
+                    "the preference schema needs a 'prompt' column (a string) or a 'messages' column (the "
+                    f"conversation before the answers); the file's columns are: {', '.join(columns)}",
+                    field="prompt",
+                )
+            return plan
     # Name the missing columns of the schema a mapping was found for, or else of the closest one.
     suggested_schema, suggestion = suggest_mapping(candidates, mapping, columns)
     closest = suggested_schema or _by_closeness(candidates, available)[0]
@@ -183,6 +213,8 @@ def to_conversation(record: RawRecord, plan: FieldPlan) -> Conversation | Reject
     if record.error:
         return Rejection(record.line, record.error)
     row: dict[str, Any] = record.value
+    if plan.schema in PREFERENCE_SCHEMAS:
+        return _preference_pair(record.line, row, plan)
     if plan.schema == Schema.MESSAGES:
         return _from_messages(record.line, row, plan.columns["messages"])
     values: dict[str, str] = {}
@@ -282,3 +314,94 @@ def _from_messages(line: int, row: dict[str, Any], column: str) -> Conversation 
     ):
         return Rejection(line, "every assistant message has weight 0: nothing to train on", f"{column}")
     return Conversation(line, messages, fields)
+
+
+def _preference_pair(line: int, row: dict[str, Any], plan: FieldPlan) -> Conversation | Rejection:
+    """The prompt with the chosen answer as its last message, and the rejected answer beside it."""
+    columns = plan.columns
+    if plan.schema == Schema.OPENAI_PREFERENCE:
+        prompt = _openai_input(line, row, columns["input"])
+        chosen_column, rejected_column = columns["preferred_output"], columns["non_preferred_output"]
+    else:
+        prompt = _preference_prompt(line, row, columns)
+        chosen_column, rejected_column = columns["chosen"], columns["rejected"]
+    if isinstance(prompt, Rejection):
+        return prompt
+    if prompt.messages[-1]["role"] != "user":
+        return Rejection(line, "the prompt's last message must be the user's", prompt.fields[-1])
+    answers = []
+    for name, column in (("chosen", chosen_column), ("rejected", rejected_column)):
+        answer = _answer(line, row, column)
+        if isinstance(answer, Rejection):
+            return answer
+        if not answer[0]:
+            return Rejection(line, f"empty {name} answer", answer[1])
+        answers.append(answer)
+    (chosen, chosen_field), (rejected, rejected_field) = answers
+    if chosen == rejected:
+        return Rejection(
+            line, "chosen and rejected are the same answer: the pair teaches nothing", rejected_field
+        )
+    return Conversation(
+        line,
+        [*prompt.messages, {"role": "assistant", "content": chosen}],
+        [*prompt.fields, chosen_field],
+        rejected=rejected,
+    )
+
+
+def _preference_prompt(line: int, row: dict[str, Any], columns: dict[str, str]) -> Conversation | Rejection:
+    has_messages = "messages" in columns and row.get(columns["messages"]) is not None
+    has_prompt = "prompt" in columns and row.get(columns["prompt"]) is not None
+    if has_messages and has_prompt:
+        return Rejection(line, "give the prompt as prompt or as messages, not both", columns["prompt"])
+    if has_messages:
+        return _from_messages(line, row, columns["messages"])
+    column = columns.get("prompt") or columns["messages"]
+    value = row.get(column)
+    if value is None:
+        return Rejection(line, "missing field", column)
+    if not isinstance(value, str):
+        return Rejection(line, f"non-string field (got {type(value).__name__})", column)
+    if not value.strip():
+        return Rejection(line, "empty question", column)
+    return Conversation(line, [{"role": "user", "content": value.strip()}], [column])
+
+
+def _openai_input(line: int, row: dict[str, Any], column: str) -> Conversation | Rejection:
+    """OpenAI's `input`: {"messages": [...], "tools": [...]}; fields are named under the column."""
+    value = row.get(column)
+    if value is None:
+        return Rejection(line, "missing field", column)
+    if not isinstance(value, dict):
+        return Rejection(line, f"non-object field (got {type(value).__name__})", column)
+    if not value.get("tools"):
+        # OpenAI's own DPO example sends parallel_tool_calls: true beside an empty tool list; without tools
+        # it means nothing.
+        value = {k: v for k, v in value.items() if k != "parallel_tool_calls"}
+    prompt = _from_messages(line, value, "messages")
+    if isinstance(prompt, Rejection):
+        return replace(prompt, field=f"{column}.{prompt.field}")
+    prompt.fields = [f"{column}.{name}" for name in prompt.fields]
+    return prompt
+
+
+def _answer(line: int, row: dict[str, Any], column: str) -> tuple[str, str] | Rejection:
+    """(the answer's text, its field): a string, or OpenAI's and TRL's list of one assistant message."""
+    value = row.get(column)
+    if value is None:
+        return Rejection(line, "missing field", column)
+    if isinstance(value, str):
+        return value.strip(), column
+    if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], dict):
+        return Rejection(line, "must be a string or a list of exactly one assistant message", column)
+    message = value[0]
+    if message.get("role") != "assistant":
+        return Rejection(line, f"must be the assistant's message (got role {message.get('role')!r})", column)
+    if not isinstance(message.get("content"), str):
+        return Rejection(
+            line,
+            "missing field" if message.get("content") is None else "non-string field",
+            f"{column}[0].content",
+        )
+    return message["content"].strip(), f"{column}[0].content"

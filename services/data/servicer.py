@@ -24,6 +24,7 @@ from services.data.ingest import IngestOptions
 from services.data.pii import PiiAllowList, refuse_remaining_pii
 from services.data.prepare import (
     SPEC_KEY,
+    check_pairs_request,
     fit_to_model,
     load_conversations,
     request_from_json,
@@ -31,7 +32,7 @@ from services.data.prepare import (
     version_id,
 )
 from services.data.registration import register_dataset
-from services.data.schemas import Schema
+from services.data.schemas import PREFERENCE_SCHEMAS, Schema
 from services.data.source_reader import read_source
 from services.data.splitting import SPLITS
 from services.data.worker import PREPARE_KIND
@@ -68,6 +69,7 @@ def version_message(record: VersionRecord) -> data_pb2.PreparedVersion:
         created_at=timestamp(record.created_at),
         split_pii={name: data_pb2.SplitPii(**pii) for name, pii in record.split_pii.items()},
         warnings=record.warnings,
+        preference_pairs=record.preference_pairs,
     )
 
 
@@ -84,6 +86,7 @@ def conversation_message(row: dict) -> data_pb2.Conversation:
         source_line=row["source_line"],
         messages=[common_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in row["messages"]],
         is_refusal=row.get("is_refusal", False),
+        rejected=row.get("rejected") or "",
     )
 
 
@@ -241,14 +244,21 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             dataset = self.catalog.get_dataset(request.dataset_id)
         except NotFound as err:
             raise NotFound(err.message, field="dataset_id") from None
+        validation_dataset = None
         if request.validation_dataset_id:
             try:
-                self.catalog.get_dataset(request.validation_dataset_id)
+                validation_dataset = self.catalog.get_dataset(request.validation_dataset_id)
             except NotFound as err:
                 raise NotFound(err.message, field="validation_dataset_id") from None
         model = self.base_models.resolve(spec.base_model)
         spec = fit_to_model(spec, model)
         effective = spec.to_request(include_defaults=True)
+        # Refused before a job exists: a preference dataset cannot take refusal rows or plain validation rows.
+        check_pairs_request(
+            effective,
+            dataset.schema in PREFERENCE_SCHEMAS,
+            validation_dataset.schema in PREFERENCE_SCHEMAS if validation_dataset else None,
+        )
         if effective.pii.strict and not effective.pii.redact:
             # Refused here, before a job exists: the caller gets INVALID_ARGUMENT naming the rows.
             refuse_remaining_pii(

@@ -50,6 +50,8 @@ prepared_versions = Table(
     Column("created_at", DateTime, nullable=False),
     Column("split_pii", Text, nullable=True),  # JSON; NULL for versions made before PII was counted
     Column("warnings", Text, nullable=True),  # JSON list; NULL for versions made before prepare advised
+    # 1: every row is a preference pair; NULL for versions made before pairs existed (none held pairs).
+    Column("preference_pairs", Integer, nullable=True),
 )
 
 
@@ -64,6 +66,11 @@ def _add_warnings(op: Operations) -> None:
         op.add_column("prepared_versions", Column("warnings", Text, nullable=True))
 
 
+def _add_preference_pairs(op: Operations) -> None:
+    if "preference_pairs" not in {c["name"] for c in inspect(op.get_bind()).get_columns("prepared_versions")}:
+        op.add_column("prepared_versions", Column("preference_pairs", Integer, nullable=True))
+
+
 MIGRATIONS = [
     Migration(
         "0001_initial",
@@ -72,5 +79,6 @@ MIGRATIONS = [
     Migration("0002_prepared_version_split_pii", _add_split_pii),
     Migration("0003_prepared_version_warnings", _add_warnings),
     Migration("0004_prepare_jobs_pause_requested", add_pause_requested("prepare_jobs")),
+    Migration("0005_prepared_version_preference_pairs", _add_preference_pairs),
     Migration("0006_generate_jobs", create_tables(metadata, "generate_jobs", "generate_job_events")),
 ]

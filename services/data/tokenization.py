@@ -86,3 +86,41 @@ def _distinct_examples(
             labels[start : start + stop] = segment[:stop]
         examples.append((full, labels))
     return examples
+
+
+def preference_examples(
+    tokenizer: Any,
+    conversations: Sequence[Sequence[Message]],
+    rejected: Sequence[str],
+    end_of_turn: str,
+    chat_template: str,
+) -> list[tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]]:
+    """One ((chosen ids, labels), (rejected ids, labels)) per pair. A pair is a conversation whose last
+    message is the chosen answer, and the rejected answer to put in its place. Labels cover only that last
+    answer, through its end-of-turn token: every earlier turn is the prompt both answers share."""
+    end_of_turn_id = tokenizer.convert_tokens_to_ids(end_of_turn)
+    plain = [[{"role": m["role"], "content": m["content"]} for m in c] for c in conversations]
+    prompts = [messages[:-1] for messages in plain]
+    with_rejected = [
+        [*prompt, {"role": "assistant", "content": answer}]
+        for prompt, answer in zip(prompts, rejected, strict=True)
+    ]
+    prompt_texts = _render(tokenizer, prompts, chat_template, generation=True)
+    chosen_texts = _render(tokenizer, plain, chat_template, generation=False)
+    rejected_texts = _render(tokenizer, with_rejected, chat_template, generation=False)
+    texts = list(dict.fromkeys([*prompt_texts, *chosen_texts, *rejected_texts]))
+    ids_of = dict(zip(texts, _encode(tokenizer, texts), strict=True))
+
+    def answer_labelled(prompt_text: str, full_text: str) -> tuple[list[int], list[int]]:
+        prompt, full = ids_of[prompt_text], list(ids_of[full_text])
+        if full[: len(prompt)] != prompt:
+            raise ValueError("the chat template does not render conversations as prefixes of each other")
+        answer = full[len(prompt) :]
+        stop = answer.index(end_of_turn_id) + 1 if end_of_turn_id in answer else len(answer)
+        labels = [IGNORE_INDEX] * len(prompt) + answer[:stop] + [IGNORE_INDEX] * (len(answer) - stop)
+        return full, labels
+
+    return [
+        (answer_labelled(prompt, chosen), answer_labelled(prompt, rejected_text))
+        for prompt, chosen, rejected_text in zip(prompt_texts, chosen_texts, rejected_texts, strict=True)
+    ]

@@ -17,6 +17,7 @@ class PreparedVersionRef:
     base_model_id: str
     train_rows: int
     validation_rows: int
+    preference_pairs: bool  # every row is a preference pair (what method dpo trains on)
 
 
 def resolve_prepared_version(
@@ -46,5 +47,10 @@ def resolve_prepared_version(
         )
     validation_rows = stats["validation"].examples if "validation" in stats else 0
     return PreparedVersionRef(
-        version.id, version.artifact.uri, version.base_model_id, train_rows, validation_rows
+        version.id,
+        version.artifact.uri,
+        version.base_model_id,
+        train_rows,
+        validation_rows,
+        version.preference_pairs,
     )

@@ -8,6 +8,9 @@ normalisation depends on its own loss path and the model's `num_items_in_batch` 
 bit-for-bit on another worker; (3) per-step events and a stop check between steps. Everything else
 (model, LoRA, schedulers, DDP) is the libraries' own.
 
+The objective is next-token cross-entropy on the answers (SFT), or with method `dpo` the DPO loss on
+preference pairs (preference.py) in the same loop, with the same checkpoints, resume and export.
+
 Runs the same way in one process or under torchrun (DDP, or FSDP2's `fully_shard` per decoder layer;
 gloo on CPU, nccl on GPU): every process knows the whole step's examples and takes its contiguous share.
 """
@@ -19,7 +22,7 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,9 +31,18 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from ftcommon.prepared_layout import PreparedFolder
 from ftcommon.specs.train import ALL_LINEAR, Hyperparameters
-from services.trainer.batches import collate, example_indices, label_count, load_split, summed_loss
+from services.trainer.batches import Example, collate, example_indices, label_count, load_split, summed_loss
 from services.trainer.packed_attention import register_packed_attention
+from services.trainer.preference import (
+    DpoObjective,
+    PreferencePair,
+    answer_log_probs,
+    collate_pairs,
+    load_pairs,
+    reference_log_probs,
+)
 from services.trainer.schedule import examples_per_step, plan
 
 SCHEDULER_NAMES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -77,6 +89,7 @@ class StepResult:
     loss: float
     grad_norm: float
     tokens: int
+    metrics: dict[str, float] = field(default_factory=dict)  # the objective's own (DPO: rewards, accuracy)
 
 
 class FinetuneRecipe:
@@ -114,8 +127,16 @@ class FinetuneRecipe:
             )
         else:
             self.ddp_model = self.model
-        self.train_examples = load_split(self.config.prepared_dir, "train")
-        self.validation_examples = load_split(self.config.prepared_dir, "validation")
+        self.dpo = DpoObjective(self.hp.dpo_beta, self.hp.dpo_sft_weight) if self.hp.method == "dpo" else None
+        self.train_examples: list[Example] | list[PreferencePair]
+        if self.dpo:
+            if not PreparedFolder.open(self.config.prepared_dir).preference_pairs:
+                raise ValueError(f"{self.config.prepared_dir} holds no preference pairs; DPO trains on pairs")
+            self.train_examples = load_pairs(self.config.prepared_dir, "train")
+            self.validation_examples = load_pairs(self.config.prepared_dir, "validation")
+        else:
+            self.train_examples = load_split(self.config.prepared_dir, "train")
+            self.validation_examples = load_split(self.config.prepared_dir, "validation")
         if not self.train_examples:
             raise ValueError(f"{self.config.prepared_dir} has no training examples")
         # Jobs arrive with the schedule decided by CreateJob; a recipe built directly decides it the same way.
@@ -205,6 +226,7 @@ class FinetuneRecipe:
                 "tokens_per_second": result.tokens / elapsed,
                 "eta_seconds": (self.state.total_steps - self.state.step) * sum(recent) / len(recent),
                 "epoch": self.state.examples_seen / len(self.train_examples),
+                **result.metrics,
             }
             self.state.history.append({"event": "train", **metrics})
             if self.is_main:
@@ -228,7 +250,7 @@ class FinetuneRecipe:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return StepResult(accumulated.loss, float(grad_norm), accumulated.tokens)
+        return replace(accumulated, grad_norm=float(grad_norm))
 
     def accumulate_gradients(self) -> StepResult:
         """Backward over the next step's examples; leaves the step's gradient in `.grad`."""
@@ -236,6 +258,8 @@ class FinetuneRecipe:
             len(self.train_examples), self.hp.seed, self.state.examples_seen, self.examples_per_step
         )
         step_examples = [self.train_examples[i] for i in indices]
+        if self.dpo:
+            return self._accumulate_preference_gradients(step_examples, self.dpo)
         # Every process knows the step's examples, so the normaliser needs no communication.
         label_tokens = max(1, sum(label_count(e) for e in step_examples))
         share = len(step_examples) // self.world_size
@@ -253,6 +277,56 @@ class FinetuneRecipe:
             dist.all_reduce(loss_sum)
         tokens = sum(len(e.input_ids) for e in step_examples)
         return StepResult(float(loss_sum) / label_tokens, 0.0, tokens)
+
+    def _accumulate_preference_gradients(
+        self, step_pairs: list[PreferencePair], objective: DpoObjective
+    ) -> StepResult:
+        """DPO's accumulate_gradients: the reference log-probabilities come from the same weights with the
+        adapter disabled (no gradient), the policy's from the trained model; the loss is normalised by the
+        whole step's pairs and chosen tokens, so the step does not depend on how it is split."""
+        pairs_in_step = len(step_pairs)
+        chosen_tokens = sum(label_count(p.chosen) for p in step_pairs)
+        share = pairs_in_step // self.world_size
+        mine = step_pairs[self.rank * share : (self.rank + 1) * share]
+        micro_batches = [mine[i : i + self.hp.batch_size] for i in range(0, len(mine), self.hp.batch_size)]
+        totals = torch.zeros(8, dtype=torch.float64, device=self.device)
+        for index, pairs in enumerate(micro_batches):
+            batch = self._to_device(collate_pairs(pairs, self.hp.packing, self.pad_id))
+            with self._autocast():
+                reference = reference_log_probs(self.model, batch)
+            with self._no_sync(index < len(micro_batches) - 1), self._autocast():
+                policy = answer_log_probs(self.ddp_model, batch)
+            dpo_sum, chosen_nll, batch_totals = objective.terms(policy, reference, pairs)
+            # DDP averages gradients over processes; scaling by world size turns that into a sum.
+            (objective.loss(dpo_sum, chosen_nll, pairs_in_step, chosen_tokens) * self.world_size).backward()
+            totals += batch_totals
+        if self.world_size > 1:
+            dist.all_reduce(totals)
+        metrics = objective.metrics(totals)
+        tokens = sum(len(p.chosen.input_ids) + len(p.rejected.input_ids) for p in step_pairs)
+        return StepResult(metrics.pop("loss"), 0.0, tokens, metrics)
+
+    def preference_validation(self, objective: DpoObjective) -> dict[str, float]:
+        """validation_loss (DPO's), reward margin and preference accuracy on the validation pairs."""
+        pairs = self.validation_examples
+        share = math.ceil(len(pairs) / self.world_size)
+        mine = pairs[self.rank * share : (self.rank + 1) * share]
+        batches = [mine[i : i + self.hp.batch_size] for i in range(0, len(mine), self.hp.batch_size)]
+        rounds = math.ceil(share / self.hp.batch_size) if self.sharded else len(batches)
+        totals = torch.zeros(8, dtype=torch.float64, device=self.device)
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            for index in range(rounds):
+                chunk = batches[index] if index < len(batches) else pairs[:1]
+                batch = self._to_device(collate_pairs(chunk, self.hp.packing, self.pad_id))
+                reference = reference_log_probs(self.model, batch)
+                policy = answer_log_probs(self.model, batch)
+                if index < len(batches):
+                    totals += objective.terms(policy, reference, chunk)[2]
+        self.model.train()
+        if self.world_size > 1:
+            dist.all_reduce(totals)
+        return objective.metrics(totals, prefix="validation_")
 
     def validation_loss(self) -> float:
         examples = self.validation_examples
@@ -279,7 +353,10 @@ class FinetuneRecipe:
         return float(totals[0] / totals[1].clamp(min=1))
 
     def _validate(self, reporter: Reporter) -> None:
-        loss = self.validation_loss()
+        measured = (
+            self.preference_validation(self.dpo) if self.dpo else {"validation_loss": self.validation_loss()}
+        )
+        loss = measured["validation_loss"]
         if loss < self.state.best_validation_loss:
             self.state.best_validation_loss = loss
             self.state.evaluations_without_improvement = 0
@@ -288,7 +365,7 @@ class FinetuneRecipe:
         patience = self.hp.early_stopping_patience
         if patience and self.state.evaluations_without_improvement >= patience:
             self.state.stopped_early = True
-        metrics = {"step": float(self.state.step), "validation_loss": loss}
+        metrics = {"step": float(self.state.step), **measured}
         self.state.history.append({"event": "validation", **metrics})
         if self.is_main:
             reporter.on_validation(metrics)

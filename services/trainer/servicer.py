@@ -106,6 +106,12 @@ class TrainerServicer(TrainerRegistryRpcs):
                 f"was tokenized for model {version.base_model_id}, not {base.id}; prepare it for this model",
                 field="prepared_version_id",
             )
+        if spec.hyperparameters.method == "dpo" and not version.preference_pairs:
+            raise InvalidArgument(
+                f"prepared version {version.id} holds no preference pairs; method dpo trains on a version "
+                "prepared from a preference dataset ({prompt | messages, chosen, rejected} or OpenAI's format)",
+                field="prepared_version_id",
+            )
         # Decided here, not in the worker, so the job records (and the caller sees) what it will run.
         schedule = plan(spec.hyperparameters, version.train_rows, validation_rows=version.validation_rows)
         payload = {
