@@ -159,3 +159,10 @@ def test_the_playground_streams_two_models_side_by_side_through_the_gateway(
         answers.append(reply.text)
     assert '"delta"' in answers[0] and "data: [DONE]" in answers[0]
     assert "event: error" in answers[1] and "no-such-model" in answers[1] and "request_id" in answers[1]
+
+
+def test_an_unknown_page_is_the_consoles_error_page_with_a_request_id(console: ConsoleState) -> None:
+    client, _ = signed_in(console, "read-only")
+    reply = client.get("/no-such-page")
+    assert reply.status_code == 404 and "no such page" in reply.text
+    assert re.search(r"request id <code>[0-9a-f-]{8,}</code>", reply.text)

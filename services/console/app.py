@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ftcommon.interceptors import REQUEST_ID_HEADER
@@ -90,6 +91,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ConsoleError)
     async def console_error(request: Request, err: ConsoleError) -> Response:
         return _error(request, err)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException) -> Response:
+        # Unknown paths and methods get the console's own page (with the request id), not a bare JSON body.
+        message = "no such page" if err.status_code == 404 else str(err.detail)
+        return _error(request, ConsoleError(message, err.status_code))
 
     @app.exception_handler(RequestValidationError)
     async def invalid_form(request: Request, err: RequestValidationError) -> Response:

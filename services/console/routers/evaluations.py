@@ -7,6 +7,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from finetune.v1 import eval_pb2
+from ftcommon.settings import DEFAULT_BASE_MODEL_NAME
 from services.console.pages import enum_name, render
 from services.console.peers import ConsoleError
 from services.console.protocol_evaluations import SPLITS, EvalForm
@@ -29,7 +30,12 @@ def verdict_name(verdict: int) -> str:
 
 @router.get("")
 def list_runs(
-    request: Request, console: Console, session: SignedIn, page_token: str = "", prepared_version_id: str = ""
+    request: Request,
+    console: Console,
+    session: SignedIn,
+    page_token: str = "",
+    prepared_version_id: str = "",
+    candidate: str = "",
 ) -> Response:
     page = serving(console).page(page_token)
     context: dict[str, object] = {
@@ -37,10 +43,15 @@ def list_runs(
         "page_token": page_token,
         "verdict_name": verdict_name,
         "selected_version": prepared_version_id,
+        "selected_candidate": candidate,
+        "default_base": DEFAULT_BASE_MODEL_NAME,  # the baseline when no `prod` exists yet
         "splits": SPLITS,
     }
     if session.operator.is_admin:
-        context["choices"] = ModelsServing(console.peers, 200).choices()
+        # A model id from a job's page is offered too, beside the names and aliases.
+        context["choices"] = sorted(
+            {*ModelsServing(console.peers, 200).choices(), *([candidate] if candidate else [])}
+        )
         context["versions"] = TrainingServing(console.peers, 200, 0).prepared_versions()
     return render(request, "evaluations.html", context)
 
