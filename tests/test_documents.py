@@ -225,3 +225,27 @@ def test_a_fenced_code_block_with_blank_lines_is_never_an_answer():
     ]
     answers = {p.answer for p in structural_pairs(chunk, 3, 600, continuation=False)}
     assert answers == {"Setup takes about 4 minutes on a laptop."}
+
+
+def test_the_shipped_docs_questions_each_have_a_key_fact_and_are_never_generated():
+    """samples/docs_questions.jsonl: hand-written questions about docs/*.md and README.md for evaluation.
+    Each reference states a key fact (so fact accuracy scores every row), and with them as the evaluation
+    set, no pair generated from the same documents repeats one of their questions."""
+    import json
+    from pathlib import Path
+
+    from services.eval.metrics import key_fact
+
+    root = Path(__file__).resolve().parent.parent
+    rows = [json.loads(line) for line in (root / "samples" / "docs_questions.jsonl").read_text().splitlines()]
+    assert len(rows) >= 40 and all(key_fact(row["answer"]) for row in rows)
+    chunks = [
+        chunk
+        for path in [*sorted((root / "docs").glob("*.md")), root / "README.md"]
+        for chunk in chunk_blocks(path.name, parse_document(path.name, path.read_bytes()), ChunkSettings())
+    ]
+    pairs = [p for c in chunks for p in structural_pairs(c, 3, 600, continuation=False)]
+    evaluation = [EvalQuestion("docs-questions", i + 1, row["question"]) for i, row in enumerate(rows)]
+    outcome = check_pairs(pairs, evaluation, CheckSettings())
+    asked = {row["question"] for row in rows}
+    assert not asked & {p.question for p in outcome.kept}
