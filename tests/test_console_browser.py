@@ -1,19 +1,31 @@
-"""The console in a real browser (Chromium from the Debian package, driven by Playwright) against real data
-and trainer services: sign in, upload a CSV and see its rejected rows, open the jobs and models pages.
+"""The console in a real browser (Chromium from the Debian package, driven by Playwright) against real data,
+trainer, eval and gateway services: sign in, upload a CSV and see its rejected rows, open the jobs and
+models pages; run an evaluation from its form and read its report; see a promotion without evidence
+refused (and a read-only operator told so); chat side by side and see both answers stream.
 Screenshots go to the test's temporary folder, and to docs/screenshots/ (the README shows them) when
-FT_UPDATE_SCREENSHOTS=1, so a test run never changes tracked files; page load times are printed."""
+FT_UPDATE_SCREENSHOTS=1, so a test run never changes tracked files; each page's server time (the browser's
+navigation timing: request sent to first byte) and load time are printed."""
 
 import os
 import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from data_fixtures import prepared_qa_version
+from test_console_evaluations import PAIRS, eval_server  # noqa: F401  (fixture: a real eval service)
 
+from finetune.v1 import data_pb2
 from ftcommon.grpc_server import RunningServer
 from services.console.config import ConsoleSettings
 from services.console.server import ConsoleServer, build_server
+from services.trainer.config import DEFAULT_BASE_MODEL_NAME
+
+if TYPE_CHECKING:
+    from services.eval.server import EvalServer
+    from services.inference.server import InferenceServer
 
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS_SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
@@ -36,14 +48,19 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def console_server(
-    tmp_path_factory: pytest.TempPathFactory, data_server: RunningServer, trainer_server: RunningServer
+    tmp_path_factory: pytest.TempPathFactory,
+    data_server: RunningServer,
+    trainer_server: RunningServer,
+    eval_server: "EvalServer",  # noqa: F811
+    inference_server: "InferenceServer",
 ) -> Iterator[ConsoleServer]:
     settings = ConsoleSettings(
         data_dir=tmp_path_factory.mktemp("console"),
         port=0,
         data_address=data_server.address,
         trainer_address=trainer_server.address,
-        eval_address="127.0.0.1:1",
+        eval_address=eval_server.address,
+        gateway_url=inference_server.http_url,
     )
     running = build_server(settings)
     yield running
@@ -98,3 +115,117 @@ def test_sign_in_upload_and_browse_in_chromium(console_server: ConsoleServer, tm
         finally:
             browser.close()
     print("page load times (s):", {path: round(seconds, 3) for path, seconds in load_times.items()})
+
+
+# The browser's own timing of the last navigation: server time is request sent to first byte of the reply.
+NAVIGATION_TIMING = """() => {
+  const n = performance.getEntriesByType("navigation")[0];
+  return {server_ms: n.responseStart - n.requestStart, load_ms: n.loadEventEnd - n.startTime};
+}"""
+
+
+def _sign_in(page: Any, url: str, token: str) -> None:
+    page.goto(url + "/login")
+    page.fill("input[name=token]", token)
+    page.click("button[type=submit]")
+    page.wait_for_url(re.compile(r".*/datasets$"))
+
+
+def test_evaluation_report_refused_promotion_and_side_by_side_chat_in_chromium(
+    console_server: ConsoleServer, data_stub, data_root, tmp_path: Path
+) -> None:
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip dev extra)"
+    )
+    split = data_pb2.SplitFractions(train=0.4, validation=0.0, test=0.6)
+    version = prepared_qa_version(data_stub, data_root, "browser-eval", PAIRS, split, seed=3)
+    dataset_id = data_stub.GetPreparedVersion(data_pb2.GetPreparedVersionRequest(id=version)).dataset_id
+    _, admin_token = console_server.state.accounts.create_operator("browser admin", "admin")
+    _, reader_token = console_server.state.accounts.create_operator("browser reader", "read-only")
+    screenshots = DOCS_SCREENSHOTS if os.environ.get("FT_UPDATE_SCREENSHOTS") == "1" else tmp_path
+    screenshots.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, dict[str, float]] = {}
+    url = console_server.url
+
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        try:
+
+            def timed(path: str, name: str = "") -> None:
+                page.goto(url + path, wait_until="load")
+                timings[name or path] = page.evaluate(NAVIGATION_TIMING)
+
+            _sign_in(page, url, admin_token)
+            timed(f"/evaluations?prepared_version_id={version}", "/evaluations")
+            page.select_option("select[name=baseline]", DEFAULT_BASE_MODEL_NAME)
+            page.select_option("select[name=candidate]", DEFAULT_BASE_MODEL_NAME)
+            page.fill("input[name=max_tokens]", "8")
+            page.fill(
+                "textarea[name=off_topic_probes]", "Who invented the telephone?\nHow do I iron a shirt?"
+            )
+            page.click("#eval-form button[type=submit]")
+            page.wait_for_url(re.compile(r".*/evaluations/[^/?]+$"))
+            run_path = page.url.removeprefix(url)
+            page.wait_for_selector(
+                "#verdict", timeout=300_000
+            )  # the page reloads itself until the report is in
+            assert page.locator("#verdict").inner_text() == "fail"  # a model against itself cannot win
+            assert page.locator("#metrics tbody tr").count() >= 3
+            assert page.locator("#side-by-side tbody tr").count() >= 3
+            page.screenshot(path=str(screenshots / "console-evaluation.png"), full_page=True)
+            timed(run_path)
+            page.select_option("select[name=outcome]", "win")
+            page.click("#example-filter button[type=submit]")
+            page.wait_for_selector("text=No rows match")
+
+            timed("/models")
+            page.fill("form[action='/models/promote'] input[name=model]", DEFAULT_BASE_MODEL_NAME)
+            page.fill("form[action='/models/promote'] input[name=alias]", "browser-prod")
+            page.click("form[action='/models/promote'] button[type=submit]")
+            refusal = page.locator("#promote-refusal")
+            refusal.wait_for()
+            assert "FAILED_PRECONDITION" in refusal.inner_text() and "request id" in refusal.inner_text()
+            timed(f"/models/{DEFAULT_BASE_MODEL_NAME}", "/models/{model}")
+            timed(f"/datasets/{dataset_id}", "/datasets/{dataset}")
+            timed("/datasets")
+            timed("/jobs")
+            timed(f"/jobs/new?prepared_version_id={version}", "/jobs/new")
+            timed("/keys")
+
+            timed("/playground")
+            page.select_option("select[name=model_a]", DEFAULT_BASE_MODEL_NAME)
+            page.check("input[name=side_by_side]")
+            page.select_option("select[name=model_b]", DEFAULT_BASE_MODEL_NAME)
+            page.fill("input[name=max_tokens]", "12")
+            page.fill("textarea[name=message]", "What is the capital of France?")
+            page.click("#chat-form button[type=submit]")
+            for box in ("#answer-a", "#answer-b"):
+                # Both answers stream in; each ends with the form that saves it as a training row.
+                page.wait_for_selector(f"{box} form.save-row", timeout=120_000)
+                answer = page.locator(f"{box} > div").first.inner_text()
+                assert answer.strip() and "request id" not in answer, answer
+            page.screenshot(path=str(screenshots / "console-playground.png"), full_page=True)
+
+            reader = browser.new_page()
+            _sign_in(reader, url, reader_token)
+            reader.goto(url + "/models")
+            assert reader.locator("form[action='/models/promote']").count() == 0
+            refused = reader.evaluate(
+                """async () => {
+                  const reply = await fetch("/models/promote", {method: "POST",
+                    headers: {"X-CSRF-Token": document.querySelector('meta[name="csrf-token"]').content,
+                              "Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
+                    body: "model=smollm2-135m-instruct&alias=prod"});
+                  return {status: reply.status, body: await reply.json()};
+                }"""
+            )
+            assert refused["status"] == 403 and "read-only" in refused["body"]["error"]
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+    print("page times (ms, server = request to first byte):")
+    for path, timing in timings.items():
+        print(f"  {path:24} server {timing['server_ms']:7.1f}  load {timing['load_ms']:7.1f}")
