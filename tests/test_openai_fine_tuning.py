@@ -335,10 +335,23 @@ def test_a_paused_job_resumes_from_its_checkpoint_and_succeeds_with_the_same_los
     messages = [e.message for e in team.fine_tuning.jobs.list_events(job.id, limit=100).data]
     assert "Fine-tuning job paused at a checkpoint" in messages
     assert any(m.startswith("resumed from checkpoint") for m in messages)
+    # The pause's checkpoint is a model of its own, listed after the final one and served by name.
+    final_checkpoint, paused_checkpoint = team.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert final_checkpoint.fine_tuned_model_checkpoint == final.fine_tuned_model
+    step = paused_checkpoint.step_number
+    assert 0 < step < final_checkpoint.step_number
+    assert paused_checkpoint.fine_tuned_model_checkpoint == f"{final.fine_tuned_model}:ckpt-step-{step}"
+    reply = team.chat.completions.create(
+        model=paused_checkpoint.fine_tuned_model_checkpoint,
+        messages=[{"role": "user", "content": ROWS[0][0]}],
+        max_tokens=4,
+    )
+    assert reply.choices[0].message.content is not None
     losses, reference = (
         step_losses(team, final.result_files[0]),
         step_losses(team, uninterrupted.result_files[0]),
     )
+    assert paused_checkpoint.metrics.train_loss == pytest.approx(losses[step])
     assert sorted(losses) == sorted(reference)
     for step, loss in losses.items():
         assert loss == pytest.approx(reference[step], rel=1e-3), step

@@ -315,6 +315,12 @@ def test_a_paused_job_checkpoints_and_resumes_exactly(stub, workers, finished, p
     losses, reference_losses = train_losses(events), train_losses(reference_events)
     for step, loss in losses.items():
         assert loss == pytest.approx(reference_losses[step], rel=1e-3), step
+    # The pause's checkpoint, merged into a servable model when the job succeeded.
+    (kept,) = stub.ListCheckpoints(trainer_pb2.GetJobRequest(id=job_id)).checkpoints
+    checkpoint_model = stub.GetModel(trainer_pb2.GetModelRequest(name=kept.model_id))
+    assert checkpoint_model.kind == trainer_pb2.MODEL_KIND_MERGED
+    assert checkpoint_model.name == f"{job_id}-step-{paused.step}-merged"
+    assert checkpoint_model.lineage.job_id == job_id and checkpoint_model.id != final.merged_model_id
     with pytest.raises(grpc.RpcError) as ended:
         stub.PauseJob(trainer_pb2.GetJobRequest(id=job_id))
     assert ended.value.code() == grpc.StatusCode.FAILED_PRECONDITION

@@ -273,6 +273,7 @@ class FineTuningFollower:
             ),
             timeout=self.settings.rpc_timeout_seconds,
         )
+        self._name_checkpoint_models(job, name)
         self.gateway_event(job.id, f"New fine-tuned model created: {name}")
         if not self.records.get_job(None, job.id).result_files:
             self.records.update_job(job.id, result_files=[self.results.write(job)])
@@ -285,6 +286,24 @@ class FineTuningFollower:
             trained_tokens=int(training.metrics.get("tokens_seen", 0)),
         )
         self.gateway_event(job.id, "The job has successfully completed")
+
+    def _name_checkpoint_models(self, job: JobRecord, name: str) -> None:
+        """The trainer merged the job's latest intermediate checkpoints into models; each gets its alias."""
+        listed = self.trainer.ListCheckpoints(
+            trainer_pb2.GetJobRequest(id=job.train_job_id), timeout=self.settings.rpc_timeout_seconds
+        )
+        for checkpoint in listed.checkpoints:
+            if checkpoint.model_id:
+                self.trainer.SetAlias(
+                    trainer_pb2.SetAliasRequest(
+                        alias=checkpoint_model_name(name, checkpoint.step),
+                        model=checkpoint.model_id,
+                        force=True,
+                        reason=f"checkpoint at step {checkpoint.step} of OpenAI fine-tuning job {job.id}",
+                        actor="gateway fine-tuning API",
+                    ),
+                    timeout=self.settings.rpc_timeout_seconds,
+                )
 
     def _training_request(
         self, job: JobRecord, version: data_pb2.PreparedVersion
@@ -340,6 +359,11 @@ class FineTuningFollower:
 
 def fine_tuned_model_name(job: JobRecord) -> str:
     return f"ft:{job.model}:{job.suffix or ''}:{job.id}"
+
+
+def checkpoint_model_name(fine_tuned_model: str, step: int) -> str:
+    """OpenAI's name for an intermediate checkpoint's model, a registry alias like the job's own."""
+    return f"{fine_tuned_model}:ckpt-step-{step}"
 
 
 def _translate(event: common_pb2.JobEvent) -> NewEvent | None:

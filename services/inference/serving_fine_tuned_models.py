@@ -6,6 +6,7 @@ import grpc
 from finetune.v1 import registry_pb2, registry_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from ftcommon.errors import FailedPrecondition, NotFound
 from services.inference.config import InferenceSettings
+from services.inference.fine_tuning_follower import checkpoint_model_name
 from services.inference.fine_tuning_store import FineTuningRecords, JobRecord, epoch_seconds
 from services.inference.peer_errors import peer_error
 from services.inference.protocol import ModelCard
@@ -33,8 +34,8 @@ class FineTunedModels:
         return _card(self._job(project, model))
 
     def delete(self, project: str, model: str) -> str:
-        """Deletes the job's merged model (with its `ft:` alias) and its adapter from the registry; the
-        registry refuses while another alias (such as `prod`) points at the model. Returns the registry id
+        """Deletes the job's merged model (with its `ft:` alias), its adapter and its checkpoints' models
+        from the registry; the registry refuses while another alias (such as `prod`) points at one. Returns the registry id
         of the deleted model, for the gateway to stop serving it."""
         job = self._job(project, model)
         reason = f"DELETE /v1/models/{model} (project {project or '-'})"
@@ -44,6 +45,9 @@ class FineTunedModels:
             adapter_model_id = self._training(job.train_job_id).adapter_model_id
             if adapter_model_id:
                 self._delete(adapter_model_id, [], reason)
+            for checkpoint in self._checkpoints(job.train_job_id):
+                if checkpoint.model_id:
+                    self._delete(checkpoint.model_id, [checkpoint_model_name(model, checkpoint.step)], reason)
         self.records.forget_model(job.id)
         return merged_model_id
 
@@ -70,6 +74,16 @@ class FineTunedModels:
                 ) from None
             if not isinstance(error, NotFound):
                 raise error from None
+
+    def _checkpoints(self, train_job_id: str) -> list[trainer_pb2.Checkpoint]:
+        try:
+            return list(
+                self.trainer.ListCheckpoints(
+                    trainer_pb2.GetJobRequest(id=train_job_id), timeout=self.settings.rpc_timeout_seconds
+                ).checkpoints
+            )
+        except grpc.RpcError as err:
+            raise peer_error(err, "trainer") from None
 
     def _training(self, train_job_id: str) -> trainer_pb2.TrainingJob:
         try:

@@ -8,6 +8,8 @@ learning rate.
 
 import secrets
 from collections.abc import Callable
+from datetime import datetime
+from typing import TypeVar
 
 import grpc
 
@@ -15,7 +17,7 @@ from finetune.v1 import common_pb2, data_pb2, trainer_pb2, trainer_pb2_grpc
 from ftcommon.db import utcnow
 from ftcommon.errors import FailedPrecondition, InvalidArgument, NotFound
 from services.inference.config import InferenceSettings
-from services.inference.fine_tuning_follower import FineTuningFollower
+from services.inference.fine_tuning_follower import FineTuningFollower, checkpoint_model_name
 from services.inference.fine_tuning_protocol import (
     Checkpoint,
     CheckpointList,
@@ -30,10 +32,12 @@ from services.inference.fine_tuning_protocol import (
     MethodView,
     SupervisedMethod,
 )
+from services.inference.fine_tuning_results import metrics_by_step
 from services.inference.fine_tuning_store import FineTuningRecords, JobRecord, NewEvent, epoch_seconds
 from services.inference.peer_errors import peer_error
 
 MAX_LIST_LIMIT = 100
+Reply = TypeVar("Reply")
 
 
 class OpenAIServingFineTuning:
@@ -167,9 +171,7 @@ class OpenAIServingFineTuning:
             )
         return job
 
-    def _call(
-        self, method: Callable[..., trainer_pb2.TrainingJob], train_job_id: str
-    ) -> trainer_pb2.TrainingJob:
+    def _call(self, method: Callable[..., Reply], train_job_id: str) -> Reply:
         try:
             return method(
                 trainer_pb2.GetJobRequest(id=train_job_id), timeout=self.settings.rpc_timeout_seconds
@@ -197,36 +199,34 @@ class OpenAIServingFineTuning:
         )
 
     def checkpoints(self, project: str, job_id: str, after: str | None, limit: int) -> CheckpointList:
-        """The job's servable result: the final model (intermediate training checkpoints hold optimizer
-        state, not a model chat could load, so they are not listed)."""
+        """The job's servable models, newest first: the final one, then the intermediate checkpoints the
+        trainer merged into models (TrainerSettings.servable_checkpoints, the latest two by default)."""
         _check_limit(limit)
         job = self.records.get_job(project, job_id)
-        data: list[Checkpoint] = []
-        if job.status == "succeeded" and job.fine_tuned_model and job.train_job_id:
-            training = self._training(job.train_job_id)
-            checkpoint_id = f"ftckpt-{job.id.removeprefix('ftjob-')}"
-            if after != checkpoint_id:
-                metrics = training.metrics
-                data.append(
-                    Checkpoint(
-                        id=checkpoint_id,
-                        created_at=epoch_seconds(job.finished_at) or 0,
-                        fine_tuned_model_checkpoint=job.fine_tuned_model,
-                        fine_tuning_job_id=job.id,
-                        step_number=training.step,
-                        metrics=CheckpointMetrics(
-                            step=float(training.step),
-                            train_loss=metrics.get("train_loss"),
-                            valid_loss=metrics.get("validation_loss"),
-                            full_valid_loss=metrics.get("validation_loss"),
-                        ),
-                    )
-                )
+        if job.status != "succeeded" or not job.fine_tuned_model or not job.train_job_id:
+            return CheckpointList(data=[], has_more=False)
+        training = self._training(job.train_job_id)
+        losses = metrics_by_step(self.records.metrics_events(job.id))
+        prefix = f"ftckpt-{job.id.removeprefix('ftjob-')}"
+        data = [
+            _checkpoint(job, prefix, training.step, job.fine_tuned_model, job.finished_at, losses, training)
+        ]
+        listed = self._call(self.trainer.ListCheckpoints, job.train_job_id).checkpoints
+        for kept in sorted((c for c in listed if c.model_id), key=lambda c: -c.step):
+            name = checkpoint_model_name(job.fine_tuned_model, kept.step)
+            created = kept.created_at.ToDatetime()
+            data.append(_checkpoint(job, f"{prefix}-step-{kept.step}", kept.step, name, created, losses))
+        if after:
+            ids = [c.id for c in data]
+            if after not in ids:
+                raise NotFound(f"no checkpoint {after} in job {job_id}", field="after")
+            data = data[ids.index(after) + 1 :]
+        page = data[:limit]
         return CheckpointList(
-            data=data[:limit],
-            has_more=False,
-            first_id=data[0].id if data else None,
-            last_id=data[-1].id if data else None,
+            data=page,
+            has_more=len(data) > limit,
+            first_id=page[0].id if page else None,
+            last_id=page[-1].id if page else None,
         )
 
     def _training(self, train_job_id: str) -> trainer_pb2.TrainingJob:
@@ -268,6 +268,34 @@ def _requested_hyperparameters(request: JobCreateRequest) -> Hyperparameters:
             field="hyperparameters",
         )
     return from_method or top_level or Hyperparameters()
+
+
+def _checkpoint(
+    job: JobRecord,
+    checkpoint_id: str,
+    step: int,
+    model: str,
+    created: datetime | None,
+    losses: dict[int, dict[str, float]],
+    training: trainer_pb2.TrainingJob | None = None,
+) -> Checkpoint:
+    """Losses at the step from the job's metrics events; the final checkpoint falls back on the trainer's."""
+    at_step = losses.get(step, {})
+    final = training.metrics if training is not None else {}
+    valid_loss = at_step.get("valid_loss", final.get("validation_loss"))
+    return Checkpoint(
+        id=checkpoint_id,
+        created_at=epoch_seconds(created) or 0,
+        fine_tuned_model_checkpoint=model,
+        fine_tuning_job_id=job.id,
+        step_number=step,
+        metrics=CheckpointMetrics(
+            step=float(step),
+            train_loss=at_step.get("train_loss", final.get("train_loss")),
+            valid_loss=valid_loss,
+            full_valid_loss=valid_loss,
+        ),
+    )
 
 
 def _check_limit(limit: int) -> None:

@@ -35,6 +35,9 @@ class TrainerSettings(ServiceSettings):
     cancel_grace_seconds: float = 10.0
     # Threads per training process; 0: every CPU the worker may use (affinity and cgroup quota).
     torch_threads: int = 0
+    # The latest intermediate checkpoints of a job merged into servable models when it succeeds (OpenAI's
+    # fine_tuned_model_checkpoint; it keeps the last epochs' too). Each costs a merge and a model's disk space.
+    servable_checkpoints: int = Field(2, ge=0)
 
     @model_validator(mode="before")
     @classmethod

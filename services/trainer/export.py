@@ -32,7 +32,6 @@ def export(
     """`base_model_name` is what the adapter's config names as its base (the registry name)."""
     tokenizer = recipe.tokenizer
     tokenizer.chat_template = chat_template
-    end_of_turn_id = tokenizer.convert_tokens_to_ids(end_of_turn)
     trainable = sum(p.numel() for p in recipe.trainable)
     model: Any = recipe.model
     adapter_dir = None
@@ -43,17 +42,31 @@ def export(
         tokenizer.save_pretrained(adapter_dir)
         model = model.merge_and_unload()
     merged_dir = output_dir / "merged"
-    base_dtype = _base_dtype(recipe.config.base_model_dir)
-    model = model.to(device="cpu", dtype=base_dtype)
+    save_merged(model, recipe, chat_template, end_of_turn, merged_dir, recipe.state.history)
+    return ExportedModel(adapter_dir, merged_dir, trainable)
+
+
+def save_merged(
+    model: Any,
+    recipe: FinetuneRecipe,
+    chat_template: str,
+    end_of_turn: str,
+    merged_dir: Path,
+    history: list[dict[str, Any]],
+) -> None:
+    """A merged model as the gateway and the evaluator load it: the base's dtype, the trained chat template,
+    generation stopping at its end-of-turn token, the training history and its plot."""
+    tokenizer = recipe.tokenizer
+    tokenizer.chat_template = chat_template
+    model = model.to(device="cpu", dtype=_base_dtype(recipe.config.base_model_dir))
     model.config.use_cache = True  # training turned it off; generation wants it
-    model.generation_config.eos_token_id = end_of_turn_id
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(end_of_turn)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = recipe.pad_id
     model.save_pretrained(merged_dir, safe_serialization=True)
     tokenizer.save_pretrained(merged_dir)
-    write_metrics(recipe.state.history, merged_dir / METRICS_FILE)
-    plot_losses(recipe.state.history, merged_dir / LOSS_PLOT_FILE)
-    return ExportedModel(adapter_dir, merged_dir, trainable)
+    write_metrics(history, merged_dir / METRICS_FILE)
+    plot_losses(history, merged_dir / LOSS_PLOT_FILE)
 
 
 def _base_dtype(base_model_dir: Path) -> torch.dtype:

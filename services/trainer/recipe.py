@@ -392,6 +392,13 @@ class FinetuneRecipe:
             dist.barrier()
         return folder
 
+    def checkpoint_to_pause(self, pause_asked: bool) -> Path | None:
+        """After StopRequested: when the first process says the job pauses, every process saves the
+        checkpoint it resumes from (a collective under torchrun); None when it does not pause."""
+        if not self._agree(pause_asked):
+            return None
+        return self.save_checkpoint()
+
     def load_checkpoint(self, folder: Path) -> None:
         state = json.loads((folder / STATE_FILE).read_text())
         if state.pop("world_size") != self.world_size:
@@ -421,6 +428,17 @@ class FinetuneRecipe:
         if self.is_main:
             self.model = self._load_model()
             self._assign_trainable(trained, "the trained weights")
+
+    @contextmanager
+    def checkpoint_weights(self, folder: Path) -> Iterator[None]:
+        """Inside the block the model holds a checkpoint's trainable weights, its own again after (the first
+        process, after gather_for_export)."""
+        own = self.full_trainable_weights()
+        self._assign_trainable(load_file(str(folder / TRAINABLE_WEIGHTS)), str(folder))
+        try:
+            yield
+        finally:
+            self._assign_trainable(own, "the trained weights")
 
     def _assign_trainable(self, weights: dict[str, torch.Tensor], source: str) -> None:
         named = dict(self._trainable_named())
@@ -474,13 +492,6 @@ class FinetuneRecipe:
     def close(self) -> None:
         if self.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
-
-    def checkpoint_to_pause(self, pause_asked: bool) -> Path | None:
-        """After StopRequested: when the first process says the job pauses, every process saves the
-        checkpoint it resumes from (a collective under torchrun); None when it does not pause."""
-        if not self._agree(pause_asked):
-            return None
-        return self.save_checkpoint()
 
 
 class StopRequested(Exception):

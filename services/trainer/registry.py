@@ -31,6 +31,11 @@ def job_model_name(job_id: str, kind: int) -> str:
     return f"{job_id}-{JOB_MODEL_SUFFIXES[kind]}"
 
 
+def checkpoint_model_name(job_id: str, step: int) -> str:
+    """The registry name of a job's intermediate checkpoint merged into a servable model."""
+    return f"{job_id}-step-{step}-merged"
+
+
 @dataclass(frozen=True)
 class ModelRecord:
     id: str
@@ -203,6 +208,9 @@ class ModelRegistry:
     def job_model(self, job_id: str, kind: int) -> ModelRecord | None:
         """The adapter or merged model a training job registered; None when it registered none."""
         return self._find(job_model_name(job_id, kind))
+
+    def checkpoint_model(self, job_id: str, step: int) -> ModelRecord | None:
+        return self._find(checkpoint_model_name(job_id, step))
 
     def list_models(self, kind: int | None, offset: int, limit: int) -> list[ModelRecord]:
         query = select(tables.models).order_by(tables.models.c.created_at, tables.models.c.id)

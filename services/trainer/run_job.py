@@ -22,7 +22,8 @@ from ftcommon.jobs import EventKind, JobState, JobStore
 from ftcommon.logs import configure_logging
 from ftcommon.prepared_layout import PreparedFolder
 from services.trainer import tables
-from services.trainer.checkpoints import latest_checkpoint, record_checkpoint
+from services.trainer.checkpoint_models import export_checkpoint_models, kept_checkpoints
+from services.trainer.checkpoints import latest_checkpoint, list_checkpoints, record_checkpoint
 from services.trainer.config import TrainerSettings
 from services.trainer.export import export
 from services.trainer.job_queue import EXIT_STOPPED, RESULT_FILE, job_store, job_work_dir
@@ -33,6 +34,7 @@ from services.trainer.registry import (
     MERGED,
     ModelFolderInfo,
     ModelRegistry,
+    checkpoint_model_name,
     inspect_model_folder,
     job_model_name,
 )
@@ -143,6 +145,15 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
     prepared = PreparedFolder.open(prepared_dir)
     # Jobs queued before the payload carried the base model's name name it by id.
     base_model_name = payload.get("base_model_name", payload["base_model_id"])
+    # Before export(): merging the job's own model changes it in place.
+    kept = kept_checkpoints(list_checkpoints(db, job_id), state.step, settings.servable_checkpoints)
+    checkpoint_models = export_checkpoint_models(
+        recipe,
+        [(c.step, artifacts.local_dir(c.artifact.uri)) for c in kept],
+        prepared.chat_template(),
+        prepared.end_of_turn,
+        work_dir / "outputs" / "checkpoints",
+    )
     exported = export(
         recipe, prepared.chat_template(), prepared.end_of_turn, work_dir / "outputs", base_model_name
     )
@@ -200,6 +211,16 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
             info=adapter_info,
         )
         result["adapter_model_id"] = adapter.id
+    for checkpoint in checkpoint_models:
+        loss = {"train_loss": checkpoint.train_loss} if checkpoint.train_loss is not None else {}
+        registry.register_folder(
+            name=checkpoint_model_name(job_id, checkpoint.step),
+            kind=MERGED,
+            folder=checkpoint.folder,
+            lineage={**lineage, "checkpoint_step": str(checkpoint.step)},
+            metrics={"steps": float(checkpoint.step), **loss},
+            info=merged_info,
+        )
     (work_dir / RESULT_FILE).write_text(json.dumps(result))
     shutil.rmtree(work_dir / "outputs", ignore_errors=True)
     return 0

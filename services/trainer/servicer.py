@@ -170,6 +170,7 @@ class TrainerServicer(TrainerRegistryRpcs):
                     step=c.step,
                     artifact=artifact_ref(c.artifact),
                     created_at=timestamp(c.created_at),
+                    model_id=getattr(self.registry.checkpoint_model(c.job_id, c.step), "id", ""),
                 )
                 for c in list_checkpoints(self.db, request.id)
             ]
