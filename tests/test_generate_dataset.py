@@ -152,6 +152,16 @@ def test_document_type_and_size_are_checked_per_document(data_stub, data_root):
         lambda: data_stub.GenerateDataset(request),
         mentions=["documents[1]", "table.xlsx"],
     )
+    huge = b"# Huge\n\n" + b"word " * (4 * 1024 * 1024 + 1)  # just over the 20 MiB default limit
+    oversize = data_pb2.GenerateDatasetRequest(
+        documents=documents(("runbook.md", RUNBOOK_MD.encode()), ("huge.md", huge))
+    )
+    expect_rejected(
+        data_stub,
+        data_root,
+        lambda: data_stub.GenerateDataset(oversize),
+        mentions=["documents[1]", "'huge.md' is 20,971,", "over the limit of 20,971,520"],
+    )
 
 
 def test_unknown_evaluation_set_is_not_found(data_stub):
@@ -244,3 +254,64 @@ def test_cli_generates_from_a_folder_and_prints_the_report(data_server, monkeypa
     bad = CliRunner().invoke(app, ["generate", str(tmp_path / "runbook.md"), "--chunk-max-chars", "0"])
     # The spec refuses it before anything is sent, naming the field.
     assert bad.exit_code == 2 and "chunk_max_chars" in bad.stderr
+
+
+@pytest.mark.slow
+def test_kill_during_generation_then_restart(trainer_server, inference_server, data_root, tmp_path):
+    """kill -9 between two chunks' generator calls: the job is requeued and runs again from its stored
+    documents; it ends with one dataset or none, never a half one."""
+    import os
+    import signal
+    import sqlite3
+
+    from test_data_kill import free_port, start_service
+
+    env = {
+        **os.environ,
+        "FT_DATA_DATA_DIR": str(tmp_path),
+        "FT_DATA_ARTIFACT_STORE_URL": str(data_root / "artifacts"),
+        "FT_DATA_PORT": str(free_port()),
+        "FT_DATA_TRAINER_ADDRESS": trainer_server.address,
+        "FT_DATA_INFERENCE_ADDRESS": inference_server.grpc_address,
+        "FT_DATA_GENERATOR_CONCURRENCY": "1",
+        "FT_DATA_GENERATE_JOBS__HEARTBEAT_SECONDS": "0.5",
+        "FT_DATA_GENERATE_JOBS__STALE_AFTER_SECONDS": "2",
+        "FT_DATA_GENERATE_JOBS__POLL_SECONDS": "0.2",
+    }
+    log = tmp_path / "service.log"
+    service = start_service(env, log)
+    request = data_pb2.GenerateDatasetRequest(
+        documents=documents(("runbook.md", RUNBOOK_MD.encode())),
+        generator="smollm2-135m-instruct",
+        question_styles=["factual"],
+        model_attempts=1,
+        model_max_tokens=24,
+    )
+    try:
+        with open_channel(f"127.0.0.1:{env['FT_DATA_PORT']}") as channel:
+            stub = data_pb2_grpc.DataServiceStub(channel)
+            job = stub.GenerateDataset(request)
+            for event in stub.WatchGenerateJob(common_pb2.WatchRequest(id=job.status.id), timeout=240):
+                if event.kind == common_pb2.EVENT_KIND_PROGRESS and event.message.startswith("chunk 1/3"):
+                    break
+        service.send_signal(signal.SIGKILL)
+        service.wait(10)
+        with sqlite3.connect(tmp_path / "data.db") as db:
+            assert db.execute("select state from generate_jobs").fetchall() == [
+                (common_pb2.JOB_STATE_RUNNING,)
+            ]
+            assert db.execute("select count(*) from datasets").fetchone() == (0,)
+
+        service = start_service(env, log)
+        with open_channel(f"127.0.0.1:{env['FT_DATA_PORT']}") as channel:
+            stub = data_pb2_grpc.DataServiceStub(channel)
+            done = wait_for_generate(stub, job.status.id, timeout=240)
+            datasets = dataset_ids(stub)
+            if done.status.state == common_pb2.JOB_STATE_SUCCEEDED:
+                assert done.status.attempt == 2 and datasets == {done.dataset_id}
+                assert len(done.report.chunks) == 3
+            else:
+                assert done.status.state == common_pb2.JOB_STATE_FAILED and datasets == set()
+    finally:
+        service.kill()
+        service.wait(10)

@@ -140,7 +140,8 @@ def generate(
             generated.extend(result.pairs)
             progress(
                 0.05 + 0.9 * (index + 1) / len(chunks),
-                f"chunk {index + 1}/{len(chunks)}: {len(result.pairs)} model pairs, {result.malformed} malformed",
+                f"chunk {index + 1}/{len(chunks)}: {len(result.pairs)} model pairs, {result.malformed} malformed, "
+                f"{result.failed_calls} failed calls",
             )
 
         model.pairs_for(chunks, on_chunk)
