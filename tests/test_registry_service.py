@@ -315,3 +315,39 @@ def test_ftctl_promotes_through_the_gate_shows_history_and_rolls_back(
     back = runner.invoke(app, ["models", "rollback", "prod-f", first_revision, "--reason", "load test over"])
     assert back.exit_code == 0, back.output
     assert _alias_model(registry, "prod-f") == old
+
+
+def test_a_model_is_deleted_with_the_aliases_named_and_refused_while_another_points_at_it(
+    registry, base_id, make_candidate
+):
+    model_id = make_candidate("to-delete")
+
+    def move(alias: str, model: str) -> registry_pb2.AliasRevision:
+        return registry.Promote(
+            registry_pb2.PromoteRequest(model=model, alias=alias, force=True, reason="test", actor="test")
+        )
+
+    move("to-delete-own", model_id)
+    move("to-delete-prod", model_id)
+    delete = registry_pb2.DeleteModelRequest(
+        model=model_id, with_aliases=["to-delete-own"], reason="no longer needed", actor="test"
+    )
+    refused = _refusal(registry.DeleteModel, delete)
+    assert refused.code() == grpc.StatusCode.FAILED_PRECONDITION and "to-delete-prod" in refused.details()
+    named_by_alias = _refusal(registry.DeleteModel, registry_pb2.DeleteModelRequest(model="to-delete-own"))
+    assert named_by_alias.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    move("to-delete-prod", base_id)
+    deleted = registry.DeleteModel(delete)
+    assert deleted.id == model_id and list(deleted.removed_aliases) == ["to-delete-own"]
+    for lookup in ("to-delete", "to-delete-own"):
+        gone = _refusal(registry.GetModel, trainer_pb2.GetModelRequest(name=lookup))
+        assert gone.code() == grpc.StatusCode.NOT_FOUND
+    removal = registry.ListAliasHistory(
+        registry_pb2.ListAliasHistoryRequest(alias="to-delete-own")
+    ).revisions[0]
+    assert removal.action == registry_pb2.ALIAS_ACTION_REMOVED and removal.model_id == ""
+    assert removal.previous_model_id == model_id and removal.reason == "no longer needed"
+    # Revisions stay a cursor for WatchAliases: the next move numbers past the removal.
+    assert move("to-delete-prod", make_candidate("after-delete")).revision > removal.revision
+    assert _refusal(registry.DeleteModel, delete).code() == grpc.StatusCode.NOT_FOUND
