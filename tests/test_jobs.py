@@ -8,7 +8,7 @@ from sqlalchemy import MetaData
 
 from ftcommon.db import Database, Migration, create_tables
 from ftcommon.errors import FailedPrecondition, NotFound
-from ftcommon.jobs import EventKind, JobState, JobStore, job_tables
+from ftcommon.jobs import EventKind, JobState, JobStore, add_pause_requested, job_tables
 
 
 @pytest.fixture
@@ -168,3 +168,24 @@ def test_a_job_asked_to_pause_whose_worker_died_is_paused_not_requeued(store):
     store.request_pause(job.id)
     assert store.requeue_stale(timedelta(seconds=-1)) == []
     assert store.get(job.id).state == JobState.PAUSED
+
+
+def test_a_jobs_table_made_before_pausing_existed_gains_the_flag(tmp_path):
+    metadata = MetaData()
+    jobs, events = job_tables(metadata, "old")
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    first = Migration("0001", create_tables(metadata, "old_jobs", "old_job_events"))
+    assert Database(url, metadata, [first]).migrate() == ["0001"]
+    old = Database(url, metadata, [first])
+    with old.begin() as conn:  # the table as it was made before the column existed, with a job in it
+        conn.exec_driver_sql("ALTER TABLE old_jobs DROP COLUMN pause_requested")
+        conn.exec_driver_sql(
+            "INSERT INTO old_jobs (id, kind, state, payload, result, error, progress, attempt, worker_id, "
+            "cancel_requested, created_at) VALUES ('job-old', 'train', 1, '{}', '{}', '', 0, 0, '', 0, "
+            "'2026-01-01 00:00:00')"
+        )
+    db = Database(url, metadata, [first, Migration("0002", add_pause_requested("old_jobs"))])
+    assert db.migrate() == ["0002"]
+    store = JobStore(db, jobs, events, "job")
+    assert not store.get("job-old").pause_requested
+    assert store.request_pause("job-old").state == JobState.PAUSED
