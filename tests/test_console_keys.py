@@ -88,6 +88,7 @@ def test_keys_need_the_admin_role_and_the_csrf_token(console: ConsoleState) -> N
     reader, reader_csrf = signed_in(console, "read-only")
     assert reader.get("/keys").status_code == 403
     assert reader.post("/keys", data={"csrf_token": reader_csrf, "name": "x"}).status_code == 403
+    assert reader.post("/keys/key-any/revoke", data={"csrf_token": reader_csrf}).status_code == 403
     assert "/keys" not in reader.get("/datasets").text  # no link to a page it cannot open
     admin, _ = signed_in(console, "admin")
     assert admin.post("/keys", data={"name": "no-token"}).status_code == 403

@@ -105,6 +105,10 @@ def test_the_prepare_and_training_forms_follow_the_specs(console: ConsoleState, 
         data={"csrf_token": csrf, "base_model": "m", "prepared_version_id": version.id, "epochs": "0"},
     )
     assert refused.status_code == 400 and "hyperparameters.epochs" in refused.text
+    assert (
+        client.post("/jobs", data={"base_model": "m", "prepared_version_id": version.id}).status_code == 403
+    )
+    assert client.post(f"/datasets/{dataset.id}/prepare", data={"base_model": "m"}).status_code == 403
     reader, reader_csrf = signed_in(console, "read-only")
     assert reader.post("/jobs", data={"csrf_token": reader_csrf}).status_code == 403
     assert reader.post(f"/datasets/{dataset.id}/prepare", data={"csrf_token": reader_csrf}).status_code == 403
