@@ -53,7 +53,7 @@ def tiny_pipeline(folder: Path, name: str) -> Path:
         },
         "eval": {
             "max_examples": 4,
-            "max_tokens": 8,
+            "generation": {"max_tokens": 8},
             # Tiny settings prove the mechanics, not quality: a rule any run passes.
             "promotion_rule": {
                 "primary_metric": "token_f1",
