@@ -271,6 +271,19 @@ class LocalStack:
         )
         self.save_record()
 
+    def restart(self, name: str, environment: dict[str, str], deadline: float) -> None:
+        """Stops one service and starts it again with more environment (the console, once the gateway
+        has handed out the credentials it needs), recording the new process in place of the old."""
+        old = [p for p in self.record.processes if p.name == name]
+        stop_groups(old, STOP_GRACE_SECONDS)
+        if name in self.processes:
+            self.processes.pop(name).wait()  # reap our own child
+        self.record.processes = [p for p in self.record.processes if p.name != name]
+        self.extra_env.update(environment)
+        self.start(name)
+        if name == "console":
+            self.wait_http(name, f"{self.console_url}/healthz", deadline)
+
     def wait_grpc(self, name: str, address: str, deadline: float) -> None:
         with grpc.insecure_channel(address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)

@@ -129,7 +129,10 @@ def start_or_reuse(data_dir: Path, timeout: float) -> None:
         fail(str(err))
     except grpc.RpcError as err:
         fail(f"the trainer refused to register the default base model: {err.details()}")
-    exports = {**ports.exports(), **first_admin_token(stack), **first_console_token(stack)}
+    admin_token = first_admin_token(stack)
+    if admin_token:
+        give_the_console_gateway_credentials(stack, admin_token["FT_ADMIN_TOKEN"], timeout)
+    exports = {**ports.exports(), **admin_token, **first_console_token(stack)}
     addresses = ports.addresses()
     say(f"all services healthy in {time.monotonic() - started:.0f}s")
     for name, where in (
@@ -158,6 +161,32 @@ def first_admin_token(stack: LocalStack) -> dict[str, str]:
             f"{sys.executable} -m services.inference.keys bootstrap --replace)"
         )
         return {}
+
+
+def give_the_console_gateway_credentials(stack: LocalStack, admin_token: str, timeout: float) -> None:
+    """A new stack's console gets a chat key for its playground and the admin token for its API keys page,
+    then restarts with them (they exist only once the gateway runs). Without them those pages say what
+    to set, so a failure here is reported and the stack stays up."""
+    import httpx
+
+    gateway = stack.ports.addresses().gateway_url
+    try:
+        reply = httpx.post(
+            f"{gateway}/admin/keys",
+            json={"name": "console playground", "scopes": ["chat"]},
+            headers={"Authorization": f"Bearer {admin_token}"},
+            timeout=30,
+        )
+        reply.raise_for_status()
+        credentials = {
+            "FT_CONSOLE_GATEWAY_API_KEY": reply.json()["secret"],
+            "FT_CONSOLE_GATEWAY_ADMIN_TOKEN": admin_token,
+        }
+        stack.restart("console", credentials, time.monotonic() + timeout)
+    except (httpx.HTTPError, KeyError, StackError) as err:
+        say(
+            f"the console has no gateway credentials ({err}): its playground and API keys pages say what to set"
+        )
 
 
 def first_console_token(stack: LocalStack) -> dict[str, str]:

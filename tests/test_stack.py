@@ -4,6 +4,7 @@ after the process that started the stack was killed; a taken port; down with no 
 import fcntl
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -127,6 +128,16 @@ def test_up_status_logs_down_on_a_custom_layout(tmp_path):
         console_url = f"http://127.0.0.1:{ports.console}"
         assert f"console (web)          {console_url}" in up.stderr
         assert httpx.get(f"{console_url}/login", timeout=10).status_code == 200
+        # The console was given the gateway's credentials: its API keys page lists its own chat key.
+        with httpx.Client(base_url=console_url, timeout=10, follow_redirects=True) as browser:
+            login_csrf = re.search(r'name="csrf_token" value="([^"]+)"', browser.get("/login").text)
+            signed_in = browser.post(
+                "/login",
+                data={"token": console_token_line.split("=", 1)[1], "csrf_token": login_csrf.group(1)},  # type: ignore[union-attr]
+            )
+            assert signed_in.status_code == 200, signed_in.text
+            keys_page = browser.get("/keys").text
+            assert "console playground" in keys_page and "FT_CONSOLE_GATEWAY_ADMIN_TOKEN" not in keys_page
         admin_env = {**env, **ports.exports(), "FT_ADMIN_TOKEN": token_line.split("=", 1)[1]}
         keys = subprocess.run(
             [sys.executable, "-m", "ftctl.main", "keys", "list"],
