@@ -190,7 +190,16 @@ def test_contamination_guard_removes_pairs_that_repeat_an_evaluation_question():
         ('Sure! Here it is:\n{"question": "Q?", "answer": "A."} Hope it helps', ("Q?", "A.")),
         ('{"question": "Q?"}', None),
         ('{"question": "Q?", "answer": ', None),
-        ("Question: what? Answer: that.", None),
+        # SmolLM2-135M's usual reply to the prompt: labelled lines instead of JSON.
+        (
+            'Question: "What is the purpose of make clean?"\n\nAnswer: "It deletes var/."',
+            (
+                "What is the purpose of make clean?",
+                "It deletes var/.",
+            ),
+        ),
+        ("Question: what is it\nAnswer: that.", None),  # not a question
+        ("Here is a question about the text.", None),
         ('["not", "an", "object"]', None),
     ],
 )

@@ -32,6 +32,10 @@ BACKUP_PDF = pdf_bytes(
 )
 RESTORE_MD = b"# Backups\n\n## Restore\n\nRestore the var folder with `ftctl stack restore`; it takes about 2 minutes.\n"
 
+BACKUPS_MD = RESTORE_MD.replace(
+    b"# Backups\n\n", b"# Backups\n\nCopy the var folder to the share every night.\n\n"
+)
+
 
 def documents(*files: tuple[str, bytes]) -> list[data_pb2.SourceDocument]:
     return [data_pb2.SourceDocument(filename=name, content=content) for name, content in files]
@@ -281,18 +285,18 @@ def test_kill_during_generation_then_restart(trainer_server, inference_server, d
     log = tmp_path / "service.log"
     service = start_service(env, log)
     request = data_pb2.GenerateDatasetRequest(
-        documents=documents(("runbook.md", RUNBOOK_MD.encode())),
+        documents=documents(("backups.md", BACKUPS_MD)),
         generator="smollm2-135m-instruct",
         question_styles=["factual"],
         model_attempts=1,
-        model_max_tokens=24,
+        model_max_tokens=16,
     )
     try:
         with open_channel(f"127.0.0.1:{env['FT_DATA_PORT']}") as channel:
             stub = data_pb2_grpc.DataServiceStub(channel)
             job = stub.GenerateDataset(request)
             for event in stub.WatchGenerateJob(common_pb2.WatchRequest(id=job.status.id), timeout=240):
-                if event.kind == common_pb2.EVENT_KIND_PROGRESS and event.message.startswith("chunk 1/3"):
+                if event.kind == common_pb2.EVENT_KIND_PROGRESS and event.message.startswith("chunk 1/2"):
                     break
         service.send_signal(signal.SIGKILL)
         service.wait(10)
@@ -309,7 +313,7 @@ def test_kill_during_generation_then_restart(trainer_server, inference_server, d
             datasets = dataset_ids(stub)
             if done.status.state == common_pb2.JOB_STATE_SUCCEEDED:
                 assert done.status.attempt == 2 and datasets == {done.dataset_id}
-                assert len(done.report.chunks) == 3
+                assert len(done.report.chunks) == 2
             else:
                 assert done.status.state == common_pb2.JOB_STATE_FAILED and datasets == set()
     finally:

@@ -1,9 +1,12 @@
 """Q&A pairs from a generator model, through the inference service's gRPC API (InferenceService.Generate).
 
 The inference contract has no constrained decoding (no JSON schema or grammar on GenerateRequest; neither
-engine behind the gateway is asked for it), so this asks for one JSON object per question style, parses
-the first {...} in the reply, and retries with sampling when the reply is not a usable object. A small
-model (the 135M default) often fails every attempt: that chunk then reports zero model pairs and the
+engine behind the gateway is asked for it), so this asks for one JSON object per question style, shows
+one worked example first (a small model copies a format it has seen far more often than one it was told
+of), parses the first {...} in the reply, and retries with sampling when the reply is not a usable
+object. SmolLM2-135M answers such prompts with `Question: "..."` / `Answer: "..."` lines more often than
+with JSON, so those two labelled lines are read too; the grounding check decides whether the pair is any
+good either way. A small model can still fail every attempt: that chunk then reports zero model pairs and the
 malformed replies, never an error, and the structural pairs still stand. A call that times out or is
 turned away for load is counted for its chunk and the run goes on; a generator the gateway does not know
 fails the whole job with one clear line (GeneratorMissing), and so does a gateway that cannot be reached.
@@ -12,6 +15,7 @@ Generate calls go out `concurrency` at a time, so the gateway's engine batches t
 """
 
 import json
+import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +39,16 @@ SYSTEM_PROMPT = (
     '{"question": "...", "answer": "..."}'
 )
 MAX_CHUNK_CHARS_IN_PROMPT = 2400
+EXAMPLE_TEXT = (
+    'Text from handbook.md (Handbook > Expenses):\n"""\nSubmit receipts in the expenses tool within '
+    '30 days of the purchase. Claims over 500 EUR need a manager\'s approval.\n"""\n\n'
+    "Write a factual question whose answer is one fact the text states. Reply with the JSON object only."
+)
+EXAMPLE_REPLY = '{"question": "Within how many days must receipts be submitted?", "answer": "Within 30 days of the purchase."}'
+_LABELLED = re.compile(
+    r"question\s*:\s*\"?(?P<question>[^\n\"]+\?)\"?\s*\n+\s*answer\s*:\s*\"?(?P<answer>[^\n]+?)\"?\s*$",
+    re.IGNORECASE | re.MULTILINE,
+)
 # One slow or shed call costs its chunk a pair, not the whole run.
 _SKIPPED_CALL_CODES = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
@@ -64,7 +78,19 @@ class ChunkYield:
 
 
 def parse_pair(text: str) -> tuple[str, str] | None:
-    """(question, answer) from the first JSON object in a reply, or None when there is no usable one."""
+    """(question, answer) from the first JSON object in a reply, else from `Question:` and `Answer:` lines;
+    None when the reply holds neither."""
+    return _json_pair(text) or _labelled_pair(text)
+
+
+def _labelled_pair(text: str) -> tuple[str, str] | None:
+    match = _LABELLED.search(text)
+    if not match:
+        return None
+    return match.group("question").strip(), match.group("answer").strip()
+
+
+def _json_pair(text: str) -> tuple[str, str] | None:
     start = text.find("{")
     while start >= 0:
         try:
@@ -129,6 +155,8 @@ class ModelGenerator:
             model=self.settings.model,
             messages=[
                 common_pb2.ChatMessage(role="system", content=SYSTEM_PROMPT),
+                common_pb2.ChatMessage(role="user", content=EXAMPLE_TEXT),
+                common_pb2.ChatMessage(role="assistant", content=EXAMPLE_REPLY),
                 common_pb2.ChatMessage(role="user", content=user),
             ],
             sampling=inference_pb2.SamplingParams(
