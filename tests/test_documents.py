@@ -258,3 +258,19 @@ def test_the_shipped_docs_questions_each_have_a_key_fact_and_are_never_generated
     outcome = check_pairs(pairs, evaluation, CheckSettings())
     asked = {row["question"] for row in rows}
     assert not asked & {p.question for p in outcome.kept}
+
+
+def test_pii_is_redacted_before_generation_when_asked():
+    from services.data.documents.generation import GenerationSettings, SourceFile, generate
+
+    text = b"# Support\n\n## Escalation\n\nWrite to oncall@example.com or call +44 20 7946 0958 when the gateway is down.\n"
+    source = [SourceFile("support.md", text, "sha")]
+
+    def answers(redact: bool) -> set[str]:
+        result = generate(
+            source, GenerationSettings(redact_pii=redact), None, [], lambda *_: None, lambda: None
+        )
+        return {p.answer for p in result.outcome.kept}
+
+    assert answers(redact=True) == {"Write to [EMAIL] or call [PHONE] when the gateway is down."}
+    assert all("oncall@example.com" in answer for answer in answers(redact=False))
