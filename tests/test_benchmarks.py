@@ -1,0 +1,61 @@
+"""The benchmarks cannot rot: `make bench` (benchmarks/run_all.py) at tiny settings writes every result file,
+each naming the processor it ran on; the GPU check's dry run passes on a CPU machine."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ftcommon.hardware import cpu_has_native_bf16
+
+REPO = Path(__file__).resolve().parent.parent
+RESULT_FILES = {"data_prep", "train_throughput", "train_sharing", "serve_throughput", "eval_throughput"}
+
+
+@pytest.mark.slow
+def test_every_benchmark_runs_at_tiny_settings(tmp_path, lamini_docs):
+    subprocess.run(
+        [sys.executable, "benchmarks/run_all.py", "--tiny", "--results-dir", str(tmp_path)],
+        cwd=REPO,
+        check=True,
+        timeout=1800,  # a minute or two on a quiet 2-core machine; far longer beside other work
+    )
+    results = {path.stem: json.loads(path.read_text()) for path in tmp_path.glob("*.json")}
+    assert set(results) == RESULT_FILES
+    for name, result in results.items():
+        assert result["cpu"]["model"] and "flags" in result["cpu"], name
+    native_bf16 = cpu_has_native_bf16()
+
+    train = results["train_throughput"]
+    assert "6N per token" in train["flop_formula"] and "4N + 2N_t" in train["flop_formula"]
+    assert train["fp32_recipe_lora_packed"]["precision"] == "fp32"
+    assert 0 < train["fp32_recipe_lora_packed"]["mfu"] < 1
+    assert ("bf16" in train["matmul_peak_flops"]) == native_bf16
+    if native_bf16:
+        assert train["bf16_recipe_lora_packed"]["precision"] == "bf16"
+        assert train["bf16_recipe_lora_packed"]["mfu_against"] == "bf16 matmul peak"
+
+    serve = results["serve_throughput"]
+    assert serve["dtypes"] == (["float32", "bfloat16"] if native_bf16 else ["float32"])
+    for dtype in serve["dtypes"]:
+        assert serve["systems"][f"gateway_{dtype}"]["levels"]["1"]["generated_tokens"] > 0
+
+    assert results["train_sharing"]["passive"]["pair"][1]["real_tokens_per_second"] > 0
+    assert results["data_prep"]["distinct"]["examples_written"] > 0
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_passes_without_a_gpu():
+    run = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--dry-run"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "dry run: every step is in place" in run.stdout
+    for step in ("train_default", "serve_vllm", "invariant_tests"):
+        assert f"would run [{step}" in run.stdout
