@@ -297,9 +297,12 @@ def test_a_job_lists_its_metrics_csv_as_a_result_file_and_its_checkpoint(team: O
     assert lines[0] == "step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy"
     losses = step_losses(team, result_file)
     assert sorted(losses) == list(range(1, 9)) and all(loss > 0 for loss in losses.values())
+    rows = list(csv.DictReader(io.StringIO("\n".join(lines))))
+    assert all(0 <= float(row["train_accuracy"]) <= 1 for row in rows)
     (checkpoint,) = team.fine_tuning.jobs.checkpoints.list(job.id).data
     assert checkpoint.step_number == 8 and checkpoint.fine_tuned_model_checkpoint == job.fine_tuned_model
     assert checkpoint.metrics.train_loss == pytest.approx(losses[8])
+    assert checkpoint.metrics.train_mean_token_accuracy == pytest.approx(float(rows[-1]["train_accuracy"]))
     assert result_file in [f.id for f in team.files.list(purpose="fine-tune-results").data]
 
 

@@ -179,6 +179,7 @@ def test_a_job_succeeds_with_ordered_events(finished):
             event.metrics
         )
         assert event.metrics["tokens_per_second"] > 0
+        assert 0 <= event.metrics["mean_token_accuracy"] <= 1
     assert [e.progress for e in steps] == sorted(e.progress for e in steps)
     validations = [int(e.metrics["step"]) for e in events if e.kind == common_pb2.EVENT_KIND_VALIDATION]
     assert validations == [STEPS]

@@ -10,7 +10,14 @@ from trainer_support import write_prepared_version
 
 from ftcommon.hardware import cpu_has_native_bf16
 from ftcommon.specs.train import Hyperparameters
-from services.trainer.batches import collate_packed, collate_padded, summed_loss
+from services.trainer.batches import (
+    IGNORE_INDEX,
+    collate_packed,
+    collate_padded,
+    label_count,
+    summed_loss,
+    summed_loss_and_hits,
+)
 from services.trainer.recipe import FinetuneRecipe, RecipeConfig, StopRequested
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("two_torch_threads")]
@@ -53,7 +60,9 @@ def prepared_dir(default_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
 
 
 def make_recipe(model_dir: Path, prepared: Path, work: Path, **overrides: object) -> FinetuneRecipe:
-    recipe = FinetuneRecipe(RecipeConfig(model_dir, prepared, work, Hyperparameters.model_validate({**TINY, **overrides})))
+    recipe = FinetuneRecipe(
+        RecipeConfig(model_dir, prepared, work, Hyperparameters.model_validate({**TINY, **overrides}))
+    )
     recipe.setup()
     return recipe
 
@@ -131,6 +140,25 @@ def test_packed_loss_equals_padded_loss(default_model_dir, prepared_dir, tmp_pat
         separate = sum(summed_loss(recipe.model, collate_packed([e])) for e in examples)
     assert packed.item() == pytest.approx(padded.item(), rel=1e-4)
     assert packed.item() == pytest.approx(separate.item(), rel=1e-4)
+
+
+def test_token_accuracy_counts_the_label_tokens_the_most_likely_token_gets_right(
+    default_model_dir, prepared_dir, tmp_path
+):
+    recipe = make_recipe(default_model_dir, prepared_dir, tmp_path)
+    examples = recipe.train_examples[:4]
+    recipe.model.eval()
+    expected = 0
+    with torch.no_grad():
+        _, packed_hits = summed_loss_and_hits(recipe.model, collate_packed(examples))
+        _, padded_hits = summed_loss_and_hits(recipe.model, collate_padded(examples, recipe.pad_id))
+        for example in examples:  # one example at a time, every position's logits
+            logits = recipe.model(input_ids=torch.tensor([example.input_ids]), use_cache=False).logits[0, :-1]
+            labels = torch.tensor(example.labels[1:])
+            answer = labels != IGNORE_INDEX
+            expected += int((logits.argmax(dim=-1)[answer] == labels[answer]).sum())
+    assert int(packed_hits) == int(padded_hits) == expected
+    assert 0 < expected < sum(label_count(e) for e in examples)
 
 
 def test_resume_from_checkpoint_is_exact(default_model_dir, prepared_dir, tmp_path):

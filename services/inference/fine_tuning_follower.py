@@ -378,11 +378,15 @@ def _translate(event: common_pb2.JobEvent) -> NewEvent | None:
             "learning_rate": metrics.get("learning_rate", 0.0),
             "tokens_per_second": metrics.get("tokens_per_second", 0.0),
         }
+        if "mean_token_accuracy" in metrics:
+            data["train_mean_token_accuracy"] = metrics["mean_token_accuracy"]
         message = f"Step {step}/{total}: training loss={data['train_loss']:.4f}"
         return NewEvent("train", event.index, message, type="metrics", data=data)
     if event.kind == common_pb2.EVENT_KIND_VALIDATION:
         step = int(metrics.get("step", 0))
         data = {"step": step, "valid_loss": metrics.get("validation_loss", 0.0)}
+        if "validation_mean_token_accuracy" in metrics:
+            data["valid_mean_token_accuracy"] = metrics["validation_mean_token_accuracy"]
         message = f"Step {step}: validation loss={data['valid_loss']:.4f}"
         return NewEvent("train", event.index, message, type="metrics", data=data)
     if event.kind == common_pb2.EVENT_KIND_CHECKPOINT:

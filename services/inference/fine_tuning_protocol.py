@@ -142,8 +142,11 @@ class EventList(BaseModel):
 class CheckpointMetrics(BaseModel):
     step: float
     train_loss: float | None = None
+    train_mean_token_accuracy: float | None = None
     valid_loss: float | None = None
+    valid_mean_token_accuracy: float | None = None
     full_valid_loss: float | None = None
+    full_valid_mean_token_accuracy: float | None = None
 
 
 class Checkpoint(BaseModel):

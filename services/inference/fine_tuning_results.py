@@ -8,8 +8,10 @@ from ftcommon.artifacts import ArtifactStore
 from services.inference.fine_tuning_store import EventRecord, FineTuningRecords, JobRecord
 
 RESULTS_PURPOSE = "fine-tune-results"
-# OpenAI's columns. The trainer measures losses, not token accuracy: those columns stay empty.
+# OpenAI's columns; a value the trainer did not measure at a step (validation runs every few steps) is empty.
 COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
+# Where each column's value is in the job's metrics events.
+_EVENT_FIELDS = {"train_accuracy": "train_mean_token_accuracy"}
 
 
 def metrics_by_step(events: list[EventRecord]) -> dict[int, dict[str, float]]:
@@ -21,7 +23,7 @@ def metrics_by_step(events: list[EventRecord]) -> dict[int, dict[str, float]]:
         if "step" not in data:
             continue
         row = steps.setdefault(int(data["step"]), {})
-        for name in ("train_loss", "valid_loss"):
+        for name in ("train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy"):
             if name in data:
                 row[name] = float(data[name])
     return steps
@@ -38,7 +40,7 @@ class ResultFiles:
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(COLUMNS)
         for step, row in sorted(metrics_by_step(self.records.metrics_events(job.id)).items()):
-            writer.writerow([step, row.get("train_loss", ""), "", row.get("valid_loss", ""), ""])
+            writer.writerow([step, *(row.get(_EVENT_FIELDS.get(c, c), "") for c in COLUMNS[1:])])
         content = buffer.getvalue().encode()
         artifact = self.store.put_bytes(content)
         record = self.records.add_file(

@@ -283,6 +283,7 @@ def _checkpoint(
     at_step = losses.get(step, {})
     final = training.metrics if training is not None else {}
     valid_loss = at_step.get("valid_loss", final.get("validation_loss"))
+    valid_accuracy = at_step.get("valid_mean_token_accuracy")
     return Checkpoint(
         id=checkpoint_id,
         created_at=epoch_seconds(created) or 0,
@@ -292,8 +293,11 @@ def _checkpoint(
         metrics=CheckpointMetrics(
             step=float(step),
             train_loss=at_step.get("train_loss", final.get("train_loss")),
+            train_mean_token_accuracy=at_step.get("train_mean_token_accuracy"),
             valid_loss=valid_loss,
+            valid_mean_token_accuracy=valid_accuracy,
             full_valid_loss=valid_loss,
+            full_valid_mean_token_accuracy=valid_accuracy,
         ),
     )
 

@@ -113,6 +113,12 @@ def summed_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     """Sum of the next-token cross-entropy over the batch's label tokens. Callers divide by the label
     count of the whole optimizer step, so a step's loss does not depend on how it is split into
     micro-batches or processes."""
+    return summed_loss_and_hits(model, batch)[0]
+
+
+def summed_loss_and_hits(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """summed_loss, and how many label tokens the model's most likely next token got right (divided by
+    the label tokens: OpenAI's mean token accuracy)."""
     # Logit rows exist only where some row predicts a label: prompts and packing seams are skipped,
     # which saves the vocabulary-wide projection and softmax (a fifth of the model's FLOPs) there.
     targets = batch.labels[:, 1:]
@@ -130,6 +136,9 @@ def summed_loss(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
     # Half-precision logits are upcast for a stable softmax; float64 (the invariant tests' reference) stays.
     kept_logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).reshape(-1, logits.size(-1))
     kept_labels = targets[:, positions].reshape(-1).to(kept_logits.device)
-    return torch.nn.functional.cross_entropy(
+    loss = torch.nn.functional.cross_entropy(
         kept_logits, kept_labels, ignore_index=IGNORE_INDEX, reduction="sum"
     )
+    with torch.no_grad():
+        hits = ((kept_logits.argmax(dim=-1) == kept_labels) & (kept_labels != IGNORE_INDEX)).sum()
+    return loss, hits

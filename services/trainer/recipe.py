@@ -33,7 +33,14 @@ from safetensors.torch import load_file, save_file
 
 from ftcommon.prepared_layout import PreparedFolder
 from ftcommon.specs.train import ALL_LINEAR, Hyperparameters
-from services.trainer.batches import Example, collate, example_indices, label_count, load_split, summed_loss
+from services.trainer.batches import (
+    Example,
+    collate,
+    example_indices,
+    label_count,
+    load_split,
+    summed_loss_and_hits,
+)
 from services.trainer.packed_attention import register_packed_attention
 from services.trainer.preference import (
     DpoObjective,
@@ -266,17 +273,21 @@ class FinetuneRecipe:
         mine = step_examples[self.rank * share : (self.rank + 1) * share]
         micro_batches = [mine[i : i + self.hp.batch_size] for i in range(0, len(mine), self.hp.batch_size)]
         loss_sum = torch.zeros((), device=self.device)
+        hits_sum = torch.zeros((), device=self.device)  # label tokens the most likely token got right
         for index, examples in enumerate(micro_batches):
             batch = self._to_device(collate(examples, self.hp.packing, self.pad_id))
             with self._no_sync(index < len(micro_batches) - 1), self._autocast():
-                summed = summed_loss(self.ddp_model, batch)
+                summed, hits = summed_loss_and_hits(self.ddp_model, batch)
             # DDP averages gradients over processes; scaling by world size turns that into a sum.
             (summed * self.world_size / label_tokens).backward()
             loss_sum += summed.detach()
+            hits_sum += hits
         if self.world_size > 1:
             dist.all_reduce(loss_sum)
+            dist.all_reduce(hits_sum)
         tokens = sum(len(e.input_ids) for e in step_examples)
-        return StepResult(float(loss_sum) / label_tokens, 0.0, tokens)
+        accuracy = {"mean_token_accuracy": float(hits_sum) / label_tokens}
+        return StepResult(float(loss_sum) / label_tokens, 0.0, tokens, accuracy)
 
     def _accumulate_preference_gradients(
         self, step_pairs: list[PreferencePair], objective: DpoObjective
@@ -329,10 +340,14 @@ class FinetuneRecipe:
         return objective.metrics(totals, prefix="validation_")
 
     def validation_loss(self) -> float:
+        return self.validation_metrics()["validation_loss"]
+
+    def validation_metrics(self) -> dict[str, float]:
+        """The loss and mean token accuracy over the validation split's label tokens."""
         examples = self.validation_examples
         share = math.ceil(len(examples) / self.world_size)
         mine = examples[self.rank * share : (self.rank + 1) * share]
-        totals = torch.zeros(2, device=self.device)
+        totals = torch.zeros(3, device=self.device)  # summed loss, label tokens, label tokens predicted right
         batches = [mine[i : i + self.hp.batch_size] for i in range(0, len(mine), self.hp.batch_size)]
         # Sharded forwards are collectives: every process runs as many as the busiest one, counting only
         # its own examples.
@@ -343,19 +358,22 @@ class FinetuneRecipe:
                 batch = collate(
                     batches[index] if index < len(batches) else examples[:1], self.hp.packing, self.pad_id
                 )
-                loss = summed_loss(self.model, self._to_device(batch))
+                loss, hits = summed_loss_and_hits(self.model, self._to_device(batch))
                 if index < len(batches):
                     totals[0] += loss
                     totals[1] += batch.label_tokens
+                    totals[2] += hits
         self.model.train()
         if self.world_size > 1:
             dist.all_reduce(totals)
-        return float(totals[0] / totals[1].clamp(min=1))
+        label_tokens = totals[1].clamp(min=1)
+        return {
+            "validation_loss": float(totals[0] / label_tokens),
+            "validation_mean_token_accuracy": float(totals[2] / label_tokens),
+        }
 
     def _validate(self, reporter: Reporter) -> None:
-        measured = (
-            self.preference_validation(self.dpo) if self.dpo else {"validation_loss": self.validation_loss()}
-        )
+        measured = self.preference_validation(self.dpo) if self.dpo else self.validation_metrics()
         loss = measured["validation_loss"]
         if loss < self.state.best_validation_loss:
             self.state.best_validation_loss = loss
