@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ftcommon.hardware import (
     NATIVE_BF16_FLAGS,
     cgroup_cpu_quota,
@@ -84,3 +86,19 @@ def test_torch_threads_as_configured_with_one_inter_op_thread():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO_ROOT
     ).stdout
     assert output.split() == ["1", "1"]
+
+
+def test_vllm_is_bound_to_as_many_cpus_as_it_may_use(tmp_path, monkeypatch):
+    from services.inference.engine.vllm_engine import configure_environment
+
+    names = ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_KVCACHE_SPACE", "TMPDIR")
+    names += ("HF_HUB_OFFLINE", "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR", "VLLM_NO_USAGE_STATS")
+    for name in names:  # restored after the test
+        monkeypatch.delenv(name, raising=False)
+    allowed = sorted(os.sched_getaffinity(0))
+    configure_environment(tmp_path, 1, threads=len(allowed))
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in os.environ  # vLLM's own binding covers every allowed CPU
+    if len(allowed) < 2:
+        pytest.skip("one usable CPU: no fewer threads to bind to")
+    configure_environment(tmp_path, 1, threads=1)
+    assert os.environ["VLLM_CPU_OMP_THREADS_BIND"] == str(allowed[0])
