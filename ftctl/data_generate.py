@@ -99,7 +99,7 @@ def generate(
 ) -> None:
     """Generate grounded question-answer pairs from documents into a dataset (a job), and print its report:
     yield per document and chunk, rejected pairs by reason, and a sample."""
-    files = _document_files(documents)
+    files = document_files(documents)
     values = {
         "name": name,
         "generator": generator,
@@ -146,7 +146,7 @@ def _given(value: object) -> bool:
     return value is not None and value is not False and value != "" and value != []
 
 
-def _document_files(paths: list[Path]) -> list[Path]:
+def document_files(paths: list[Path]) -> list[Path]:
     files: list[Path] = []
     for path in paths:
         if path.is_dir():

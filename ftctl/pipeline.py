@@ -29,10 +29,12 @@ from finetune.v1 import (
 )
 from ftcommon.ids import sha256_file, sha256_json
 from ftcommon.settings import ServiceAddresses
+from ftcommon.specs.generate import SourceDocument
 from ftcommon.specs.train import TrainSpec
 from ftctl.common import console, follow_job, rpc_errors, stub
 from ftctl.data import FORMATS, upload_requests
-from ftctl.pipeline_spec import PipelineSpec, PipelineSpecError, load_spec
+from ftctl.data_generate import document_files
+from ftctl.pipeline_spec import DocumentsSpec, PipelineSpec, PipelineSpecError, load_spec
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -83,6 +85,12 @@ class PipelineResult:
     @property
     def promoted(self) -> bool:
         return bool(self.state.promoted_alias)
+
+
+def generate_request(documents: DocumentsSpec) -> data_pb2.GenerateDatasetRequest:
+    """The documents section as a GenerateDataset request: its settings, the dataset's name, the files' bytes."""
+    sent = [SourceDocument(filename=p.name, content=p.read_bytes()) for p in document_files(documents.paths)]
+    return documents.generate.model_copy(update={"name": documents.name, "documents": sent}).to_request()
 
 
 def prepare_request(spec: PipelineSpec, dataset_id: str) -> data_pb2.PrepareDatasetRequest:
@@ -144,6 +152,9 @@ class PipelineRunner:
         if self.state.dataset_id and self._exists(self.data.GetDataset, data_pb2.GetDatasetRequest):
             console.print(f"[green]✓[/green] dataset {self.state.dataset_id} (already uploaded)")
             return
+        if self.spec.documents is not None:
+            self.generate(self.spec.documents)
+            return
         path = self.spec.dataset.path
         options = data_pb2.IngestOptions(
             name=self.spec.dataset.name,
@@ -166,6 +177,20 @@ class PipelineRunner:
         counts = dataset.counts
         console.print(
             f"[green]✓[/green] dataset {dataset.id}: {counts.rows_kept} rows kept, {counts.rows_rejected} rejected"
+        )
+
+    def generate(self, documents: DocumentsSpec) -> None:
+        """The dataset from the pipeline's documents (GenerateDataset), in place of an upload."""
+        job = self.data.GenerateDataset(generate_request(documents), timeout=600)
+        self._follow(self.data.WatchGenerateJob, job.status.id, "generate")
+        job = self.data.GetGenerateJob(data_pb2.GetGenerateJobRequest(id=job.status.id))
+        self._require_success(job.status, "generate")
+        self.state.dataset_id = job.dataset_id
+        self._save()
+        report = job.report
+        console.print(
+            f"[green]✓[/green] dataset {job.dataset_id}: {report.pairs_kept} pairs kept of "
+            f"{report.pairs_generated} generated ({report.facts_kept} facts)"
         )
 
     def prepare(self) -> None:
@@ -260,7 +285,11 @@ class PipelineRunner:
     def _forget_outdated_steps(self) -> None:
         """A changed pipeline file or dataset invalidates what the old one produced."""
         spec_sha = sha256_json(self.spec.model_dump(mode="json"))
-        dataset_sha = sha256_file(self.spec.dataset.path)
+        if self.spec.documents is not None:
+            files = document_files(self.spec.documents.paths)
+            dataset_sha = sha256_json([[str(p), sha256_file(p)] for p in files])
+        else:
+            dataset_sha = sha256_file(self.spec.dataset.path)
         if (self.state.spec_sha256, self.state.dataset_sha256) != (spec_sha, dataset_sha):
             self.state = PipelineState(spec_sha256=spec_sha, dataset_sha256=dataset_sha)
             self._save()

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ftcommon.specs.evaluate import EvalSpec
+from ftcommon.specs.generate import GenerateSpec
 from ftcommon.specs.prepare import PrepareSpec
 from ftcommon.specs.train import Hyperparameters
 
@@ -21,6 +22,7 @@ SUPPLIED_BY_THE_PIPELINE = {
     "prepare": ("dataset_id", "base_model"),
     "eval": ("models", "idempotency_key"),
     "eval.data": ("prepared_version_id", "dataset_id"),
+    "documents.generate": ("documents", "sources", "name"),
 }
 
 
@@ -40,15 +42,32 @@ class DatasetSpec(Strict):
     pii_allow: list[str] = []
 
 
+class DocumentsSpec(Strict):
+    """Documents GenerateDataset turns into the dataset, as `ftctl data generate` does: files or folders of
+    them (relative to the pipeline file), the dataset's name, and GenerateSpec's settings."""
+
+    paths: list[Path] = Field(min_length=1)
+    name: str
+    generate: GenerateSpec = GenerateSpec()
+
+
 class PipelineSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     base_model: str
-    dataset: DatasetSpec
+    # One of the two: a file of Q&A rows to upload, or documents to generate them from.
+    dataset: DatasetSpec | None = None
+    documents: DocumentsSpec | None = None
     # `dataset_id` is the uploaded dataset's, filled in when the pipeline has uploaded it.
     prepare: PrepareSpec
     hyperparameters: Hyperparameters = Hyperparameters()
     eval: EvalSpec = EvalSpec()
     promote_alias: str = "prod"
+
+    @model_validator(mode="after")
+    def _one_source_of_rows(self) -> "PipelineSpec":
+        if (self.dataset is None) == (self.documents is None):
+            raise ValueError("give either dataset (a file of rows) or documents (to generate rows from)")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -95,8 +114,10 @@ def load_spec(path: Path) -> PipelineSpec:
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise PipelineSpecError(f"{path}: {problems}") from exc
-    if not spec.dataset.path.is_absolute():
+    if spec.dataset is not None and not spec.dataset.path.is_absolute():
         spec.dataset.path = (path.parent / spec.dataset.path).resolve()
+    if spec.documents is not None:
+        spec.documents.paths = [(path.parent / p).resolve() for p in spec.documents.paths]
     return spec
 
 

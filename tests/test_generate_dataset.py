@@ -319,3 +319,41 @@ def test_kill_during_generation_then_restart(trainer_server, inference_server, d
     finally:
         service.kill()
         service.wait(10)
+
+
+def test_a_pipeline_file_generates_its_dataset_from_documents(data_server, data_stub, tmp_path):
+    from ftcommon.settings import ServiceAddresses
+    from ftctl.pipeline import PipelineRunner, generate_request
+    from ftctl.pipeline_spec import PipelineSpecError, load_spec
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "runbook.md").write_text(RUNBOOK_MD)
+    (tmp_path / "docs" / "guide.docx").write_bytes(GUIDE_DOCX)
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(
+        "name: docs-bot\nbase_model: smollm2-135m-instruct\n"
+        "documents:\n  paths: [docs]\n  name: docs-qa\n  generate: {chunk_max_chars: 800, phrasings_per_fact: 2}\n"
+        "prepare: {max_seq_len: 256}\n"
+    )
+    spec = load_spec(pipeline)
+    request = generate_request(spec.documents)
+    assert [d.filename for d in request.documents] == ["guide.docx", "runbook.md"]
+    assert (request.name, request.chunk_max_chars, request.phrasings_per_fact) == ("docs-qa", 800, 2)
+    assert not request.HasField("min_grounding")  # left to the spec's default on the server
+
+    runner = PipelineRunner(spec, tmp_path / "state.json", ServiceAddresses(data_address=data_server.address))
+    runner._forget_outdated_steps()
+    runner.upload()
+    dataset = data_stub.GetDataset(data_pb2.GetDatasetRequest(id=runner.state.dataset_id))
+    assert dataset.name == "docs-qa" and dataset.counts.rows_kept > 0
+
+    for text, mentions in (
+        (
+            pipeline.read_text().replace("documents:", "dataset: {path: x.jsonl, name: x}\ndocuments:"),
+            "either",
+        ),
+        (pipeline.read_text().replace("generate: {", "generate: {name: mine, "), "set by the pipeline"),
+    ):
+        pipeline.write_text(text)
+        with pytest.raises(PipelineSpecError, match=mentions):
+            load_spec(pipeline)
