@@ -137,12 +137,14 @@ class OpenAIServingFineTuning:
 
     def pause(self, project: str, job_id: str) -> FineTuningJob:
         """The trainer stops the job after its current step, with a checkpoint to resume from exactly; a job
-        still queued pauses at once. The status becomes `paused` once the trainer has stopped it."""
+        still queued pauses at once. The status is `pausing` until the trainer has stopped it, then
+        `paused`."""
         job = self._trainable(project, job_id, "paused")
         training = self._call(self.trainer.PauseJob, job.train_job_id or "")
         if training.status.state == common_pb2.JOB_STATE_PAUSED:
             job = self.records.update_job(job.id, status="paused", estimated_finish=None)
-        elif job.status != "paused":
+        elif job.status not in ("paused", "pausing"):
+            job = self.records.update_job(job.id, status="pausing", estimated_finish=None)
             self.follower.gateway_event(
                 job.id, "Pause requested: the job stops with a checkpoint after its current step"
             )
@@ -155,6 +157,8 @@ class OpenAIServingFineTuning:
         training = self._call(self.trainer.ResumeJob, job.train_job_id or "")
         if job.status == "paused" and training.status.state == common_pb2.JOB_STATE_QUEUED:
             job = self.records.update_job(job.id, status="queued")
+        elif job.status == "pausing" and training.status.state == common_pb2.JOB_STATE_RUNNING:
+            job = self.records.update_job(job.id, status="running")  # the pause was withdrawn in time
         return job_view(job)
 
     def _trainable(self, project: str, job_id: str, verb: str) -> JobRecord:
