@@ -246,7 +246,7 @@ def main() -> int:
     results: dict[str, Any] = {
         "dataset": args.dataset,
         "cpu": cpu_report(),
-        "settings": vars(args) | {"output": None},
+        "settings": vars(args),
     }
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -303,7 +303,7 @@ def main() -> int:
 
     output = args.output or RESULTS_DIR / "dpo_vs_sft.json"
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=1))
+    output.write_text(json.dumps(results, indent=1, default=str))
     for arm in ("sft", "sft+dpo"):
         measured = results[arm]
         print(

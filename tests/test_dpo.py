@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 import torch
 from data_fixtures import expect_rejected, jsonl, prepare, report, split_rows, upload
@@ -381,10 +382,10 @@ def test_loss_falls_and_preference_accuracy_rises_in_a_few_steps(default_model_d
 @pytest.mark.usefixtures("two_torch_threads")
 def test_dpo_resume_from_checkpoint_is_exact(default_model_dir, pairs_dir, tmp_path):
     settings = {
-        "max_steps": 4,
+        "max_steps": 3,
         "batch_size": 2,
-        "checkpoint_every_steps": 2,
-        "lora_dropout": 0.1,
+        "checkpoint_every_steps": 1,
+        "lora_dropout": 0.1,  # resume must restore the RNG too
         "dpo_beta": 0.2,
         "dpo_sft_weight": 0.1,
     }
@@ -393,18 +394,19 @@ def test_dpo_resume_from_checkpoint_is_exact(default_model_dir, pairs_dir, tmp_p
     straight.train(straight_reporter)
 
     first = make_recipe(default_model_dir, pairs_dir, tmp_path / "first", **settings)
-    first_reporter = Reporter(stop_after=3)
+    first_reporter = Reporter(stop_after=2)
     with pytest.raises(StopRequested):
         first.train(first_reporter)
-    ((step, checkpoint),) = first_reporter.checkpoints
-    assert step == 2
+    # Resumed from step 1 although step 2 ran after it, as after a crash.
+    (step, checkpoint), _ = first_reporter.checkpoints
+    assert step == 1
 
     resumed = make_recipe(default_model_dir, pairs_dir, tmp_path / "resumed", **settings)
     resumed.load_checkpoint(checkpoint)
     resumed_reporter = Reporter()
     resumed.train(resumed_reporter)
-    assert [m["step"] for m in resumed_reporter.steps] == [3.0, 4.0]
-    for expected, measured in zip(straight_reporter.steps[2:], resumed_reporter.steps, strict=True):
+    assert [m["step"] for m in resumed_reporter.steps] == [2.0, 3.0]
+    for expected, measured in zip(straight_reporter.steps[1:], resumed_reporter.steps, strict=True):
         for key in ("loss", "reward_margin", "reward_accuracy", "learning_rate"):
             assert measured[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key
     for (name, a), (_, b) in zip(straight._trainable_named(), resumed._trainable_named(), strict=True):
@@ -480,7 +482,9 @@ def run_dpo_job(stub, base_model: str, version_id: str, **settings: object) -> t
 
 
 @pytest.mark.slow
-def test_a_dpo_job_trains_reports_preferences_and_registers_with_lineage(jobs_stub, data_stub):
+def test_a_dpo_job_trains_reports_preferences_registers_with_lineage_and_serves(
+    jobs_stub, data_stub, inference_server
+):
     version_id = prepared_pairs(data_stub, DEFAULT_BASE_MODEL_NAME)
     job, events = run_dpo_job(
         jobs_stub,
@@ -507,6 +511,14 @@ def test_a_dpo_job_trains_reports_preferences_and_registers_with_lineage(jobs_st
     assert merged.lineage.prepared_version_id == version_id and merged.lineage.job_id == job.status.id
     recorded = json.loads(merged.lineage.hyperparameters_json)
     assert (recorded["method"], recorded["dpo_beta"]) == ("dpo", 0.2)
+    # The merged DPO model serves through the gateway like any merged model.
+    response = httpx.post(
+        f"{inference_server.http_url}/v1/chat/completions",
+        json={"model": merged.id, "messages": [{"role": "user", "content": PAIRS[3][0]}], "max_tokens": 12},
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["choices"][0]["message"]["content"].strip()
 
     # DPO after an earlier stage: the merged model is the base (and the reference), pairs prepared for it.
     second_version = prepared_pairs(data_stub, merged.id)
@@ -545,3 +557,13 @@ def test_dpo_on_a_version_without_pairs_or_with_beta_zero_is_refused_and_nothing
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert f"field '{field}'" in caught.value.details()
     assert len(jobs_stub.ListJobs(trainer_pb2.ListJobsRequest()).jobs) == before
+
+
+def test_pii_in_rejected_answers_is_found_and_redacted(data_stub):
+    rows = pair_rows(PAIRS[:3])
+    rows[1]["rejected"] = "Write to ops.lead@example.org for that."
+    dataset = upload(data_stub, jsonl(rows), redact_pii=True)
+    (finding,) = report(data_stub, dataset.id).pii
+    assert (finding.line, finding.kind, finding.field, finding.redacted) == (2, "email", "rejected", True)
+    preview = data_stub.PreviewDataset(data_pb2.PreviewDatasetRequest(id=dataset.id))
+    assert preview.rows[1].rejected == "Write to [EMAIL] for that."

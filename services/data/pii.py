@@ -41,6 +41,8 @@ _MIN_PHONE_DIGITS = 6
 _QUOTED_ROWS = 5
 # How many source lines a split's PII counts list.
 _LISTED_LINES = 100
+# Where a finding in a preference pair's rejected answer is reported (the file's column is not kept).
+REJECTED_FIELD = "rejected"
 
 
 @dataclass(frozen=True)
@@ -115,24 +117,41 @@ def redact_text(text: str, spans: list[tuple[str, int, int]]) -> str:
 def scan_conversation(
     conversation: Conversation, redact: bool, allow: PiiAllowList = PiiAllowList()
 ) -> list[PiiFinding]:
-    """Findings in every message; with `redact`, the messages are rewritten in place (allowed spans stay)."""
+    """Findings in every message (and a preference pair's rejected answer, which is trained on too); with
+    `redact`, the texts are rewritten in place (allowed spans stay)."""
     findings = []
     for index, message in enumerate(conversation.messages):
-        text = message["content"]
-        spans = scan_text(text)
-        if not spans:
-            continue
-        field = _field_of(conversation, index)
-        allowed = [allow.allows(kind, text[start:end]) for kind, start, end in spans]
-        findings.extend(
-            PiiFinding(conversation.line, kind, field, redact and not ok, ok)
-            for (kind, _, _), ok in zip(spans, allowed, strict=True)
+        found, message["content"] = _scan(
+            conversation.line, message["content"], _field_of(conversation, index), redact, allow
         )
-        if redact:
-            message["content"] = redact_text(
-                text, [s for s, ok in zip(spans, allowed, strict=True) if not ok]
-            )
+        findings.extend(found)
+    if conversation.rejected:
+        found, conversation.rejected = _scan(
+            conversation.line, conversation.rejected, REJECTED_FIELD, redact, allow
+        )
+        findings.extend(found)
     return findings
+
+
+def _scan(
+    line: int, text: str, field: str, redact: bool, allow: PiiAllowList
+) -> tuple[list[PiiFinding], str]:
+    """One text's findings, and the text (redacted but for allowed spans when `redact`)."""
+    spans = scan_text(text)
+    allowed = [allow.allows(kind, text[start:end]) for kind, start, end in spans]
+    findings = [
+        PiiFinding(line, kind, field, redact and not ok, ok)
+        for (kind, _, _), ok in zip(spans, allowed, strict=True)
+    ]
+    if redact and spans:
+        text = redact_text(text, [s for s, ok in zip(spans, allowed, strict=True) if not ok])
+    return findings, text
+
+
+def _texts(conversation: Conversation) -> list[tuple[str, str]]:
+    """(field, text) of everything a row trains on."""
+    texts = [(_field_of(conversation, i), m["content"]) for i, m in enumerate(conversation.messages)]
+    return texts + ([(REJECTED_FIELD, conversation.rejected)] if conversation.rejected else [])
 
 
 def _field_of(conversation: Conversation, index: int) -> str:
@@ -149,15 +168,14 @@ def refuse_remaining_pii(conversations: Sequence[Conversation], allow: PiiAllowL
     kinds: dict[str, int] = {}
     for conversation in conversations:
         described = []
-        for index, message in enumerate(conversation.messages):
-            text = message["content"]
+        for field, text in _texts(conversation):
             for kind, start, end in scan_text(text):
                 if allow.allows(kind, text[start:end]):
                     continue
                 kinds[kind] = kinds.get(kind, 0) + 1
                 # An email's domain is what an allow-list entry would name; the address stays out of logs.
                 what = f"email at {text[start:end].rpartition('@')[2]}" if kind == "email" else kind
-                described.append(f"{what} in {_field_of(conversation, index)}")
+                described.append(f"{what} in {field}")
         if described:
             rows.append((conversation.line, described))
     if not rows:

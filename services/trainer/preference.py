@@ -151,7 +151,13 @@ class DpoObjective:
         ).to(torch.float64)
         return dpo_sum, chosen_nll, totals
 
-    def loss(self, dpo_sum: torch.Tensor, chosen_nll: torch.Tensor, pairs: float, chosen_tokens: float):
+    def loss(
+        self,
+        dpo_sum: torch.Tensor | float,
+        chosen_nll: torch.Tensor | float,
+        pairs: float,
+        chosen_tokens: float,
+    ) -> torch.Tensor | float:
         """The objective over pairs whose sums these are: mean DPO loss, plus the weighted SFT term. Linear
         in the sums, so micro-batches normalised by the whole step's counts add up to the step's loss."""
         return dpo_sum / max(pairs, 1) + self.sft_weight * chosen_nll / max(chosen_tokens, 1)
