@@ -372,8 +372,18 @@ def preview(
     print_table(
         f"{dataset_id}: rows {offset + 1}-{offset + len(response.rows)} of {response.total}",
         ["line", "role", "content"],
-        [[row.source_line, m.role, m.content[:200]] for row in response.rows for m in row.messages],
+        [
+            [row.source_line, role, content[:200]]
+            for row in response.rows
+            for role, content in _preview_lines(row)
+        ],
     )
+
+
+def _preview_lines(row: data_pb2.Conversation) -> list[tuple[str, str]]:
+    """A row's messages, then a preference pair's rejected answer (shown with the role "rejected")."""
+    lines = [(m.role, m.content) for m in row.messages]
+    return lines + ([("rejected", row.rejected)] if row.rejected else [])
 
 
 @app.command()

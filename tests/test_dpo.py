@@ -567,3 +567,15 @@ def test_pii_in_rejected_answers_is_found_and_redacted(data_stub):
     assert (finding.line, finding.kind, finding.field, finding.redacted) == (2, "email", "rejected", True)
     preview = data_stub.PreviewDataset(data_pb2.PreviewDatasetRequest(id=dataset.id))
     assert preview.rows[1].rejected == "Write to [EMAIL] for that."
+
+
+def test_the_cli_preview_shows_the_rejected_answer(data_server, data_stub, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ftctl.data import app
+
+    monkeypatch.setenv("FT_DATA_ADDRESS", data_server.address)
+    dataset = upload(data_stub, jsonl(pair_rows(PAIRS[3:4])))
+    result = CliRunner().invoke(app, ["preview", dataset.id])
+    assert result.exit_code == 0, result.output
+    assert "rejected" in result.stdout and REFUSAL in " ".join(result.stdout.split())
