@@ -22,6 +22,7 @@ from ftcommon.specs.proto_bridge import SpecFieldError, from_message, to_message
 
 Template = Literal["chat", "alpaca", "question_answer"]
 Truncation = Literal["drop", "truncate"]
+SplitBy = Literal["auto", "row", "fact_phrasing"]
 
 DEFAULT_MAX_SEQ_LEN = 2048
 MIN_SEQ_LEN = 16
@@ -140,6 +141,13 @@ class PrepareSpec(BaseModel):
     pii: PiiOptions = Field(default_factory=PiiOptions)
     validation_dataset_id: str = Field(
         "", description="Another dataset that forms the whole validation split (its share must then be 0)."
+    )
+    split_by: SplitBy = Field(
+        "auto",
+        description="row: every duplicate group (exact or near) in one split | fact_phrasing: the phrasings "
+        "of a fact (rows sharing a fact_id, as GenerateDataset writes) split between train and the held-out "
+        "splits, so test asks trained facts in words never trained on | auto: fact_phrasing when rows carry "
+        "a fact_id, else row.",
     )
 
     @field_validator("split", mode="before")

@@ -11,7 +11,7 @@ from ftcommon.errors import InvalidArgument
 from services.data.duplicates import DuplicateGroup, find_duplicates
 from services.data.formats import FileFormat, detect_format, read_records
 from services.data.pii import PiiAllowList, PiiFinding, scan_conversation
-from services.data.records import Conversation, Rejection
+from services.data.records import FACT_ID_FIELD, Conversation, Rejection
 from services.data.schemas import Schema, plan_fields, to_conversation
 from services.data.validation import check_conversation, is_empty_field_rejection
 
@@ -70,6 +70,8 @@ def ingest(data: bytes, options: IngestOptions, max_row_bytes: int, near_thresho
         outcome = to_conversation(record, plan)
         if isinstance(outcome, Conversation):
             outcome = check_conversation(outcome) or outcome
+        if isinstance(outcome, Conversation):
+            outcome.fact_id = _fact_id(record.value)
         (kept if isinstance(outcome, Conversation) else rejected).append(outcome)
     if not kept:
         raise InvalidArgument(
@@ -92,6 +94,12 @@ def ingest(data: bytes, options: IngestOptions, max_row_bytes: int, near_thresho
         "empty_fields": sum(1 for r in rejected if is_empty_field_rejection(r)),
     }
     return IngestResult(file_format, plan.schema, kept, rejected, duplicates, pii, counts)
+
+
+def _fact_id(row: Any) -> str:
+    """The row's fact id as text (a number is a fine id too); empty when the row names none."""
+    value = row.get(FACT_ID_FIELD) if isinstance(row, dict) else None
+    return "" if value is None else str(value).strip()
 
 
 def _quote(rejected: list[Rejection]) -> str:

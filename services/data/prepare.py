@@ -27,6 +27,7 @@ from ftcommon.specs.prepare import DEFAULT_MAX_SEQ_LEN, PrepareSpec
 from services.data.base_models import BaseModel, BaseModels
 from services.data.catalog import Catalog, DatasetRecord, VersionRecord
 from services.data.duplicates import DuplicateGroup, line_groups
+from services.data.fact_split import fact_line_groups, split_by_fact_phrasing
 from services.data.pii import PiiAllowList, PiiFinding, pii_counts, scan_conversation
 from services.data.records import Conversation
 from services.data.refusals import off_topic_questions, refusal_answer
@@ -145,6 +146,19 @@ def check_pairs_request(
         )
 
 
+def split_by_fact(request: data_pb2.PrepareDatasetRequest, conversations: list[Conversation]) -> bool:
+    """Whether to split by phrasing within a fact (split_by), or InvalidArgument when asked of rows that name
+    no fact."""
+    has_facts = any(c.fact_id for c in conversations)
+    if request.split_by == data_pb2.SPLIT_BY_FACT_PHRASING and not has_facts:
+        raise InvalidArgument(
+            "is fact_phrasing, but no row of the dataset has a fact_id (GenerateDataset's rows do); "
+            "use row or auto",
+            field="split_by",
+        )
+    return has_facts and request.split_by != data_pb2.SPLIT_BY_ROW
+
+
 class PrepareRunner:
     def __init__(
         self, store: ArtifactStore, catalog: Catalog, base_models: BaseModels, scratch_dir: Path
@@ -177,7 +191,10 @@ class PrepareRunner:
         # Only the dataset's rows are scanned: the system prompt and refusal rows are the operator's own text.
         allow = PiiAllowList.parse(request.pii.allow, "pii.allow")
         pii_of = {id(c): scan_conversation(c, request.pii.redact, allow) for c in conversations}
-        groups = self._group_keys(dataset, conversations)
+        by_fact = split_by_fact(request, conversations)
+        groups, cross_fact_near_groups = self._group_keys(dataset, conversations, by_fact)
+        # Only this dataset's rows are phrasings of its facts; a validation dataset's rows are validation.
+        fact_of_row = {id(c): c.fact_id for c in conversations if c.fact_id}
         pii_of |= {id(c): scan_conversation(c, request.pii.redact, allow) for c in validation_rows}
         conversations += validation_rows
         groups += [f"{_VALIDATION_DATASET_GROUP}{c.line}" for c in validation_rows]
@@ -203,19 +220,27 @@ class PrepareRunner:
                 f"every example is longer than max_seq_len {request.max_seq_len}", field="max_seq_len"
             )
         progress(0.92, "splitting and writing", {"examples": len(examples)})
-        splits = assign_splits(
-            [e.group for e in examples],
-            (request.split.train, request.split.validation, request.split.test),
-            request.seed,
-        )
+        fractions = (request.split.train, request.split.validation, request.split.test)
+        split_summary: dict[str, Any] = {"mode": "row"}
+        fact_note = ""
+        if by_fact:
+            fact_split = split_by_fact_phrasing(
+                [e.group for e in examples],
+                [fact_of_row.get(id(e.conversation), "") for e in examples],
+                fractions,
+                request.seed,
+            )
+            splits, fact_note = fact_split.assignment, fact_split.note()
+            split_summary = {**fact_split.summary, "cross_fact_near_duplicate_groups": cross_fact_near_groups}
+        else:
+            splits = assign_splits([e.group for e in examples], fractions, request.seed)
         # Rows of a separate validation dataset are the validation split, whatever the seed says.
         splits = [
             "validation" if e.group.startswith(_VALIDATION_DATASET_GROUP) else split
             for e, split in zip(examples, splits, strict=True)
         ]
-        fractions = (request.split.train, request.split.validation, request.split.test)
         advice = small_test_split_warning(len(splits), splits.count("test"), fractions)
-        warnings = [advice] if advice else []
+        warnings = [warning for warning in (fact_note, advice) if warning]
         for warning in warnings:
             progress(0.93, f"warning: {warning}", {})
         with tempfile.TemporaryDirectory(dir=self.scratch_dir) as scratch:
@@ -240,6 +265,7 @@ class PrepareRunner:
                     "refusal_rows": len(refusal_rows),
                     "split_pii": split_pii,
                     "warnings": warnings,
+                    "split_by": split_summary,
                     "tokenizer_sha256": tokenizer_sha,
                     "chat_template_sha256": sha256_bytes(template.encode()),
                 },
@@ -271,11 +297,21 @@ class PrepareRunner:
             return []
         return load_conversations(self.store, self.catalog.get_dataset(request.validation_dataset_id))
 
-    def _group_keys(self, dataset: DatasetRecord, conversations: list[Conversation]) -> list[str]:
-        """Each row's duplicate group (exact or near, transitively), so a group lands in one split."""
+    def _group_keys(
+        self, dataset: DatasetRecord, conversations: list[Conversation], by_fact: bool
+    ) -> tuple[list[str], int]:
+        """Each row's duplicate group (exact or near, transitively), so a group lands in one split; split by
+        fact, near duplicates among rows with fact ids do not group (see fact_split.py). Also the number of
+        near-duplicate groups spanning different facts."""
         report = json.loads(self.store.read_bytes(dataset.report_uri))
-        groups = line_groups(DuplicateGroup(**g) for g in report["duplicates"])
-        return [f"line:{groups.get(c.line, c.line)}" for c in conversations]
+        duplicates = [DuplicateGroup(**g) for g in report["duplicates"]]
+        cross_fact = 0
+        if by_fact:
+            fact_groups = fact_line_groups(duplicates, {c.line: c.fact_id for c in conversations})
+            groups, cross_fact = fact_groups.line_group, fact_groups.cross_fact_near_groups
+        else:
+            groups = line_groups(duplicates)
+        return [f"line:{groups.get(c.line, c.line)}" for c in conversations], cross_fact
 
     @staticmethod
     def _split_pii(

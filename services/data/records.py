@@ -5,6 +5,9 @@ from typing import Any
 
 # role and content, and "weight": 0 on an assistant turn kept as context but not trained on.
 Message = dict[str, Any]
+# A raw row's column naming the fact the row states (GenerateDataset writes it): rows sharing one are
+# phrasings of one fact, which prepare can split between train and test (ftcommon/specs/prepare.py split_by).
+FACT_ID_FIELD = "fact_id"
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,13 @@ class Conversation:
     is_refusal: bool = False
     # A preference pair's rejected answer to the same prompt; the chosen answer is the last message.
     rejected: str | None = None
+    fact_id: str = ""  # empty: the row names no fact
 
     def to_json(self) -> dict[str, Any]:
         value = {"source_line": self.line, "messages": self.messages, "is_refusal": self.is_refusal}
+        # Only when present, so the stored rows (and ids) of data sets without them stay as they were.
+        if self.fact_id:
+            value[FACT_ID_FIELD] = self.fact_id
         return value if self.rejected is None else {**value, "rejected": self.rejected}
 
     @classmethod
@@ -51,4 +58,5 @@ class Conversation:
             ],
             is_refusal=bool(value.get("is_refusal", False)),
             rejected=value.get("rejected"),
+            fact_id=str(value.get(FACT_ID_FIELD, "")),
         )
