@@ -170,9 +170,11 @@ def test_weights_zero_and_one_are_accepted_and_tools_are_refused_by_name(team: O
 
 def test_refused_fields_name_themselves(team: OpenAI):
     uploaded = team.files.create(file=training_file([chat_line(q, a) for q, a in ROWS]), purpose="fine-tune")
-    with pytest.raises(openai.BadRequestError) as dpo:
-        team.fine_tuning.jobs.create(training_file=uploaded.id, model=BASE_MODEL, method={"type": "dpo"})
-    assert dpo.value.body["param"] == "method.type"
+    with pytest.raises(openai.BadRequestError) as reinforcement:
+        team.fine_tuning.jobs.create(
+            training_file=uploaded.id, model=BASE_MODEL, method={"type": "reinforcement"}
+        )
+    assert reinforcement.value.body["param"] == "method.type"
     with pytest.raises(openai.BadRequestError) as integrations:
         team.fine_tuning.jobs.create(
             training_file=uploaded.id,
@@ -186,6 +188,93 @@ def test_refused_fields_name_themselves(team: OpenAI):
     with pytest.raises(openai.BadRequestError) as model:
         team.fine_tuning.jobs.create(training_file=uploaded.id, model="no-such-model")
     assert model.value.body["param"] == "model"
+
+
+def dpo_line(question: str, preferred: str, non_preferred: str) -> str:
+    """A row of OpenAI's DPO format, as in OpenAI's preference fine-tuning guide."""
+    return json.dumps(
+        {
+            "input": {"messages": [{"role": "user", "content": question}]},
+            "preferred_output": [{"role": "assistant", "content": preferred}],
+            "non_preferred_output": [{"role": "assistant", "content": non_preferred}],
+        }
+    )
+
+
+DPO_ROWS = [dpo_line(q, a, "I am not sure, please ask someone else.") for q, a in ROWS] + [
+    dpo_line(
+        "What is the weather like today?", "Let's keep the discussion relevant to our services.", "Sunny."
+    )
+]
+
+
+@pytest.mark.slow
+def test_an_openai_dpo_script_trains_on_preference_pairs_and_chats(stack, team: OpenAI):
+    started = time.monotonic()
+    uploaded = team.files.create(file=training_file(DPO_ROWS), purpose="fine-tune")
+    job = team.fine_tuning.jobs.create(
+        training_file=uploaded.id,
+        model=BASE_MODEL,
+        suffix="prefs",
+        seed=3,
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1}}},
+    )
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.2
+    job = wait_until_finished(team, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model == f"ft:{BASE_MODEL}:prefs:{job.id}"
+    assert job.method.type == "dpo" and job.method.supervised is None
+    assert job.method.dpo.hyperparameters.beta == 0.2 and job.method.dpo.hyperparameters.n_epochs == 1
+    assert job.trained_tokens and job.trained_tokens > 0
+    metrics = [e for e in team.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"]
+    assert metrics and metrics[0].data["train_loss"] > 0
+
+    with open_channel(str(stack["trainer"])) as channel:
+        registry = registry_pb2_grpc.RegistryServiceStub(channel)
+        trained = registry.GetModel(trainer_pb2.GetModelRequest(name=job.fine_tuned_model))
+    recorded = json.loads(trained.lineage.hyperparameters_json)
+    assert recorded["method"] == "dpo" and recorded["dpo_beta"] == pytest.approx(0.2)
+
+    reply = team.chat.completions.create(
+        model=job.fine_tuned_model,
+        messages=[{"role": "user", "content": ROWS[0][0]}],
+        max_tokens=8,
+        temperature=0,
+    )
+    assert reply.choices[0].message.content
+    print(f"\nOpenAI-style DPO script: {time.monotonic() - started:.1f} s wall")
+
+
+def test_dpo_refuses_a_non_positive_beta_and_a_chat_format_file_by_name(team: OpenAI):
+    chat_file = team.files.create(file=training_file([chat_line(q, a) for q, a in ROWS]), purpose="fine-tune")
+    for beta in (0, -0.5):
+        with pytest.raises(openai.BadRequestError) as refused:
+            team.fine_tuning.jobs.create(
+                training_file=chat_file.id,
+                model=BASE_MODEL,
+                method={"type": "dpo", "dpo": {"hyperparameters": {"beta": beta}}},
+            )
+        assert refused.value.body["param"] == "method.dpo.hyperparameters.beta"
+
+    job = team.fine_tuning.jobs.create(training_file=chat_file.id, model=BASE_MODEL, method={"type": "dpo"})
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == "auto"
+    job = wait_until_finished(team, job.id)
+    assert job.status == "failed"
+    assert job.error.code == "invalid_training_file" and job.error.param == "training_file"
+    assert "preferred_output" in job.error.message
+
+    mixed = DPO_ROWS[:2] + [chat_line(*ROWS[2])] + DPO_ROWS[3:]
+    mixed_file = team.files.create(file=training_file(["", *mixed]), purpose="fine-tune")
+    job = team.fine_tuning.jobs.create(training_file=mixed_file.id, model=BASE_MODEL, method={"type": "dpo"})
+    job = wait_until_finished(team, job.id)
+    assert job.status == "failed" and job.error.param == "training_file"
+    assert "line 4" in job.error.message, job.error.message  # a blank first line, then the chat row
+
+    pairs_file = team.files.create(file=training_file(DPO_ROWS), purpose="fine-tune")
+    job = wait_until_finished(
+        team, team.fine_tuning.jobs.create(training_file=pairs_file.id, model=BASE_MODEL).id
+    )
+    assert job.status == "failed" and "method dpo" in job.error.message
 
 
 def test_a_chat_scoped_key_gets_403_and_another_project_404(stack, team: OpenAI):

@@ -23,7 +23,7 @@ from ftcommon.specs.prepare import PrepareSpec, SplitFractions
 from ftcommon.specs.proto_bridge import validate_spec
 from ftcommon.specs.train import TrainSpec
 from services.inference.config import InferenceSettings
-from services.inference.fine_tuning_protocol import Hyperparameters
+from services.inference.fine_tuning_protocol import DpoHyperparameters, Hyperparameters
 from services.inference.fine_tuning_results import ResultFiles
 from services.inference.fine_tuning_store import FineTuningRecords, JobRecord, NewEvent
 from services.inference.peer_errors import peer_error
@@ -37,6 +37,8 @@ _SUCCEEDED, _FAILED, _CANCELLED, _RUNNING = (
     common_pb2.JOB_STATE_CANCELLED,
     common_pb2.JOB_STATE_RUNNING,
 )
+# A file's schemas that hold preference pairs: what method dpo trains on, and only it.
+_PREFERENCE_SCHEMAS = (data_pb2.DATASET_SCHEMA_PREFERENCE, data_pb2.DATASET_SCHEMA_OPENAI_PREFERENCE)
 # The training job's states that are not ends, as OpenAI names them (queued again: resumed or requeued).
 _OPENAI_STATUS = {
     common_pb2.JOB_STATE_QUEUED: "queued",
@@ -151,6 +153,7 @@ class FineTuningFollower:
                     f"line {first.line}{where}: {first.reason}{more}.",
                     param,
                 )
+            _check_format_fits_method(job, param, file_id, report.schema in _PREFERENCE_SCHEMAS)
 
     def _prepare(self, job: JobRecord) -> None:
         training = self.records.get_file(job.project, job.training_file, "training_file")
@@ -217,6 +220,8 @@ class FineTuningFollower:
             "batch_size": effective.batch_size,
             "learning_rate_multiplier": round(multiplier, 6),
         }
+        if job.method == "dpo":
+            hyperparameters["beta"] = effective.dpo_beta
         self.records.update_job(
             job.id,
             train_job_id=training.status.id,
@@ -309,9 +314,16 @@ class FineTuningFollower:
         self, job: JobRecord, version: data_pb2.PreparedVersion
     ) -> trainer_pb2.CreateJobRequest:
         """The job as a TrainSpec: OpenAI's n_epochs, batch_size and learning_rate_multiplier onto its
-        hyperparameters; "auto" leaves one to the trainer's defaults."""
-        asked = Hyperparameters.model_validate(job.hyperparameters)
-        hyperparameters: dict[str, float | int] = {"seed": job.seed}
+        hyperparameters, and for DPO the method and its beta; "auto" leaves one to the trainer's defaults."""
+        asked = Hyperparameters.model_validate(
+            {k: v for k, v in job.hyperparameters.items() if k in Hyperparameters.model_fields}
+        )
+        hyperparameters: dict[str, float | int | str] = {"seed": job.seed}
+        if job.method == "dpo":
+            hyperparameters["method"] = "dpo"
+            beta = DpoHyperparameters.model_validate(job.hyperparameters).beta
+            if beta != "auto":
+                hyperparameters["dpo_beta"] = float(beta)
         if asked.n_epochs != "auto":
             hyperparameters["epochs"] = float(asked.n_epochs)
         if asked.batch_size != "auto":
@@ -355,6 +367,26 @@ class FineTuningFollower:
             if call is not None:
                 with self._lock:
                     self._calls.discard(call)
+
+
+def _check_format_fits_method(job: JobRecord, param: str, file_id: str, preference_pairs: bool) -> None:
+    """DPO trains on preference pairs only, supervised fine-tuning on conversations only (as on OpenAI)."""
+    if job.method == "dpo" and not preference_pairs:
+        raise JobFailed(
+            f"invalid_{param}",
+            f"The job failed due to an invalid {param.replace('_', ' ')} {file_id}: method dpo needs "
+            "OpenAI's preference format (input.messages, preferred_output, non_preferred_output on every "
+            "line); this file is in the chat format (messages).",
+            param,
+        )
+    if job.method == "supervised" and preference_pairs:
+        raise JobFailed(
+            f"invalid_{param}",
+            f"The job failed due to an invalid {param.replace('_', ' ')} {file_id}: it holds preference "
+            "pairs (input, preferred_output, non_preferred_output), which train with method dpo; "
+            "supervised fine-tuning needs the chat format (messages).",
+            param,
+        )
 
 
 def fine_tuned_model_name(job: JobRecord) -> str:

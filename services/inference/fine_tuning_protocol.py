@@ -6,7 +6,7 @@ being silently ignored.
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Auto = Literal["auto"]
 JobStatus = Literal[
@@ -63,12 +63,38 @@ class SupervisedMethod(BaseModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
 
+class DpoHyperparameters(Hyperparameters):
+    """beta "auto" (or absent): the trainer's default DPO beta."""
+
+    beta: Auto | float = "auto"
+
+    # A validator rather than a constrained float inside the union, so the error's location (OpenAI's
+    # `param`) ends at `beta` instead of naming a branch of the union.
+    @field_validator("beta")
+    @classmethod
+    def _beta_positive(cls, value: float | str) -> float | str:
+        if value != "auto" and not 0 < float(value) < float("inf"):
+            raise ValueError("must be a positive number (or 'auto')")
+        return value
+
+    def shared(self) -> Hyperparameters:
+        """The hyperparameters every method has (the job's top-level `hyperparameters`)."""
+        return Hyperparameters.model_validate(self.model_dump(exclude={"beta"}))
+
+
+class DpoMethod(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hyperparameters: DpoHyperparameters = Field(default_factory=DpoHyperparameters)
+
+
 class Method(BaseModel):
-    # dpo and reinforcement parse, so the refusal can name method.type instead of an unknown field.
+    # reinforcement parses, so the refusal can name method.type instead of an unknown field.
     model_config = ConfigDict(extra="allow")
 
     type: Literal["supervised", "dpo", "reinforcement"]
     supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
 
 
 class JobCreateRequest(BaseModel):
@@ -92,8 +118,9 @@ class JobError(BaseModel):
 
 
 class MethodView(BaseModel):
-    type: Literal["supervised"] = "supervised"
-    supervised: SupervisedMethod
+    type: Literal["supervised", "dpo"]
+    supervised: SupervisedMethod | None = None
+    dpo: DpoMethod | None = None
 
 
 class FineTuningJob(BaseModel):

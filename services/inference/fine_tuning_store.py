@@ -57,6 +57,7 @@ class JobRecord:
     finished_at: datetime | None
     estimated_finish: datetime | None = None
     result_files: list[str] = field(default_factory=list)
+    method: str = "supervised"  # OpenAI's method.type: supervised | dpo
 
     @property
     def terminal(self) -> bool:
@@ -348,6 +349,7 @@ def _job(row: Any) -> JobRecord:
         finished_at=row["finished_at"],
         estimated_finish=row["estimated_finish"],
         result_files=json.loads(row["result_files"]) if row["result_files"] else [],
+        method=row["method"],
     )
 
 

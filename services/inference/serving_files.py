@@ -1,10 +1,12 @@
 """/v1/files: OpenAI files as datasets of the data service, streamed to DataService.UploadDataset.
 
-A fine-tune file is ingested in OpenAI's chat format (JSONL rows of `messages`); rows the data service
-rejects stay in its validation report, and a job that uses the file fails naming the first one, as on
-OpenAI (the upload itself succeeds).
+A fine-tune file is ingested in OpenAI's chat format (JSONL rows of `messages`), or in OpenAI's DPO format
+(`input`, `preferred_output`, `non_preferred_output`) when its first row has those keys; rows the data
+service rejects stay in its validation report, and a job that uses the file fails naming the first one, as
+on OpenAI (the upload itself succeeds).
 """
 
+import json
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -42,18 +44,19 @@ class OpenAIServingFiles:
                 f"'{purpose}' is not a supported purpose; this platform accepts {', '.join(PURPOSES)}",
                 field="purpose",
             )
+        head = _first_row(content)
         metadata = data_pb2.UploadMetadata(
             filename=filename,
             size_bytes=size,
             options=data_pb2.IngestOptions(
                 name=filename,
                 format=data_pb2.DATASET_FORMAT_JSONL,
-                schema=data_pb2.DATASET_SCHEMA_MESSAGES,
+                schema=_schema_of(head),
             ),
         )
         try:
             dataset = self.data.UploadDataset(
-                _upload_messages(metadata, content), timeout=self.settings.rpc_timeout_seconds
+                _upload_messages(metadata, head, content), timeout=self.settings.rpc_timeout_seconds
             )
         except grpc.RpcError as err:
             raise _as_file_error(peer_error(err, "data service")) from None
@@ -118,10 +121,34 @@ class OpenAIServingFiles:
             raise peer_error(err, "data service") from None
 
 
+def _first_row(content: BinaryIO) -> bytes:
+    """The file's bytes up to and including its first non-blank line (read, so they are sent first)."""
+    head = b""
+    while line := content.readline():
+        head += line
+        if line.strip():
+            break
+    return head
+
+
+def _schema_of(head: bytes) -> "data_pb2.DatasetSchema.ValueType":
+    """OpenAI's DPO format by the first row's keys, else its chat format. Every other row is held to the
+    same schema by the data service's validation, so a file mixing the two fails naming the line."""
+    try:
+        first = json.loads(head.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError):
+        return data_pb2.DATASET_SCHEMA_MESSAGES  # the data service names the line that is not JSON
+    if isinstance(first, dict) and {"input", "preferred_output"} <= first.keys():
+        return data_pb2.DATASET_SCHEMA_OPENAI_PREFERENCE
+    return data_pb2.DATASET_SCHEMA_MESSAGES
+
+
 def _upload_messages(
-    metadata: data_pb2.UploadMetadata, content: BinaryIO
+    metadata: data_pb2.UploadMetadata, head: bytes, content: BinaryIO
 ) -> Iterator[data_pb2.UploadDatasetRequest]:
     yield data_pb2.UploadDatasetRequest(metadata=metadata)
+    if head:
+        yield data_pb2.UploadDatasetRequest(chunk=head)
     while chunk := content.read(_CHUNK_BYTES):
         yield data_pb2.UploadDatasetRequest(chunk=chunk)
 

@@ -3,7 +3,8 @@
 Requests are checked here and recorded in the gateway's tables; FineTuningFollower does the work behind
 them. OpenAI's hyperparameters map onto the trainer's typed spec: "auto" (or absent) leaves a field unset,
 so the trainer's size-aware defaults apply; learning_rate_multiplier scales the trainer's default LoRA
-learning rate.
+learning rate. method.type "dpo" trains the spec's method dpo (beta -> dpo_beta) on a file of OpenAI's
+preference pairs.
 """
 
 import secrets
@@ -22,6 +23,8 @@ from services.inference.fine_tuning_protocol import (
     Checkpoint,
     CheckpointList,
     CheckpointMetrics,
+    DpoHyperparameters,
+    DpoMethod,
     EventList,
     FineTuningJob,
     Hyperparameters,
@@ -54,7 +57,7 @@ class OpenAIServingFineTuning:
         self.follower = follower
 
     def create(self, project: str, request: JobCreateRequest) -> FineTuningJob:
-        hyperparameters = _requested_hyperparameters(request)
+        method, hyperparameters = _requested_method(request)
         if request.integrations:
             raise InvalidArgument(
                 "integrations (Weights & Biases and others) are not supported on this platform: every job's "
@@ -89,6 +92,7 @@ class OpenAIServingFineTuning:
                 cancel_requested=False,
                 created_at=utcnow(),
                 finished_at=None,
+                method=method,
             )
         )
         self.records.add_event(job.id, NewEvent("gateway", 0, f"Created fine-tuning job: {job.id}"))
@@ -255,23 +259,37 @@ class OpenAIServingFineTuning:
             )
 
 
-def _requested_hyperparameters(request: JobCreateRequest) -> Hyperparameters:
-    """method.supervised.hyperparameters, or the older top-level hyperparameters; both only if equal."""
+def _requested_method(request: JobCreateRequest) -> tuple[str, Hyperparameters | DpoHyperparameters]:
+    """The method's type and its hyperparameters: method.<type>.hyperparameters, or the older top-level
+    hyperparameters; both only if they agree."""
     method = request.method
-    if method is not None and method.type != "supervised":
+    if method is not None and method.type not in ("supervised", "dpo"):
         raise InvalidArgument(
-            f"method.type '{method.type}' is not supported yet: this platform trains supervised "
-            "fine-tuning only (preference tuning is planned)",
+            f"method.type '{method.type}' is not supported: this platform trains 'supervised' and 'dpo'",
             field="method.type",
         )
-    from_method = method.supervised.hyperparameters if method and method.supervised else None
+    method_type = method.type if method is not None else "supervised"
+    from_method: Hyperparameters | DpoHyperparameters | None = None
+    if method is not None and method.supervised is not None and method_type == "supervised":
+        from_method = method.supervised.hyperparameters
+    if method is not None and method.dpo is not None and method_type == "dpo":
+        from_method = method.dpo.hyperparameters
     top_level = request.hyperparameters
-    if from_method is not None and top_level is not None and from_method != top_level:
+    if from_method is not None and top_level is not None and _shared(from_method) != top_level:
         raise InvalidArgument(
-            "differs from method.supervised.hyperparameters; give hyperparameters in one place",
+            f"differs from method.{method_type}.hyperparameters; give hyperparameters in one place",
             field="hyperparameters",
         )
-    return from_method or top_level or Hyperparameters()
+    chosen = from_method or top_level or Hyperparameters()
+    if method_type == "dpo" and not isinstance(chosen, DpoHyperparameters):
+        chosen = DpoHyperparameters.model_validate(chosen.model_dump())  # beta "auto"
+    return method_type, chosen
+
+
+def _shared(hyperparameters: Hyperparameters | DpoHyperparameters) -> Hyperparameters:
+    if isinstance(hyperparameters, DpoHyperparameters):
+        return hyperparameters.shared()
+    return hyperparameters
 
 
 def _checkpoint(
@@ -312,7 +330,13 @@ def _check_limit(limit: int) -> None:
 
 
 def job_view(job: JobRecord) -> FineTuningJob:
-    hyperparameters = Hyperparameters.model_validate(job.hyperparameters)
+    if job.method == "dpo":
+        dpo = DpoHyperparameters.model_validate(job.hyperparameters)
+        hyperparameters = dpo.shared()
+        method = MethodView(type="dpo", dpo=DpoMethod(hyperparameters=dpo))
+    else:
+        hyperparameters = Hyperparameters.model_validate(job.hyperparameters)
+        method = MethodView(type="supervised", supervised=SupervisedMethod(hyperparameters=hyperparameters))
     return FineTuningJob(
         id=job.id,
         created_at=epoch_seconds(job.created_at) or 0,
@@ -330,6 +354,6 @@ def job_view(job: JobRecord) -> FineTuningJob:
         training_file=job.training_file,
         validation_file=job.validation_file,
         metadata=job.metadata,
-        method=MethodView(supervised=SupervisedMethod(hyperparameters=hyperparameters)),
+        method=method,
         user_provided_suffix=job.suffix,
     )

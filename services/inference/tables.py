@@ -79,6 +79,8 @@ fine_tuning_jobs = Table(
     Column("finished_at", DateTime, nullable=True),
     Column("estimated_finish", DateTime, nullable=True),  # from the trainer's latest ETA while it trains
     Column("result_files", Text, nullable=True),  # JSON list of file ids
+    # OpenAI's method.type; jobs recorded before DPO was accepted were all supervised.
+    Column("method", String(32), nullable=False, server_default="supervised"),
 )
 
 # A job's events as OpenAI lists them, translated from the prepare and training jobs' event logs; `source`
@@ -120,6 +122,14 @@ def _add_results(op: Operations) -> None:
         op.add_column("fine_tuning_jobs", Column("result_files", Text, nullable=True))
 
 
+def _add_job_method(op: Operations) -> None:
+    # A database created since the column was declared has it already: 0004 creates from the metadata.
+    if "method" not in {c["name"] for c in inspect(op.get_bind()).get_columns("fine_tuning_jobs")}:
+        op.add_column(
+            "fine_tuning_jobs", Column("method", String(32), nullable=False, server_default="supervised")
+        )
+
+
 MIGRATIONS = [
     Migration("0001_api_keys", create_tables(metadata, "api_keys")),
     Migration("0002_admin_tokens", create_tables(metadata, "admin_tokens")),
@@ -129,4 +139,5 @@ MIGRATIONS = [
         create_tables(metadata, "openai_files", "fine_tuning_jobs", "fine_tuning_events"),
     ),
     Migration("0005_fine_tuning_results", _add_results),
+    Migration("0006_fine_tuning_method", _add_job_method),
 ]
