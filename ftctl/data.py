@@ -471,6 +471,7 @@ def prepare(
         None, "--split", help="train,validation,test fractions. Default: 0.8,0.1,0.1."
     ),
     seed: int | None = _option("seed"),
+    split_by: str | None = _option("split_by"),
     refusal_domain: str | None = _option("domain", RefusalOptions, "--refusal-domain"),
     refusal_fraction: float | None = _option("fraction", RefusalOptions, "--refusal-fraction"),
     refusal_text: str | None = _option("refusal_text", RefusalOptions, "--refusal-text"),
@@ -492,6 +493,7 @@ def prepare(
         "truncation": truncation,
         "split": split,
         "seed": seed,
+        "split_by": split_by,
         "refusal_domain": refusal_domain,
         "refusal_fraction": refusal_fraction,
         "refusal_text": refusal_text,
