@@ -14,6 +14,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
     "data_prep.py",
+    "generate.py",
     "train_throughput.py",
     "train_sharing.py",
     "serve_throughput.py",

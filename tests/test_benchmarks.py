@@ -11,7 +11,14 @@ import pytest
 from ftcommon.hardware import cpu_has_native_bf16
 
 REPO = Path(__file__).resolve().parent.parent
-RESULT_FILES = {"data_prep", "train_throughput", "train_sharing", "serve_throughput", "eval_throughput"}
+RESULT_FILES = {
+    "data_prep",
+    "generate",
+    "train_throughput",
+    "train_sharing",
+    "serve_throughput",
+    "eval_throughput",
+}
 
 
 @pytest.mark.slow
@@ -44,6 +51,8 @@ def test_every_benchmark_runs_at_tiny_settings(tmp_path, lamini_docs):
 
     assert results["train_sharing"]["passive"]["pair"][1]["real_tokens_per_second"] > 0
     assert results["data_prep"]["distinct"]["examples_written"] > 0
+    generated = results["generate"]["structural"]
+    assert generated["pairs_kept"] > 0 and 0 < generated["grounded_pair_yield"] <= 1
 
 
 @pytest.mark.slow
