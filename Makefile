@@ -41,6 +41,7 @@ lint: install
 test: protos ## the whole suite: fast tests plus slow ones at tiny settings
 	$(VENV)/bin/ruff check .
 	$(PY) scripts/gen_protos.py --check
+	$(PY) scripts/gen_api_docs.py --check
 	$(VENV)/bin/pytest -q
 
 test-fast: protos
