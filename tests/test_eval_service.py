@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from data_fixtures import prepared_qa_version
+from data_fixtures import jsonl, prepare, prepared_qa_version, upload
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from finetune.v1 import common_pb2, data_pb2, eval_pb2, eval_pb2_grpc, inference_pb2
+from finetune.v1 import common_pb2, data_pb2, eval_pb2, eval_pb2_grpc, inference_pb2, inference_pb2_grpc
 from ftcommon.grpc_client import open_channel
 from services.eval import benchmarks
 from services.eval.config import EvalSettings
@@ -201,6 +201,55 @@ def test_cancel_a_running_run(stub, prepared_version_id) -> None:
     final = _finish_any(stub, run.status.id)
     assert final.status.state == common_pb2.JOB_STATE_CANCELLED
     assert not final.report_html.uri
+
+
+def _preference_accuracy(stub: eval_pb2_grpc.EvalServiceStub, data_stub, rows: list[dict]) -> dict:
+    dataset = upload(data_stub, jsonl(rows))
+    split = data_pb2.SplitFractions(train=0.2, validation=0.0, test=0.8)
+    version = prepare(data_stub, dataset_id=dataset.id, max_seq_len=128, split=split, seed=3)
+    run = stub.CreateRun(
+        eval_pb2.CreateRunRequest(
+            models=[DEFAULT_BASE_MODEL_NAME],
+            data=eval_pb2.EvalData(prepared_version_id=version.prepared_version_id, split="test"),
+            generation=inference_pb2.SamplingParams(max_tokens=4, temperature=0.0),
+            metrics=["preference_accuracy"],
+        )
+    )
+    finished = _finish(stub, run.status.id)
+    assert finished.status.state == common_pb2.JOB_STATE_SUCCEEDED, finished.status.error
+    fetched = stub.GetReport(eval_pb2.GetRunRequest(id=run.status.id))
+    assert "preference_accuracy" in fetched.report_html
+    return json.loads(fetched.report_json)["summaries"][DEFAULT_BASE_MODEL_NAME]["preference_accuracy"]
+
+
+def test_preference_accuracy_prefers_the_models_own_answer_and_swapping_gives_its_complement(
+    stub, data_stub, inference_server
+) -> None:
+    questions = [question for question, _ in FACTS]
+    with open_channel(inference_server.grpc_address, 60) as channel:
+        generate = inference_pb2_grpc.InferenceServiceStub(channel).Generate
+        greedy = [
+            generate(
+                inference_pb2.GenerateRequest(
+                    model=DEFAULT_BASE_MODEL_NAME,
+                    messages=[common_pb2.ChatMessage(role="user", content=question)],
+                    sampling=inference_pb2.SamplingParams(max_tokens=12, temperature=0.0),
+                )
+            ).text
+            for question in questions
+        ]
+    noise = [f"qux{i} zorbl vemmu plixen frodd gumbrel snee oxtiv tarvo {i}" for i in range(len(questions))]
+    own = [
+        {"prompt": q, "chosen": g, "rejected": n} for q, g, n in zip(questions, greedy, noise, strict=True)
+    ]
+    swapped = [{"prompt": r["prompt"], "chosen": r["rejected"], "rejected": r["chosen"]} for r in own]
+
+    accuracy = _preference_accuracy(stub, data_stub, own)
+    complement = _preference_accuracy(stub, data_stub, swapped)
+    assert accuracy["n"] == complement["n"] >= 4  # the same test rows: the split follows lines and seed
+    assert accuracy["mean"] >= 0.75
+    assert complement["mean"] == pytest.approx(1.0 - accuracy["mean"])
+    assert accuracy["low"] < accuracy["mean"] <= accuracy["high"] <= 1.0  # a Wilson interval
 
 
 def _finish_any(stub: eval_pb2_grpc.EvalServiceStub, run_id: str) -> eval_pb2.EvalRun:

@@ -30,6 +30,8 @@ class Example:
     # The reference is a stock reply shared by many rows ("I'm having trouble understanding you" to
     # gibberish): such rows are neither domain questions nor off-topic ones, so no refusal rate counts them.
     canned_reference: bool = False
+    # A preference pair's rejected answer (the reference is the chosen one); None on plain rows.
+    rejected: str | None = None
 
     @property
     def question(self) -> str:
@@ -55,6 +57,8 @@ class ModelOutputs:
     off_topic_answers: list[str] = field(default_factory=list)
     in_domain_probe_answers: list[str] = field(default_factory=list)
     judge_scores: list[float] | None = None  # 0..1 per example
+    # (chosen, rejected) summed completion log-probs per preference pair, in preference_rows order.
+    preference_scores: list[tuple[float, float]] | None = None
     benchmark_scores: dict[str, list[float]] = field(default_factory=dict)  # task -> per question
     benchmark_results: dict[str, float] = field(default_factory=dict)  # task -> leaderboard-style score
     benchmark_predictions: dict[str, list[int]] = field(default_factory=dict)  # task -> chosen index
@@ -81,6 +85,22 @@ def answer_rows(examples: list[Example]) -> list[int]:
     return rows or list(range(len(examples)))
 
 
+def preference_rows(examples: list[Example]) -> list[int]:
+    """Indices of the rows that are preference pairs: every one counts, off-topic or not."""
+    return [i for i, e in enumerate(examples) if e.rejected is not None]
+
+
+def preference_outcomes(outputs: ModelOutputs) -> list[float]:
+    """1.0 per pair whose chosen answer the model finds more likely than the rejected one, else 0.0.
+
+    "More likely" compares the summed log-probabilities of the two completions (the probability of the
+    whole answer given the prompt): the quantity DPO moves and the one that decides which answer the
+    model would rather produce. It favours the shorter answer; baseline and candidate share that bias
+    on the same pairs, so their comparison still shows what training changed. A tie counts as a miss.
+    """
+    return [1.0 if chosen > rejected else 0.0 for chosen, rejected in outputs.preference_scores or []]
+
+
 def build_report(
     run_id: str,
     examples: list[Example],
@@ -105,6 +125,11 @@ def build_report(
         summaries[label].update({k: v for k, v in rates.items() if isinstance(v, dict)})
         if "reference_loss" in summaries[label]:
             summaries[label]["reference_perplexity"] = _perplexity(summaries[label]["reference_loss"])
+    preference = {m.label: preference_outcomes(m) for m in models if m.preference_scores}
+    for label, outcomes in preference.items():
+        summaries[label]["preference_accuracy"] = _interval_dict(
+            wilson_interval(round(sum(outcomes)), len(outcomes))
+        )
     categories = {
         m.label: [_category_of(a, e, detector) for a, e in zip(m.answers, examples, strict=True)]
         for m in models
@@ -118,6 +143,10 @@ def build_report(
             for name in scored[candidate.label]
             if name in scored[baseline.label]
         }
+        if candidate.label in preference and baseline.label in preference:
+            comparisons[candidate.label]["preference_accuracy"] = _compare(
+                "preference_accuracy", preference[candidate.label], preference[baseline.label], seed
+            )
         comparisons[candidate.label].update(_benchmark_comparisons(candidate, baseline, seed))
         primary = comparisons[candidate.label].get(rule.primary_metric)
         verdict = decide(

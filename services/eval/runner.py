@@ -23,7 +23,7 @@ from ftcommon.jobs import EventKind, JobStore
 from ftcommon.sources import confine_local_path
 from ftcommon.specs.evaluate import EvalSpec
 from services.eval import benchmarks
-from services.eval.analysis import Example, ModelOutputs, answer_rows, build_report
+from services.eval.analysis import Example, ModelOutputs, answer_rows, build_report, preference_rows
 from services.eval.clients import Clients, Messages
 from services.eval.config import EvalSettings
 from services.eval.metrics import DEFAULT_REFUSAL_TEXT, RefusalDetector
@@ -34,8 +34,9 @@ from services.eval.report import render_html
 REFERENCE_LOSS = "reference_loss"
 REFUSAL = "refusal"
 JUDGE = "judge"
-# Text metrics are always computed (they cost nothing); these three cost model calls and can be left out.
-OPTIONAL_METRICS = (REFERENCE_LOSS, REFUSAL, JUDGE)
+PREFERENCE_ACCURACY = "preference_accuracy"  # only on data with preference pairs
+# Text metrics are always computed (they cost nothing); these cost model calls and can be left out.
+OPTIONAL_METRICS = (REFERENCE_LOSS, REFUSAL, JUDGE, PREFERENCE_ACCURACY)
 KNOWN_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "answer_length", *OPTIONAL_METRICS)
 _GRADE = re.compile(r"\b([1-5])\b")
 CANNED_REFERENCE_ROWS = 3
@@ -105,7 +106,7 @@ class RunExecutor:
         self, job_id: str, payload: dict[str, Any], keep_going: Callable[[], bool]
     ) -> dict[str, Any]:
         request = parse_request(payload)
-        wanted = set(request.metrics) or {REFERENCE_LOSS, REFUSAL} | (
+        wanted = set(request.metrics) or {REFERENCE_LOSS, REFUSAL, PREFERENCE_ACCURACY} | (
             {JUDGE} if request.judge_model or self.settings.judge_model else set()
         )
         if JUDGE in wanted and not (request.judge_model or self.settings.judge_model):
@@ -125,12 +126,14 @@ class RunExecutor:
             )
             for index, spec in enumerate(request.benchmarks)
         }
+        pairs = [examples[i] for i in preference_rows(examples)]
         progress = _Progress(
             self.store,
             job_id,
             keep_going,
             len(models),
-            _work_units(examples, len(probes) + len(in_domain), questions, wanted),
+            _work_units(examples, len(probes) + len(in_domain), questions, wanted)
+            + (len(pairs) if PREFERENCE_ACCURACY in wanted else 0),
         )
         outputs = []
         for label, model in zip(labels, models, strict=True):
@@ -151,6 +154,9 @@ class RunExecutor:
                 items = [_score_item(e.messages, e.reference) for e in examples]
                 result.reference_scores = self.clients.score_many(model.model_id, items)
                 progress.advance(len(examples))
+            if PREFERENCE_ACCURACY in wanted and pairs:
+                result.preference_scores = self._preference_scores(model.model_id, pairs)
+                progress.advance(len(pairs))
             if JUDGE in wanted and examples:
                 result.judge_scores = self._judge(request, examples, result, progress)
             for name, task_questions in questions.items():
@@ -209,7 +215,14 @@ class RunExecutor:
             if row.is_refusal:
                 refusal_answers[reference] += 1
             examples.append(
-                Example(len(examples), messages[:last_answer], reference, row.is_refusal, row.source_line)
+                Example(
+                    len(examples),
+                    messages[:last_answer],
+                    reference,
+                    row.is_refusal,
+                    row.source_line,
+                    rejected=row.rejected or None,
+                )
             )
             if limit and len(examples) >= limit:
                 break
@@ -250,6 +263,13 @@ class RunExecutor:
         return with_refusal_defaults(rule, caller_set) if holds_refusal_rows else rule
 
     # Model calls
+
+    def _preference_scores(self, model_id: str, pairs: list[Example]) -> list[tuple[float, float]]:
+        """(chosen, rejected) summed log-probs per pair, each completion scored after the pair's prompt."""
+        items = [_score_item(e.messages, e.reference) for e in pairs]
+        items += [_score_item(e.messages, e.rejected or "") for e in pairs]
+        scores = [logprob for logprob, _ in self.clients.score_many(model_id, items)]
+        return list(zip(scores[: len(pairs)], scores[len(pairs) :], strict=True))
 
     def _raw_scorer(self, model_id: str) -> benchmarks.ScoreFn:
         def score(pairs: list[tuple[str, str]]) -> list[tuple[float, int]]:
