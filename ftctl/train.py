@@ -1,4 +1,4 @@
-"""`ftctl train`: create, watch, list and cancel training jobs on the trainer service."""
+"""`ftctl train`: create, watch, list, pause, resume and cancel training jobs on the trainer service."""
 
 from pathlib import Path
 from typing import Any
@@ -216,6 +216,30 @@ def cancel(job_id: str, show_json: bool = JSON_OPTION) -> None:
     """Cancel a job: a queued one at once, a running one as soon as its worker stops the job process."""
     with rpc_errors():
         job = trainer().CancelJob(trainer_pb2.GetJobRequest(id=job_id))
+    if show_json:
+        print_json(job)
+    else:
+        console.print(f"{job_id}: {STATE_NAMES.get(job.status.state, '?')}")
+
+
+@app.command()
+def pause(job_id: str, show_json: bool = JSON_OPTION) -> None:
+    """Pause a job: its worker checkpoints at the next step and the job waits, PAUSED, until resumed."""
+    with rpc_errors():
+        job = trainer().PauseJob(trainer_pb2.GetJobRequest(id=job_id))
+    if show_json:
+        print_json(job)
+    else:
+        console.print(
+            f"{job_id}: {STATE_NAMES.get(job.status.state, '?')} (pause asked; `ftctl train resume`)"
+        )
+
+
+@app.command()
+def resume(job_id: str, show_json: bool = JSON_OPTION) -> None:
+    """Resume a paused job from the checkpoint it paused at (or withdraw a pause not yet taken)."""
+    with rpc_errors():
+        job = trainer().ResumeJob(trainer_pb2.GetJobRequest(id=job_id))
     if show_json:
         print_json(job)
     else:

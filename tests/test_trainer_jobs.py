@@ -293,20 +293,31 @@ def test_cancel_mid_run_stops_the_job_process_and_registers_nothing(
     assert not [m for m in models if m.lineage.job_id == job.status.id]
 
 
-def test_a_paused_job_checkpoints_and_resumes_exactly(stub, workers, finished, prepared_version_id):
+def test_a_paused_job_checkpoints_and_resumes_exactly(
+    stub, workers, finished, prepared_version_id, trainer_address, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    from ftctl.main import app
+
     reference, reference_events = finished
+    monkeypatch.setenv("FT_TRAINER_ADDRESS", trainer_address)
+    cli = CliRunner()
     # No periodic checkpoint: the one it resumes from is the one the pause writes.
     job = create(stub, prepared_version_id, key="to-pause", checkpoint_every_steps=1000)
     job_id = job.status.id
     wait_for_event(stub, job_id, common_pb2.EVENT_KIND_TRAIN_STEP)
-    stub.PauseJob(trainer_pb2.GetJobRequest(id=job_id))
+    paused_by_cli = cli.invoke(app, ["train", "pause", job_id])
+    assert paused_by_cli.exit_code == 0 and "ftctl train resume" in paused_by_cli.output, paused_by_cli.output
     paused = wait_for_state(stub, job_id, common_pb2.JOB_STATE_PAUSED)
     assert 0 < paused.step < STEPS and not paused.merged_model_id
     (checkpoint,) = stub.ListCheckpoints(trainer_pb2.GetJobRequest(id=job_id)).checkpoints
     assert checkpoint.step == paused.step
 
-    resumed = stub.ResumeJob(trainer_pb2.GetJobRequest(id=job_id))
-    assert resumed.status.state in (common_pb2.JOB_STATE_QUEUED, common_pb2.JOB_STATE_RUNNING)
+    resumed_by_cli = cli.invoke(app, ["train", "resume", job_id, "--json"])
+    assert resumed_by_cli.exit_code == 0, resumed_by_cli.output
+    resumed_state = json.loads(resumed_by_cli.stdout)["status"]["state"]
+    assert resumed_state in ("JOB_STATE_QUEUED", "JOB_STATE_RUNNING")
     events = watch(stub, job_id)
     final = stub.GetJob(trainer_pb2.GetJobRequest(id=job_id))
     assert final.status.state == common_pb2.JOB_STATE_SUCCEEDED, final.status.error
@@ -325,6 +336,8 @@ def test_a_paused_job_checkpoints_and_resumes_exactly(stub, workers, finished, p
     with pytest.raises(grpc.RpcError) as ended:
         stub.PauseJob(trainer_pb2.GetJobRequest(id=job_id))
     assert ended.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    refused = cli.invoke(app, ["train", "pause", job_id])
+    assert refused.exit_code != 0 and "FAILED_PRECONDITION" in refused.output, refused.output
 
 
 def wait_for_state(stub, job_id: str, state: int) -> trainer_pb2.TrainingJob:
