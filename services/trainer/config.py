@@ -38,6 +38,13 @@ class TrainerSettings(ServiceSettings):
     # The latest intermediate checkpoints of a job merged into servable models when it succeeds (OpenAI's
     # fine_tuned_model_checkpoint; it keeps the last epochs' too). Each costs a merge and a model's disk space.
     servable_checkpoints: int = Field(2, ge=0)
+    # A team's own MLflow tracking server (http://host:5000): each job's hyperparameters, lineage tags and
+    # step metrics go there as one run of this experiment. Empty: off, and mlflow is never imported. MLflow
+    # is best effort: each request is bounded by the timeout and retries, and the first error only warns.
+    mlflow_tracking_uri: str = ""
+    mlflow_experiment_name: str = "finetune-platform"
+    mlflow_timeout_seconds: float = Field(5.0, gt=0)
+    mlflow_max_retries: int = Field(1, ge=0)
 
     @model_validator(mode="before")
     @classmethod

@@ -28,6 +28,7 @@ from services.trainer.config import TrainerSettings
 from services.trainer.export import export
 from services.trainer.job_queue import EXIT_STOPPED, RESULT_FILE, job_store, job_work_dir
 from services.trainer.job_spec import stored_spec
+from services.trainer.mlflow_tracking import JobRun, flat_params, tracking_enabled
 from services.trainer.recipe import FinetuneRecipe, RecipeConfig, StopRequested
 from services.trainer.registry import (
     ADAPTER,
@@ -65,13 +66,18 @@ class JobReporter:
         self.artifacts = artifacts
         self.job_id = job_id
         self.worker_id = worker_id
+        self.mlflow_run: JobRun | None = None  # set when the team's MLflow server gets the job's metrics too
 
     def on_train_step(self, metrics: dict[str, float]) -> None:
         progress = metrics["step"] / metrics["total_steps"]
         self.store.emit(self.job_id, EventKind.TRAIN_STEP, progress=progress, metrics=metrics)
+        if self.mlflow_run is not None:
+            self.mlflow_run.log_train_step(metrics)
 
     def on_validation(self, metrics: dict[str, float]) -> None:
         self.store.emit(self.job_id, EventKind.VALIDATION, metrics=metrics)
+        if self.mlflow_run is not None:
+            self.mlflow_run.log_validation(metrics)
 
     def on_checkpoint(self, step: int, folder: Path) -> None:
         artifact = self.artifacts.put_dir(folder)
@@ -115,6 +121,8 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
         store.emit(
             job_id, EventKind.LOG, message=f"training in {recipe.precision} ({precision_reason(recipe)})"
         )
+    if recipe.is_main and tracking_enabled(settings):
+        reporter.mlflow_run = open_mlflow_run(settings, store, job_id, payload, recipe)
     checkpoint = latest_checkpoint(db, job_id)
     if checkpoint is not None:
         recipe.load_checkpoint(artifacts.local_dir(checkpoint.artifact.uri))
@@ -224,6 +232,27 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
     (work_dir / RESULT_FILE).write_text(json.dumps(result))
     shutil.rmtree(work_dir / "outputs", ignore_errors=True)
     return 0
+
+
+def open_mlflow_run(
+    settings: TrainerSettings, store: JobStore, job_id: str, payload: dict, recipe: FinetuneRecipe
+) -> JobRun:
+    """The job's run on the team's MLflow server, with what it trains with and where its inputs came from."""
+    spec = stored_spec(payload)
+    mlflow_run = JobRun(settings, job_id, lambda message: store.emit(job_id, EventKind.LOG, message=message))
+    # The hyperparameters as this process runs them: the schedule's choices and the precision it resolved.
+    hyperparameters = recipe.hp.model_copy(update={"precision": recipe.precision}).model_dump(mode="json")
+    tags = {
+        "finetune.base_model": payload.get("base_model_name", payload["base_model_id"]),
+        "finetune.base_model_id": payload["base_model_id"],
+        "finetune.prepared_version_id": payload["prepared_version_id"],
+        "finetune.dataset_id": str(
+            PreparedFolder.open(recipe.config.prepared_dir).manifest.get("dataset_id", "")
+        ),
+        "finetune.code_version": code_version(),
+    }
+    mlflow_run.start(spec.display_name or job_id, flat_params(hyperparameters), tags)
+    return mlflow_run
 
 
 def precision_reason(recipe: FinetuneRecipe) -> str:

@@ -26,6 +26,7 @@ from services.trainer import tables
 from services.trainer.config import TrainerSettings
 from services.trainer.job_queue import EXIT_STOPPED, JOB_KIND, RESULT_FILE, job_store, job_work_dir
 from services.trainer.job_spec import stored_spec
+from services.trainer.mlflow_tracking import FAILED, FINISHED, KILLED, end_job_run, tracking_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,28 @@ class TrainingSupervisor:
         self.settings = settings
 
     def __call__(self, context: JobContext) -> Finished:
+        if not tracking_enabled(self.settings):
+            return self._run(context)
+        # The job's MLflow run ends with the outcome decided here; a paused job's, or one whose worker stops
+        # (the job is queued again), stays open for the attempt that resumes it.
+        try:
+            finished = self._run(context)
+        except JobStopped:
+            if context.cancel_requested():
+                self._end_mlflow_run(context, KILLED)
+            raise
+        except Exception:
+            self._end_mlflow_run(context, FAILED)
+            raise
+        self._end_mlflow_run(context, KILLED if context.cancel_requested() else FINISHED)
+        return finished
+
+    def _end_mlflow_run(self, context: JobContext, status: str) -> None:
+        warning = end_job_run(self.settings, context.job.id, status)
+        if warning is not None:
+            context.log(warning)
+
+    def _run(self, context: JobContext) -> Finished:
         job = context.job
         work_dir = job_work_dir(self.settings, job.id)
         work_dir.mkdir(parents=True, exist_ok=True)
