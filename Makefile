@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements/constraints.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup install protos check-protos base-model test test-fast lint docs demo up down bench clean
+.PHONY: setup install protos check-protos base-model test test-fast lint docs demo demo-docs up down bench clean
 
 setup: install protos base-model ## create .venv, install, generate stubs, convert and register the default base model
 
@@ -49,6 +49,9 @@ test-fast: protos
 
 demo: setup ## the whole pipeline on the embedded defaults
 	$(PY) -m ftctl.demo
+
+demo-docs: setup ## a chatbot for the project's docs: generate from docs/*.md + README.md, train, evaluate, chat
+	$(PY) -m ftctl.demo_docs
 
 up: setup ## the platform in the background (ftctl stack up): prints the export lines for your shell
 	$(VENV)/bin/ftctl stack up

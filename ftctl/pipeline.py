@@ -136,6 +136,7 @@ class PipelineRunner:
         self.trainer = stub(trainer_pb2_grpc.TrainerServiceStub, addresses.trainer_address)
         self.registry = stub(registry_pb2_grpc.RegistryServiceStub, addresses.trainer_address)
         self.eval = stub(eval_pb2_grpc.EvalServiceStub, addresses.eval_address)
+        self.generation_report: data_pb2.GenerationReport | None = None  # set when this run generated
 
     def run(self) -> PipelineResult:
         self._forget_outdated_steps()
@@ -187,7 +188,7 @@ class PipelineRunner:
         self._require_success(job.status, "generate")
         self.state.dataset_id = job.dataset_id
         self._save()
-        report = job.report
+        report = self.generation_report = job.report
         console.print(
             f"[green]✓[/green] dataset {job.dataset_id}: {report.pairs_kept} pairs kept of "
             f"{report.pairs_generated} generated ({report.facts_kept} facts)"
