@@ -15,7 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from finetune.v1 import common_pb2, data_pb2, data_pb2_grpc
-from ftcommon.specs.prepare import PiiOptions, PrepareSpec, RefusalOptions
+from ftcommon.specs.prepare import PiiOptions, PreferencePairOptions, PrepareSpec, RefusalOptions
 from ftcommon.specs.proto_bridge import validate_spec
 from ftctl.common import (
     JSON_OPTION,
@@ -399,8 +399,8 @@ def delete(dataset_id: str = typer.Argument(...), show_json: bool = JSON_OPTION)
 
 def prepare_spec(dataset_id: str, base_model: str, options: dict[str, Any]) -> PrepareSpec:
     """What `data prepare` asks for. `options` are PrepareSpec's fields, flattened as the flags spell them
-    (split as "0.8,0.1,0.1", refusal_domain/fraction/text, redact_pii/strict_pii/pii_allow); None: not given,
-    left to the spec's default."""
+    (split as "0.8,0.1,0.1", refusal_domain/fraction/text, redact_pii/strict_pii/pii_allow,
+    refusal_pairs/pair_generator/pair_max_new_tokens); None: not given, left to the spec's default."""
     refusals = {
         "domain": options.pop("refusal_domain", None),
         "fraction": options.pop("refusal_fraction", None),
@@ -411,8 +411,13 @@ def prepare_spec(dataset_id: str, base_model: str, options: dict[str, Any]) -> P
         "strict": options.pop("strict_pii", None),
         "allow": options.pop("pii_allow", None),
     }
+    preference_pairs = {
+        "from_refusals": options.pop("refusal_pairs", None),
+        "generator": options.pop("pair_generator", None),
+        "max_new_tokens": options.pop("pair_max_new_tokens", None),
+    }
     values: dict[str, Any] = {"dataset_id": dataset_id, "base_model": base_model, **options}
-    for name, section in (("refusals", refusals), ("pii", pii)):
+    for name, section in (("refusals", refusals), ("pii", pii), ("preference_pairs", preference_pairs)):
         if given := {key: value for key, value in section.items() if value is not None}:
             values[name] = given
     with spec_errors("options"):
@@ -482,6 +487,13 @@ def prepare(
         False, "--strict-pii", help=PiiOptions.model_fields["strict"].description
     ),
     pii_allow: list[str] = PII_ALLOW,
+    refusal_pairs: bool = typer.Option(
+        False, "--refusal-pairs", help=PreferencePairOptions.model_fields["from_refusals"].description
+    ),
+    pair_generator: str | None = _option("generator", PreferencePairOptions, "--pair-generator"),
+    pair_max_new_tokens: int | None = _option(
+        "max_new_tokens", PreferencePairOptions, "--pair-max-new-tokens"
+    ),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the job's progress until it ends."),
     show_json: bool = JSON_OPTION,
 ) -> None:
@@ -501,6 +513,9 @@ def prepare(
         "redact_pii": redact_pii or None,
         "strict_pii": strict_pii or None,
         "pii_allow": pii_allow or None,
+        "refusal_pairs": refusal_pairs or None,
+        "pair_generator": pair_generator,
+        "pair_max_new_tokens": pair_max_new_tokens,
     }
     request = prepare_spec(dataset_id, base_model, options).to_request()
     client = _data_stub()

@@ -83,6 +83,7 @@ FULL_PREPARE = PrepareSpec(
     seed=3,
     refusals={"domain": "the platform", "fraction": 0.0},
     pii={"redact": True, "allow": ["b.example", "a.example"]},
+    preference_pairs={"from_refusals": True, "generator": "g", "max_new_tokens": 16},
 )
 FULL_EVAL = EvalSpec(
     models=["base", "tuned"],
@@ -160,6 +161,7 @@ PREPARE = {
     "seed": 3,
     "refusals": {"domain": "the platform"},
     "pii": {"redact": True, "allow": ["company.internal"]},
+    "preference_pairs": {"from_refusals": True, "max_new_tokens": 32},
 }
 
 
@@ -210,6 +212,8 @@ def test_a_pipeline_file_and_prepare_flags_ask_for_the_same_prepare(tmp_path: Pa
         "refusal_domain": "the platform",
         "redact_pii": True,
         "pii_allow": ["company.internal"],
+        "refusal_pairs": True,
+        "pair_max_new_tokens": 32,
         "template": None,
     }
     from_flags = prepare_spec("ds-1", "smollm2-135m-instruct", flags).to_request()

@@ -9,6 +9,9 @@ The defaults, and why:
   drops almost nothing; packing makes the limit cost nothing for shorter rows.
 - refusal fraction 0.15 when a refusal domain (or refusal text) is given, none otherwise: 36 refusal rows in
   1,137 taught SmolLM2 nothing (STACK.md), 15% adds enough distinct off-topic questions to learn from.
+- preference_pairs.max_new_tokens 128: the rejected answer only has to show that the model answers instead
+  of refusing, which its first sentences do (DPO's signal is where the two answers part); longer answers
+  cost generation time on every off-topic row and rarely fit beside the prompt in short max_seq_len.
 """
 
 import math
@@ -27,6 +30,8 @@ SplitBy = Literal["auto", "row", "fact_phrasing"]
 DEFAULT_MAX_SEQ_LEN = 2048
 MIN_SEQ_LEN = 16
 DEFAULT_REFUSAL_FRACTION = 0.15
+DEFAULT_PAIR_MAX_NEW_TOKENS = 128
+MAX_PAIR_NEW_TOKENS = 4096
 
 
 class SplitFractions(BaseModel):
@@ -120,6 +125,38 @@ class PiiOptions(BaseModel):
         return sorted({entry.strip() for entry in value})
 
 
+class PreferencePairOptions(BaseModel):
+    """finetune.v1.PreferencePairOptions: refusal preference pairs built from an SFT dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    from_refusals: bool = Field(
+        False,
+        description="Build preference pairs: off-topic prompts (refusal rows) prefer the refusal over the "
+        "generator's own answer; in-domain prompts prefer the reference answer over the refusal.",
+    )
+    generator: str = Field(
+        "",
+        description="Registry name, id or alias of the model whose answers are rejected; empty: the base "
+        "model prepared for.",
+    )
+    max_new_tokens: int = Field(
+        DEFAULT_PAIR_MAX_NEW_TOKENS, description="Longest generated answer in tokens (greedy decoding)."
+    )
+
+    @field_validator("max_new_tokens")
+    @classmethod
+    def _max_new_tokens(cls, value: int) -> int:
+        if not 1 <= value <= MAX_PAIR_NEW_TOKENS:
+            raise ValueError(f"must be between 1 and {MAX_PAIR_NEW_TOKENS} (leave it unset for the default)")
+        return value
+
+    @field_validator("generator")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+
 class PrepareSpec(BaseModel):
     """A prepare job as asked: finetune.v1.PrepareDatasetRequest."""
 
@@ -149,6 +186,7 @@ class PrepareSpec(BaseModel):
         "splits, so test asks trained facts in words never trained on | auto: fact_phrasing when rows carry "
         "a fact_id, else row.",
     )
+    preference_pairs: PreferencePairOptions = Field(default_factory=PreferencePairOptions)
 
     @field_validator("split", mode="before")
     @classmethod

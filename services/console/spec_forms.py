@@ -39,6 +39,9 @@ PREPARE_FLAGS = {
     "pii.redact": "--redact-pii",
     "pii.strict": "--strict-pii",
     "pii.allow": "--pii-allow",
+    "preference_pairs.from_refusals": "--refusal-pairs",
+    "preference_pairs.generator": "--pair-generator",
+    "preference_pairs.max_new_tokens": "--pair-max-new-tokens",
 }
 TRAIN_FLAGS = {
     name: "--" + name.replace("_", "-")

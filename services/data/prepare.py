@@ -10,7 +10,7 @@ half way leaves no version behind and the job can simply run again.
 import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from ftcommon.chat_format import ALPACA_TEMPLATE, QUESTION_ANSWER_TEMPLATE
 from ftcommon.db import utcnow
 from ftcommon.errors import InvalidArgument
 from ftcommon.ids import sha256_bytes, sha256_file, sha256_json
+from ftcommon.job_runtime import JobFailed
 from ftcommon.specs.prepare import DEFAULT_MAX_SEQ_LEN, PrepareSpec
 from services.data.base_models import BaseModel, BaseModels
 from services.data.catalog import Catalog, DatasetRecord, VersionRecord
@@ -30,6 +31,14 @@ from services.data.duplicates import DuplicateGroup, line_groups
 from services.data.fact_split import fact_line_groups, split_by_fact_phrasing
 from services.data.pii import PiiAllowList, PiiFinding, pii_counts, scan_conversation
 from services.data.records import Conversation
+from services.data.refusal_pairs import (
+    AnswerGenerator,
+    InferenceAccess,
+    PairCounts,
+    build_pairs,
+    is_refusal_row,
+    refusal_text_of,
+)
 from services.data.refusals import off_topic_questions, refusal_answer
 from services.data.split_advice import small_test_split_warning
 from services.data.splitting import SPLITS, assign_splits, shuffled
@@ -98,6 +107,8 @@ def chat_template_for(request: data_pb2.PrepareDatasetRequest, model: BaseModel)
 def version_id(dataset: DatasetRecord, model: BaseModel, request: data_pb2.PrepareDatasetRequest) -> str:
     settings = request_to_json(request)
     settings.pop("base_model")  # the resolved model's artifact stands for it, whatever name or alias was used
+    if not request.preference_pairs.from_refusals:
+        settings.pop("preference_pairs", None)  # versions prepared before the option keep their ids
     inputs = {
         # Versions written in an older layout keep their ids; the same inputs in a newer one get new ids.
         "format_version": prepared_layout.FORMAT_VERSION,
@@ -159,14 +170,42 @@ def split_by_fact(request: data_pb2.PrepareDatasetRequest, conversations: list[C
     return has_facts and request.split_by != data_pb2.SPLIT_BY_ROW
 
 
+def check_refusal_pairs_request(
+    request: data_pb2.PrepareDatasetRequest, conversations: list[Conversation], pairs: bool
+) -> None:
+    """InvalidArgument naming preference_pairs.from_refusals when the dataset gives no pairs to build."""
+    if not request.preference_pairs.from_refusals:
+        return
+    field = "preference_pairs.from_refusals"
+    if pairs:
+        raise InvalidArgument(
+            "cannot build pairs from a dataset of preference pairs; leave it unset", field=field
+        )
+    refusal_text = refusal_text_of(conversations, request.refusals.domain, request.refusals.refusal_text)
+    if request.refusals.fraction > 0:
+        return
+    if not refusal_text or not any(is_refusal_row(c, refusal_text) for c in conversations):
+        raise InvalidArgument(
+            "needs refusal rows, and the dataset has none (rows answered \"Let's keep the discussion relevant "
+            'to ..." or with refusals.refusal_text) and no refusals.domain adds any; set refusals.domain',
+            field=field,
+        )
+
+
 class PrepareRunner:
     def __init__(
-        self, store: ArtifactStore, catalog: Catalog, base_models: BaseModels, scratch_dir: Path
+        self,
+        store: ArtifactStore,
+        catalog: Catalog,
+        base_models: BaseModels,
+        scratch_dir: Path,
+        inference: InferenceAccess,
     ) -> None:
         self.store = store
         self.catalog = catalog
         self.base_models = base_models
         self.scratch_dir = scratch_dir
+        self.inference = inference
 
     def run(
         self,
@@ -205,6 +244,13 @@ class PrepareRunner:
             for conversation in conversations:
                 if conversation.messages[0]["role"] != "system":
                     conversation.messages.insert(0, {"role": "system", "content": request.system_prompt})
+        pair_counts = None
+        if request.preference_pairs.from_refusals:
+            check_refusal_pairs_request(request, conversations, pairs)
+            conversations, groups, pair_counts = self._refusal_pairs(
+                request, model, conversations, groups, progress, stop_if_asked
+            )
+            pairs = True
         tokenizer = self.base_models.tokenizer(model)
         template = chat_template_for(request, model)
         end_of_turn = (
@@ -240,7 +286,8 @@ class PrepareRunner:
             for e, split in zip(examples, splits, strict=True)
         ]
         advice = small_test_split_warning(len(splits), splits.count("test"), fractions)
-        warnings = [warning for warning in (fact_note, advice) if warning]
+        pair_note = pair_counts.warning() if pair_counts else ""
+        warnings = [warning for warning in (fact_note, advice, pair_note) if warning]
         for warning in warnings:
             progress(0.93, f"warning: {warning}", {})
         with tempfile.TemporaryDirectory(dir=self.scratch_dir) as scratch:
@@ -268,6 +315,7 @@ class PrepareRunner:
                     "split_by": split_summary,
                     "tokenizer_sha256": tokenizer_sha,
                     "chat_template_sha256": sha256_bytes(template.encode()),
+                    **({"refusal_pairs": asdict(pair_counts)} if pair_counts else {}),
                 },
                 preference_pairs=pairs,
             )
@@ -291,6 +339,39 @@ class PrepareRunner:
             preference_pairs=pairs,
         )
         return self.catalog.add_version(record)
+
+    def _refusal_pairs(
+        self,
+        request: data_pb2.PrepareDatasetRequest,
+        model: BaseModel,
+        conversations: list[Conversation],
+        groups: list[str],
+        progress: Callable[[float, str, dict[str, float]], None],
+        stop_if_asked: Callable[[], None],
+    ) -> tuple[list[Conversation], list[str], PairCounts]:
+        """The rows as refusal preference pairs (refusal_pairs.py), and what was kept and skipped."""
+        options = request.preference_pairs
+        refusal_text = refusal_text_of(conversations, request.refusals.domain, request.refusals.refusal_text)
+        off_topic = [i for i, c in enumerate(conversations) if is_refusal_row(c, refusal_text)]
+        generator = AnswerGenerator(self.inference, options.generator or model.name, options.max_new_tokens)
+
+        def generated(done: int) -> None:
+            progress(
+                0.02 + 0.03 * done / len(off_topic),
+                "generating the rejected answers",
+                {"answers_done": float(done), "answers_total": float(len(off_topic))},
+            )
+
+        prompts = [conversations[i].messages[:-1] for i in off_topic]
+        answers = generator.answers(prompts, generated, stop_if_asked)
+        counts = PairCounts(generator=generator.model)
+        keep = build_pairs(conversations, refusal_text, dict(zip(off_topic, answers, strict=True)), counts)
+        if not counts.off_topic_pairs:
+            raise JobFailed(
+                f"no off-topic pair was kept: {counts.warning()}; nothing to prefer the refusal over",
+            )
+        kept = [(c, g) for c, g, k in zip(conversations, groups, keep, strict=True) if k]
+        return [c for c, _ in kept], [g for _, g in kept], counts
 
     def _validation_rows(self, request: data_pb2.PrepareDatasetRequest) -> list[Conversation]:
         if not request.validation_dataset_id:

@@ -13,6 +13,7 @@ from services.data.catalog import Catalog
 from services.data.config import DataSettings
 from services.data.generate_jobs import GenerateJobs
 from services.data.prepare import PrepareRunner
+from services.data.refusal_pairs import InferenceAccess
 from services.data.servicer import DataServicer
 from services.data.worker import prepare_runtime
 
@@ -63,7 +64,8 @@ def build_server(settings: DataSettings) -> DataServer:
     )
     scratch = settings.data_dir / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
-    workers = prepare_runtime(jobs, PrepareRunner(store, catalog, base_models, scratch), settings)
+    runner = PrepareRunner(store, catalog, base_models, scratch, InferenceAccess.from_settings(settings))
+    workers = prepare_runtime(jobs, runner, settings)
     generate_jobs = JobStore(db, tables.generate_jobs, tables.generate_job_events, id_prefix="gen")
     generation = GenerateJobs(settings, store, catalog, generate_jobs, base_models)
     servicer = DataServicer(settings, store, catalog, jobs, base_models, workers, generation)

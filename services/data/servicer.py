@@ -15,7 +15,7 @@ from ftcommon.pagination import next_page_token, page_bounds
 from ftcommon.prepared_layout import split_file
 from ftcommon.protoconv import artifact_ref, job_event, job_status, timestamp
 from ftcommon.specs.prepare import PrepareSpec
-from services.data.base_models import BaseModels
+from services.data.base_models import BaseModel, BaseModels
 from services.data.catalog import Catalog, DatasetRecord, VersionRecord
 from services.data.config import DataSettings
 from services.data.formats import FileFormat
@@ -25,6 +25,7 @@ from services.data.pii import PiiAllowList, refuse_remaining_pii
 from services.data.prepare import (
     SPEC_KEY,
     check_pairs_request,
+    check_refusal_pairs_request,
     fit_to_model,
     load_conversations,
     request_from_json,
@@ -259,6 +260,12 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
             dataset.schema in PREFERENCE_SCHEMAS,
             validation_dataset.schema in PREFERENCE_SCHEMAS if validation_dataset else None,
         )
+        if effective.preference_pairs.from_refusals:
+            check_refusal_pairs_request(
+                effective, load_conversations(self.store, dataset), dataset.schema in PREFERENCE_SCHEMAS
+            )
+            spec = self._with_generator(spec, model)
+            effective = spec.to_request(include_defaults=True)
         if effective.pii.strict and not effective.pii.redact:
             # Refused here, before a job exists: the caller gets INVALID_ARGUMENT naming the rows.
             refuse_remaining_pii(
@@ -272,6 +279,20 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         job = self.jobs.create(PREPARE_KIND, payload)
         self.workers.wake()
         return job_message(job)
+
+    def _with_generator(self, spec: PrepareSpec, model: BaseModel) -> PrepareSpec:
+        """The spec naming the generator model it resolved to (the base model when none is given), so the
+        version id and the job say which model's answers were rejected."""
+        options = spec.preference_pairs
+        try:
+            generator = self.base_models.resolve(options.generator) if options.generator else model
+        except InvalidArgument as err:
+            raise InvalidArgument(
+                f"no generator model '{options.generator}': {err.message}", field="preference_pairs.generator"
+            ) from None
+        return spec.model_copy(
+            update={"preference_pairs": options.model_copy(update={"generator": generator.name})}
+        )
 
     def GetPrepareJob(self, request, context):  # noqa: N802
         return job_message(self.jobs.get(request.id))
