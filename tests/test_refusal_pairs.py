@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from data_fixtures import expect_rejected, jsonl, split_rows, upload, wait_for_job
-from test_data_kill import free_port
+from test_data_kill import free_port, start_service
 
 from finetune.v1 import (
     common_pb2,
@@ -228,6 +228,63 @@ def test_an_unreachable_inference_service_fails_the_job_naming_its_setting(
         assert not stub.ListPreparedVersions(
             data_pb2.ListPreparedVersionsRequest(dataset_id=dataset.id)
         ).versions
+
+
+@pytest.mark.slow
+def test_kill_during_generation_then_restart(trainer_server, inference_server, data_root, tmp_path):
+    """kill -9 after the first generated answer: the job is requeued and runs again from the start; it ends
+    with one complete version or none, never a half one."""
+    import os
+    import signal
+    import sqlite3
+
+    env = {
+        **os.environ,
+        "FT_DATA_DATA_DIR": str(tmp_path),
+        "FT_DATA_ARTIFACT_STORE_URL": str(data_root / "artifacts"),
+        "FT_DATA_PORT": str(free_port()),
+        "FT_DATA_TRAINER_ADDRESS": trainer_server.address,
+        "FT_DATA_INFERENCE_ADDRESS": inference_server.grpc_address,
+        "FT_DATA_GENERATOR_CONCURRENCY": "1",
+        "FT_DATA_JOBS__HEARTBEAT_SECONDS": "0.5",
+        "FT_DATA_JOBS__STALE_AFTER_SECONDS": "2",
+        "FT_DATA_JOBS__POLL_SECONDS": "0.2",
+    }
+    log = tmp_path / "service.log"
+    service = start_service(env, log)
+    address = f"127.0.0.1:{env['FT_DATA_PORT']}"
+    try:
+        with open_channel(address) as channel:
+            stub = data_pb2_grpc.DataServiceStub(channel)
+            dataset = upload(stub, jsonl(sft_rows()))
+            job = stub.PrepareDataset(pairs_request(dataset.id, max_new_tokens=NEW_TOKENS))
+            for event in stub.WatchPrepareJob(common_pb2.WatchRequest(id=job.status.id), timeout=240):
+                if event.message == "generating the rejected answers" and event.metrics["answers_done"] >= 1:
+                    break
+        service.send_signal(signal.SIGKILL)
+        service.wait(10)
+        with sqlite3.connect(tmp_path / "data.db") as db:
+            assert db.execute("select state from prepare_jobs").fetchall() == [
+                (common_pb2.JOB_STATE_RUNNING,)
+            ]
+            assert db.execute("select count(*) from prepared_versions").fetchone() == (0,)
+
+        service = start_service(env, log)
+        with open_channel(address) as channel:
+            stub = data_pb2_grpc.DataServiceStub(channel)
+            done = wait_for_job(stub, job.status.id, timeout=240)
+            versions = stub.ListPreparedVersions(
+                data_pb2.ListPreparedVersionsRequest(dataset_id=dataset.id)
+            ).versions
+            if done.status.state == common_pb2.JOB_STATE_SUCCEEDED:
+                assert done.status.attempt == 2 and [v.id for v in versions] == [done.prepared_version_id]
+                rows = sum(s.examples for s in versions[0].split_stats.values())
+                assert versions[0].preference_pairs and rows >= len(IN_DOMAIN) + 1
+            else:
+                assert done.status.state == common_pb2.JOB_STATE_FAILED and not versions
+    finally:
+        service.kill()
+        service.wait(10)
 
 
 def test_a_generated_refusal_or_empty_answer_makes_no_pair():
