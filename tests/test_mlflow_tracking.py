@@ -205,6 +205,7 @@ def test_a_resumed_attempt_continues_the_job_s_run_without_repeating_steps(mlflo
     for step in (1, 2, 3):
         first.log_train_step({"step": step, "total_steps": 5, "loss": 10.0 + step})
     first.log_validation({"step": 2, "validation_loss": 7.0})
+    first.close()
     # The process dies; the next attempt resumed from the checkpoint at step 1 and repeats steps 2 and 3.
     second = JobRun(settings, "tj-resumed", warnings.append)
     second.start("resumed", {"learning_rate": "0.001"}, {"finetune.base_model": "m"})
@@ -214,6 +215,7 @@ def test_a_resumed_attempt_continues_the_job_s_run_without_repeating_steps(mlflo
         second.log_train_step({"step": step, "total_steps": 5, "loss": 20.0 + step})
     second.log_validation({"step": 2, "validation_loss": 8.0})
     second.log_validation({"step": 4, "validation_loss": 6.0})
+    second.close()
     assert end_job_run(settings, "tj-resumed", FINISHED) is None
 
     assert warnings == []

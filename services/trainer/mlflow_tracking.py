@@ -8,11 +8,14 @@ outcome, ends the run FINISHED, FAILED or KILLED; a paused job's run stays RUNNI
 
 The server is the team's, not the platform's: every request is bounded (MLflow's own timeout and retry
 variables, set from the settings), nothing here raises, and the first error stops the job's tracking with
-one warning while training goes on.
+one warning while training goes on. Metrics go out from a thread of their own, so a step never waits for
+the server (a local one takes tens of milliseconds a request).
 """
 
 import logging
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -101,10 +104,14 @@ class JobRun:
         self._client: MlflowClient | None = None
         self.run_id: str | None = None
         self._logged_through = {TRAIN_PROGRESS_METRIC: 0, VALIDATION_PROGRESS_METRIC: 0}
+        self._outbox: queue.Queue[tuple[int, dict[str, float]] | None] = queue.Queue()
+        self._sender = threading.Thread(target=self._send, name="mlflow-sender", daemon=True)
 
     def start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str]) -> None:
         """Opens the job's run: the one an earlier attempt created, or a new one with params and tags."""
         self._guarded("opening the run", lambda: self._start(run_name, params, tags))
+        if self._client is not None:
+            self._sender.start()
 
     def _start(self, run_name: str, params: Mapping[str, str], tags: Mapping[str, str]) -> None:
         from mlflow.entities import Param
@@ -136,8 +143,23 @@ class JobRun:
         step = int(metrics["step"])
         if self._client is None or step <= self._logged_through[progress_metric]:
             return
-        self._guarded("logging metrics", lambda: self._log_batch(step, metrics))
         self._logged_through[progress_metric] = step
+        self._outbox.put((step, dict(metrics)))
+
+    def _send(self) -> None:
+        while (item := self._outbox.get()) is not None:
+            if self._client is not None:
+                self._guarded("logging metrics", lambda item=item: self._log_batch(*item))
+
+    def close(self) -> None:
+        """Sends what is still queued before the process ends, waiting no longer than one request may take."""
+        if not self._sender.is_alive():
+            return
+        self._outbox.put(None)
+        self._sender.join(self.settings.mlflow_timeout_seconds * (self.settings.mlflow_max_retries + 1) + 5)
+        if self._sender.is_alive():
+            self._client = None
+            self._warn(f"MLflow: {self._outbox.qsize()} steps' metrics were not sent in time; dropped")
 
     def _log_batch(self, step: int, metrics: Mapping[str, float]) -> None:
         from mlflow.entities import Metric

@@ -146,6 +146,8 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
         return EXIT_STOPPED
     finally:
         recipe.close()
+        if reporter.mlflow_run is not None:
+            reporter.mlflow_run.close()
     if not recipe.is_main:
         return 0
     if reporter.must_stop():
