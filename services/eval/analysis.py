@@ -57,7 +57,7 @@ class ModelOutputs:
     off_topic_answers: list[str] = field(default_factory=list)
     in_domain_probe_answers: list[str] = field(default_factory=list)
     judge_scores: list[float] | None = None  # 0..1 per example
-    # (chosen, rejected) summed completion log-probs per preference pair, in preference_rows order.
+    # (chosen, rejected) mean log-prob per completion token for each preference pair, in preference_rows order.
     preference_scores: list[tuple[float, float]] | None = None
     benchmark_scores: dict[str, list[float]] = field(default_factory=dict)  # task -> per question
     benchmark_results: dict[str, float] = field(default_factory=dict)  # task -> leaderboard-style score
@@ -93,10 +93,11 @@ def preference_rows(examples: list[Example]) -> list[int]:
 def preference_outcomes(outputs: ModelOutputs) -> list[float]:
     """1.0 per pair whose chosen answer the model finds more likely than the rejected one, else 0.0.
 
-    "More likely" compares the summed log-probabilities of the two completions (the probability of the
-    whole answer given the prompt): the quantity DPO moves and the one that decides which answer the
-    model would rather produce. It favours the shorter answer; baseline and candidate share that bias
-    on the same pairs, so their comparison still shows what training changed. A tie counts as a miss.
+    "More likely" compares the length-normalised log-probabilities (mean over each completion's tokens).
+    The summed log-probability would measure length: refusal pairs set a one-sentence refusal against an
+    answer several times longer, and on the 38 held-out pairs built from samples/platform_qa.jsonl the
+    sum preferred the refusal on all 34 in-domain pairs for SmolLM2-135M (the mean on 25 of 34), whatever
+    the answers said. The mean is SimPO's reward and lm-eval's acc_norm idea. A tie counts as a miss.
     """
     return [1.0 if chosen > rejected else 0.0 for chosen, rejected in outputs.preference_scores or []]
 

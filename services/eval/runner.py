@@ -265,10 +265,10 @@ class RunExecutor:
     # Model calls
 
     def _preference_scores(self, model_id: str, pairs: list[Example]) -> list[tuple[float, float]]:
-        """(chosen, rejected) summed log-probs per pair, each completion scored after the pair's prompt."""
+        """(chosen, rejected) mean log-prob per completion token for each pair, scored after its prompt."""
         items = [_score_item(e.messages, e.reference) for e in pairs]
         items += [_score_item(e.messages, e.rejected or "") for e in pairs]
-        scores = [logprob for logprob, _ in self.clients.score_many(model_id, items)]
+        scores = [logprob / max(1, tokens) for logprob, tokens in self.clients.score_many(model_id, items)]
         return list(zip(scores[: len(pairs)], scores[len(pairs) :], strict=True))
 
     def _raw_scorer(self, model_id: str) -> benchmarks.ScoreFn:
