@@ -236,3 +236,11 @@ def test_tracking_against_a_dead_server_is_bounded_and_never_raises():
     assert end_job_run(settings, "tj-dead", FINISHED) is not None
     assert time.monotonic() - started < 10
     assert len(warnings) == 1 and "opening the run failed" in warnings[0]
+
+
+def test_without_the_setting_the_trainer_never_imports_mlflow():
+    check = (
+        "import sys, services.trainer.run_job, services.trainer.worker, services.trainer.server; "
+        "assert 'mlflow' not in sys.modules, 'mlflow imported'"
+    )
+    subprocess.run([sys.executable, "-c", check], cwd=REPO_ROOT, check=True, timeout=120)
