@@ -54,6 +54,12 @@ def tiny_pipeline(folder: Path, name: str) -> Path:
         "eval": {
             "max_examples": 4,
             "generation": {"max_tokens": 8},
+            # Three off-topic probes, not the built-in hundred: each is asked of both models.
+            "off_topic_probes": [
+                "Tell me a joke about cats.",
+                "What is the capital of France?",
+                "Write a poem about the sea.",
+            ],
             # Tiny settings prove the mechanics, not quality: a rule any run passes.
             "promotion_rule": {
                 "primary_metric": "token_f1",
