@@ -1,7 +1,8 @@
 """The console's API key pages against a real gateway on loopback: create shows the secret once, the list
-shows each key's requests from the gateway's counters, revoke stops the key; admin role, CSRF, and the
+shows each key's requests and tokens from the gateway's counters, revoke stops the key; admin role, CSRF, and the
 gateway's own message with the request id when it refuses."""
 
+import json
 import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -72,16 +73,44 @@ def test_create_use_and_revoke_a_key_from_the_console(
         json={"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]},
     )
     assert refused.status_code == 404
+    chats = [
+        httpx.post(
+            f"{gateway}/v1/chat/completions",
+            headers=headers,
+            json={
+                "model": "smollm2-135m-instruct",
+                "messages": [{"role": "user", "content": "Say hello."}],
+                "max_tokens": 4,
+                "stream": stream,
+                "stream_options": {"include_usage": True} if stream else None,
+            },
+            timeout=120,
+        )
+        for stream in (False, True)
+    ]
+    usages = [chats[0].json()["usage"], stream_usage(chats[1].text)]
 
     page = client.get("/keys").text
     row = next(r for r in page.split("<tr") if "console-app" in r)
-    counts = re.findall(r'<td class="(requests|failed)">(\d+)</td>', row)
-    assert counts == [("requests", "2"), ("failed", "1")], row
+    counts = re.findall(r'<td class="(requests|failed|prompt-tokens|completion-tokens)">(\d+)</td>', row)
+    assert counts == [
+        ("requests", "4"),
+        ("failed", "1"),
+        ("prompt-tokens", str(sum(u["prompt_tokens"] for u in usages))),
+        ("completion-tokens", str(sum(u["completion_tokens"] for u in usages))),
+    ], row
+    assert all(u["completion_tokens"] > 0 for u in usages)
     key_id = re.search(r'action="/keys/([^/]+)/revoke"', row).group(1)  # type: ignore[union-attr]
     revoked = client.post(f"/keys/{key_id}/revoke", data={"csrf_token": csrf}, follow_redirects=False)
     assert revoked.status_code == 303
     assert httpx.get(f"{gateway}/v1/models", headers=headers).status_code == 401
     assert "revoked" in next(r for r in client.get("/keys").text.split("<tr") if "console-app" in r)
+
+
+def stream_usage(events: str) -> dict[str, int]:
+    """The usage of a streamed chat completion: its last data chunk's (stream_options.include_usage)."""
+    chunks = [json.loads(line[6:]) for line in events.splitlines() if line.startswith("data: {")]
+    return chunks[-1]["usage"]
 
 
 def test_keys_need_the_admin_role_and_the_csrf_token(console: ConsoleState) -> None:

@@ -36,6 +36,8 @@ class KeyRow:
     key: dict[str, Any]  # the gateway's ApiKeyInfo
     requests: int
     failed: int
+    prompt_tokens: int
+    completion_tokens: int
     last_used_at: datetime | None
 
 
@@ -83,6 +85,8 @@ class KeysServing:
                     key=key,
                     requests=int(counted.get("requests", 0)),
                     failed=int(counted.get("failed", 0)),
+                    prompt_tokens=int(counted.get("prompt_tokens", 0)),
+                    completion_tokens=int(counted.get("completion_tokens", 0)),
                     last_used_at=datetime.fromisoformat(last_used) if last_used else None,
                 )
             )

@@ -40,6 +40,8 @@ class GatewayMiddleware:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         request_id = headers.get(REQUEST_ID_HEADER) or new_request_id()
         token = request_id_var.set(request_id)
+        tokens = metrics.RequestTokens()
+        tokens_token = metrics.request_tokens_var.set(tokens)
         scope.setdefault("state", {})["request_id"] = request_id
         started = time.perf_counter()
         status = 500
@@ -88,6 +90,8 @@ class GatewayMiddleware:
             if key_id := state.get("api_key_id", ""):
                 metrics.KEY_REQUESTS.labels(key_id, "ok" if status < 400 else "failed").inc()
                 metrics.KEY_LAST_USED.labels(key_id).set_to_current_time()
+                metrics.KEY_TOKENS.labels(key_id, "prompt").inc(tokens.prompt)
+                metrics.KEY_TOKENS.labels(key_id, "completion").inc(tokens.completion)
             log_fields(
                 access_logger,
                 logging.INFO,
@@ -98,6 +102,7 @@ class GatewayMiddleware:
                 ms=round(elapsed * 1000, 1),
                 key_id=state.get("api_key_id", ""),
             )
+            metrics.request_tokens_var.reset(tokens_token)
             request_id_var.reset(token)
 
     async def _read_limited(self, receive: Receive) -> bytes | None:

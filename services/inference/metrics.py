@@ -1,5 +1,7 @@
 """Prometheus metrics of the gateway, on the process's default registry beside the gRPC ones."""
 
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -32,6 +34,21 @@ KEY_REQUESTS = Counter("gateway_key_requests_total", "HTTP requests by API key",
 KEY_LAST_USED = Gauge(
     "gateway_key_last_used_timestamp_seconds", "When the key last made a request", ["key_id"]
 )
+KEY_TOKENS = Counter(
+    "gateway_key_tokens_total", "Prompt and completion tokens by API key", ["key_id", "kind"]
+)
+
+
+@dataclass
+class RequestTokens:
+    """The tokens one HTTP request made the engines process. The middleware that knows the request's key
+    holds it; generation, which does not, adds to it (through request_tokens_var)."""
+
+    prompt: int = 0
+    completion: int = 0
+
+
+request_tokens_var: ContextVar[RequestTokens | None] = ContextVar("request_tokens", default=None)
 REJECTED = Counter("gateway_rejected_total", "Requests refused before generation", ["reason"])
 ENGINE_DEATHS = Counter("gateway_engine_deaths_total", "Engines found dead or stalled", ["model", "kind"])
 ENGINE_RESTARTS = Counter(

@@ -210,6 +210,8 @@ class ApiKeyUsage(BaseModel):
     key_id: str
     requests: int
     failed: int  # answered 4xx or 5xx
+    prompt_tokens: int = 0  # prompts the engines processed for the key's requests
+    completion_tokens: int = 0  # tokens generated for them
     last_used_at: datetime | None
 
 

@@ -149,8 +149,11 @@ class GenerationService:
         watch = served.watch
         budget = self.settings.generation_timeout_seconds
         deadline = asyncio.get_running_loop().time() + budget
+        tally = metrics.request_tokens_var.get()
         try:
             metrics.PROMPT_TOKENS.labels(served.name).inc(len(prompt))
+            if tally is not None:
+                tally.prompt += len(prompt)
             async with aclosing(watch.generate(prompt, sampling, request_id, deadline, budget)) as chunks:
                 async for chunk in chunks:
                     if waiting:
@@ -158,6 +161,8 @@ class GenerationService:
                         metrics.QUEUE_DEPTH.dec()
                         metrics.TIME_TO_FIRST_TOKEN.labels(served.name).observe(time.perf_counter() - started)
                     metrics.GENERATED_TOKENS.labels(served.name).inc(chunk.completion_tokens - generated)
+                    if tally is not None:
+                        tally.completion += chunk.completion_tokens - generated
                     generated = chunk.completion_tokens
                     yield chunk
         except ServiceError:
