@@ -361,3 +361,37 @@ def test_a_pipeline_file_generates_its_dataset_from_documents(data_server, data_
         pipeline.write_text(text)
         with pytest.raises(PipelineSpecError, match=mentions):
             load_spec(pipeline)
+
+
+def test_a_job_run_again_after_registering_keeps_one_dataset(tmp_path):
+    """A worker killed between registering the dataset and closing the job: the retry finds the dataset
+    under the id the job names, instead of registering a second copy."""
+    import threading
+
+    from ftcommon.artifacts import ArtifactStore
+    from ftcommon.db import Database
+    from ftcommon.job_runtime import JobContext
+    from ftcommon.jobs import JobStore
+    from services.data import tables
+    from services.data.base_models import BaseModels
+    from services.data.catalog import Catalog
+    from services.data.config import DataSettings
+    from services.data.generate_jobs import GenerateJobs
+
+    settings = DataSettings(data_dir=tmp_path, trainer_address="127.0.0.1:1")
+    db = Database(settings.resolved_database_url("data"), tables.metadata, tables.MIGRATIONS)
+    db.migrate()
+    store = ArtifactStore(settings.resolved_artifact_store_url())
+    catalog = Catalog(db)
+    jobs = JobStore(db, tables.generate_jobs, tables.generate_job_events, id_prefix="gen")
+    base_models = BaseModels(settings.trainer_address, 1.0, store, settings.security)
+    generation = GenerateJobs(settings, store, catalog, jobs, base_models)
+    job = generation.create(
+        data_pb2.GenerateDatasetRequest(
+            name="runbook-qa", documents=documents(("runbook.md", RUNBOOK_MD.encode()))
+        )
+    )
+    first = generation.run(JobContext(jobs, job, threading.Event()))
+    again = generation.run(JobContext(jobs, job, threading.Event()))
+    assert first.result["dataset_id"] == again.result["dataset_id"]
+    assert [d.id for d in catalog.list_datasets(0, 10)] == [first.result["dataset_id"]]

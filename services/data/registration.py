@@ -20,8 +20,10 @@ def register_dataset(
     settings: DataSettings,
     store: ArtifactStore,
     catalog: Catalog,
+    dataset_id: str = "",
 ) -> DatasetRecord:
-    """Raises InvalidArgument (and stores nothing) when the file is rejected."""
+    """Raises InvalidArgument (and stores nothing) when the file is rejected. A job that registers its
+    result passes an id of its own (dataset_id), so a retry after a crash cannot register it twice."""
     result = ingest(data, options, settings.max_row_bytes, settings.near_duplicate_threshold)
     raw = store.put_bytes(data)
     with tempfile.TemporaryDirectory(dir=_scratch(settings)) as scratch:
@@ -32,7 +34,7 @@ def register_dataset(
         normalized = store.put_file(normalized_path)
     report = store.put_bytes(json.dumps(result.report(), ensure_ascii=False).encode())
     record = DatasetRecord(
-        id=new_id("ds"),
+        id=dataset_id or new_id("ds"),
         name=name or Path(options.filename or source).name or "dataset",
         format=int(result.file_format),
         schema=int(result.schema),
