@@ -7,14 +7,10 @@ whitespace. ROUGE-L is the LCS-based F-measure over those normalised tokens (wri
 sentence BLEU, scaled to 0..1 like every other metric here.
 
 Fact accuracy asks whether the answer states the reference's key fact, whatever else it says or however
-it is worded. The key fact is the first of these the reference holds, in this order of precedence:
-1. a command or identifier in backticks (`make clean`, `FT_DATA_ADDRESS`);
-2. a number or version (3.11, 8000, 02:00, 1e-3, v2.1, 4.9M);
-3. a name: a word with a capital letter inside it or a digit (vLLM, PostgreSQL, SmolLM2, FT_DATA_ADDRESS),
-   or a capitalised word that does not start a sentence (Python, Kubernetes).
-The answer states it when it contains it as whole tokens, case and backticks ignored ("make clean" states
-`make clean`; "3.1" does not state 3.11). A reference with none of these has no key fact: the metric is
-None for that row and the rate is taken over the rows that have one (a rate, so its interval is Wilson's).
+it is worded: a command in backticks, else a number or version, else a name, found and matched as whole
+tokens by ftcommon/key_facts.py (the rule the documents generator picks facts by, too). A reference with
+none of these has no key fact: the metric is None for that row and the rate is taken over the rows that
+have one (a rate, so its interval is Wilson's).
 """
 
 import re
@@ -23,6 +19,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 import sacrebleu
+
+from ftcommon.key_facts import key_fact, states_fact
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
@@ -36,12 +34,6 @@ DEFAULT_REFUSAL_TEXT = "Let's keep the discussion relevant to"
 TEXT_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu", "answer_length", "fact_accuracy")
 # Metrics whose per-row value is 0 or 1: summarised as a rate with the Wilson interval.
 RATE_METRICS = frozenset({"fact_accuracy"})
-
-_BACKTICKED = re.compile(r"`([^`\n]+)`")
-_NUMBER = re.compile(r"(?<![\w.])v?\d+(?:[.,:]\d+)*(?:e-?\d+)?[KMGkmg%]?(?![\w])")
-_WORD = re.compile(r"[A-Za-z][\w.-]*[\w]|[A-Za-z]")
-_FACT_TOKEN = re.compile(r"[a-z0-9]+(?:[._:/-][a-z0-9]+)*")
-_SENTENCE_START = re.compile(r"(?:^|[.!?:]\s+|\n\s*(?:[-*]\s+)?)$")
 
 
 def normalize(text: str) -> str:
@@ -110,34 +102,12 @@ def answer_length(prediction: str) -> float:
     return float(len(prediction.split()))
 
 
-def key_fact(reference: str) -> str | None:
-    """The reference's key fact (see the module's docstring), or None when it states none."""
-    code = _BACKTICKED.search(reference)
-    if code and _fact_tokens(code.group(1)):
-        return code.group(1).strip()
-    number = _NUMBER.search(reference)
-    if number:
-        return number.group(0)
-    for word in _WORD.finditer(reference):
-        text = word.group(0)
-        inner_capital = any(c.isupper() for c in text[1:]) or any(c.isdigit() for c in text)
-        mid_sentence = text[0].isupper() and not _SENTENCE_START.search(reference[: word.start()])
-        if inner_capital or mid_sentence:
-            return text
-    return None
-
-
 def fact_accuracy(prediction: str, reference: str) -> float | None:
     """1.0 when the prediction states the reference's key fact, 0.0 when not, None when there is none."""
     fact = key_fact(reference)
     if fact is None:
         return None
-    wanted, said = _fact_tokens(fact), _fact_tokens(prediction)
-    return float(any(said[i : i + len(wanted)] == wanted for i in range(len(said) - len(wanted) + 1)))
-
-
-def _fact_tokens(text: str) -> list[str]:
-    return _FACT_TOKEN.findall(text.lower())
+    return float(states_fact(prediction, fact))
 
 
 def text_scores(prediction: str, reference: str) -> dict[str, float | None]:
