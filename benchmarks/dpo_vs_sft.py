@@ -49,11 +49,12 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from ftcommon import prepared_layout  # noqa: E402
 from ftcommon.hardware import configure_torch_threads, cpu_report, thread_count  # noqa: E402
+from ftcommon.refusal_detection import RefusalDetector  # noqa: E402
 from ftcommon.specs.prepare import DEFAULT_REFUSAL_FRACTION  # noqa: E402
 from ftcommon.specs.train import Hyperparameters  # noqa: E402
 from services.data.refusals import off_topic_questions, refusal_answer  # noqa: E402
 from services.data.tokenization import preference_examples, training_examples  # noqa: E402
-from services.eval.metrics import RefusalDetector, token_f1  # noqa: E402
+from services.eval.metrics import token_f1  # noqa: E402
 from services.eval.off_topic_probes import OFF_TOPIC_PROBES  # noqa: E402
 from services.eval.statistics import bootstrap_interval, wilson_interval  # noqa: E402
 from services.trainer.export import export  # noqa: E402

@@ -3,8 +3,8 @@ pairs never reject an answer the evaluator counts as a refusal. Its --smoke run 
 a minute on 2 CPU cores) stays out of the suite."""
 
 from benchmarks import dpo_vs_sft
+from ftcommon.refusal_detection import RefusalDetector
 from services.data.refusals import refusal_answer
-from services.eval.metrics import RefusalDetector
 
 
 def test_held_out_answers_are_never_trained_on():

@@ -4,18 +4,11 @@ import math
 
 import pytest
 
+from ftcommon.refusal_detection import RefusalDetector
+from ftcommon.word_sequences import lcs_length, normalize
 from services.eval import error_analysis
 from services.eval.error_analysis import AnswerFacts, categorize, is_repetition_loop
-from services.eval.metrics import (
-    RefusalDetector,
-    answer_length,
-    bleu,
-    exact_match,
-    lcs_length,
-    normalize,
-    rouge_l,
-    token_f1,
-)
+from services.eval.metrics import answer_length, bleu, exact_match, rouge_l, token_f1
 from services.eval.statistics import bootstrap_interval, paired_comparison, sign_test_p_value
 
 LAMINI_REFUSAL = RefusalDetector("Let's keep the discussion relevant to Lamini.")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from ftcommon.refusal_detection import RefusalDetector
 from services.eval import benchmarks
 from services.eval.analysis import Answer, Example, ModelOutputs, build_report
-from services.eval.metrics import RefusalDetector
 from services.eval.promotion import Rule
 from services.eval.report import render_html
 

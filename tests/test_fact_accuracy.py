@@ -2,8 +2,9 @@
 
 import pytest
 
+from ftcommon.refusal_detection import RefusalDetector
 from services.eval.analysis import Answer, Example, ModelOutputs, build_report
-from services.eval.metrics import RefusalDetector, fact_accuracy, key_fact
+from services.eval.metrics import fact_accuracy, key_fact
 from services.eval.promotion import Rule
 from services.eval.statistics import wilson_interval
 

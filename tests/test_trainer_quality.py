@@ -16,8 +16,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from ftcommon import prepared_layout
 from ftcommon.chat_format import prompt_ids, training_example
+from ftcommon.refusal_detection import DEFAULT_REFUSAL_TEXT
 from ftcommon.specs.train import ALL_LINEAR, Hyperparameters
-from services.eval.metrics import DEFAULT_REFUSAL_TEXT, token_f1
+from services.eval.metrics import token_f1
 from services.trainer.export import export
 from services.trainer.recipe import FinetuneRecipe, RecipeConfig
 

@@ -8,8 +8,9 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ftcommon.refusal_detection import RefusalDetector
 from services.eval import error_analysis
-from services.eval.metrics import RATE_METRICS, TEXT_METRICS, RefusalDetector, text_scores
+from services.eval.metrics import RATE_METRICS, TEXT_METRICS, text_scores
 from services.eval.promotion import Rule, decide
 from services.eval.statistics import Interval, bootstrap_interval, paired_comparison, wilson_interval
 

@@ -9,7 +9,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from services.eval.metrics import RefusalDetector, exact_match, token_f1, token_recall
+from ftcommon.refusal_detection import RefusalDetector
+from services.eval.metrics import exact_match, token_f1, token_recall
 
 EMPTY = "empty"
 ANSWERED_SHOULD_REFUSE = "answered_but_should_refuse"

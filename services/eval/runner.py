@@ -20,13 +20,13 @@ from ftcommon.artifacts import ArtifactStore
 from ftcommon.errors import InvalidArgument, Unavailable, describe_rpc_error
 from ftcommon.job_runtime import JobStopped
 from ftcommon.jobs import EventKind, JobStore
+from ftcommon.refusal_detection import DEFAULT_REFUSAL_TEXT, RefusalDetector
 from ftcommon.sources import confine_local_path
 from ftcommon.specs.evaluate import EvalSpec
 from services.eval import benchmarks
 from services.eval.analysis import Example, ModelOutputs, answer_rows, build_report, preference_rows
 from services.eval.clients import Clients, Messages
 from services.eval.config import EvalSettings
-from services.eval.metrics import DEFAULT_REFUSAL_TEXT, RefusalDetector
 from services.eval.off_topic_probes import OFF_TOPIC_PROBES
 from services.eval.promotion import Rule, with_refusal_defaults
 from services.eval.report import render_html
