@@ -25,7 +25,9 @@ from finetune.v1 import common_pb2, inference_pb2, inference_pb2_grpc
 from ftcommon.errors import describe_rpc_error
 from ftcommon.grpc_client import open_channel
 from ftcommon.job_runtime import JobFailed
+from ftcommon.refusal_detection import RefusalDetector, opens_with_a_refusal
 from ftcommon.settings import TransportSecurity
+from ftcommon.word_sequences import tokens
 from services.data.config import DataSettings
 from services.data.records import Conversation
 from services.data.refusals import DEFAULT_REFUSAL_TEMPLATE, refusal_answer
@@ -35,24 +37,6 @@ ADDRESS_SETTING = "FT_DATA_INFERENCE_ADDRESS"
 _TEMPLATE_REFUSAL = re.compile(
     "^" + re.escape(DEFAULT_REFUSAL_TEMPLATE).replace(re.escape("{domain}"), ".+?") + "?$", re.IGNORECASE
 )
-# How answers that refuse in their own words begin (a base model's "I'm sorry, but I can't ...").
-_REFUSING_OPENINGS = (
-    "i'm sorry",
-    "i am sorry",
-    "sorry,",
-    "i cannot",
-    "i can't",
-    "i can not",
-    "i'm not able",
-    "i am not able",
-    "i'm unable",
-    "i am unable",
-    "as an ai",
-)
-# Share of the refusal's words that, found in order in an answer's opening, make it the refusal reworded;
-# the evaluator's refusal detector uses the same measure and threshold (services/eval/metrics.py).
-_REFUSAL_SIMILARITY = 0.6
-_WORD = re.compile(r"[a-z0-9']+")
 # One slow or shed call costs its row, not the whole prepare (as in GenerateDataset).
 _SKIPPED_CALL_CODES = (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
@@ -92,15 +76,11 @@ def is_refusal_row(conversation: Conversation, refusal_text: str) -> bool:
 
 
 def sounds_like_refusal(answer: str, refusal_text: str) -> bool:
-    """An answer that refuses: empty, opening like a refusal, or the refusal text reworded."""
-    words = _WORD.findall(answer.lower())
-    if not words or answer.strip().lower().startswith(_REFUSING_OPENINGS):
+    """An answer no pair may reject: empty, refusing in its own words, or the refusal text reworded. The
+    last is the evaluator's rule (ftcommon/refusal_detection.py): no pair rejects what it counts as a refusal."""
+    if not tokens(answer) or opens_with_a_refusal(answer):
         return True
-    refusal = _WORD.findall(refusal_text.lower())
-    if not refusal:
-        return False
-    opening = words[: len(refusal) + 5]
-    return _common_subsequence(opening, refusal) / len(refusal) >= _REFUSAL_SIMILARITY
+    return RefusalDetector(refusal_text).is_refusal(answer)
 
 
 @dataclass
@@ -210,13 +190,3 @@ class AnswerGenerator:
 
 def _answer(conversation: Conversation) -> str:
     return str(conversation.messages[-1]["content"]).strip()
-
-
-def _common_subsequence(first: list[str], second: list[str]) -> int:
-    previous = [0] * (len(second) + 1)
-    for word in first:
-        current = [0]
-        for j, other in enumerate(second):
-            current.append(previous[j] + 1 if word == other else max(previous[j + 1], current[j]))
-        previous = current
-    return previous[-1]
