@@ -1,16 +1,22 @@
-"""Helpers the data-service tests share: uploading bytes, snapshots of what is stored, waiting for jobs."""
+"""Helpers the data-service tests share: uploading bytes, snapshots of what is stored, waiting for jobs,
+the environment of a data service run as its own process."""
 
 import hashlib
 import json
+import os
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import grpc
 
 from finetune.v1 import common_pb2, data_pb2, data_pb2_grpc
 
 CHUNK = 64 * 1024
+# Job timings for a data service a test kills: a killed worker's job is requeued about 2 s later.
+_FAST_JOB_SETTINGS = {"HEARTBEAT_SECONDS": "0.5", "STALE_AFTER_SECONDS": "2", "POLL_SECONDS": "0.2"}
 
 
 def jsonl(rows: list[object]) -> bytes:
@@ -127,3 +133,34 @@ def prepared_qa_version(
 def split_rows(data_root: Path, version: data_pb2.PreparedVersion, split: str) -> list[dict]:
     path = data_root / "artifacts" / version.artifact.uri / f"{split}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def data_service_env(
+    data_dir: Path,
+    data_root: Path,
+    trainer_address: str,
+    jobs: Literal["jobs", "generate_jobs"] = "jobs",
+    inference_address: str | None = None,
+) -> dict[str, str]:
+    """The environment of a data service run as its own process (test_data_kill.start_service), so a test
+    can kill it: this process's environment plus its own data dir and database, the shared artifact store
+    (where the trainer keeps the base model), a free port (FT_DATA_PORT), and fast timings for the job
+    runtime `jobs` (prepare's "jobs" or "generate_jobs"). With an inference address the generator gets one
+    call at a time, so a kill after the first answer lands in the middle of the generation."""
+    env = {
+        **os.environ,
+        "FT_DATA_DATA_DIR": str(data_dir),
+        "FT_DATA_ARTIFACT_STORE_URL": str(data_root / "artifacts"),
+        "FT_DATA_PORT": str(free_port()),
+        "FT_DATA_TRAINER_ADDRESS": trainer_address,
+    }
+    env |= {f"FT_DATA_{jobs.upper()}__{name}": value for name, value in _FAST_JOB_SETTINGS.items()}
+    if inference_address is not None:
+        env |= {"FT_DATA_INFERENCE_ADDRESS": inference_address, "FT_DATA_GENERATOR_CONCURRENCY": "1"}
+    return env

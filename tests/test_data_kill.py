@@ -1,9 +1,7 @@
 """Killing the data service in the middle of a prepare: no half version, and the job never stays running."""
 
 import json
-import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -12,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from data_fixtures import upload, wait_for_job
+from data_fixtures import data_service_env, upload, wait_for_job
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from finetune.v1 import common_pb2, data_pb2, data_pb2_grpc
@@ -21,12 +19,6 @@ from ftcommon.grpc_client import open_channel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ROWS = 16_000  # enough that tokenizing takes seconds, so the kill lands in the middle
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_service(env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -65,16 +57,7 @@ def big_dataset() -> bytes:
 
 @pytest.mark.slow
 def test_kill_during_prepare_then_restart(trainer_server, data_root: Path, tmp_path: Path):
-    env = {
-        **os.environ,
-        "FT_DATA_DATA_DIR": str(tmp_path),
-        "FT_DATA_ARTIFACT_STORE_URL": str(data_root / "artifacts"),  # where the trainer keeps the base model
-        "FT_DATA_PORT": str(free_port()),
-        "FT_DATA_TRAINER_ADDRESS": trainer_server.address,
-        "FT_DATA_JOB_HEARTBEAT_SECONDS": "0.5",
-        "FT_DATA_JOB_STALE_SECONDS": "2",
-        "FT_DATA_JOB_POLL_SECONDS": "0.2",
-    }
+    env = data_service_env(tmp_path, data_root, trainer_server.address)
     log = tmp_path / "service.log"
     service = start_service(env, log)
     try:

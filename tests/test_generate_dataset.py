@@ -7,7 +7,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from data_fixtures import dataset_ids, expect_rejected, jsonl, prepare, upload
+from data_fixtures import data_service_env, dataset_ids, expect_rejected, jsonl, prepare, upload
 from document_fixtures import RUNBOOK_HTML, RUNBOOK_MD, blank_pdf_bytes, docx_bytes, pdf_bytes
 
 from finetune.v1 import common_pb2, data_pb2, data_pb2_grpc
@@ -268,24 +268,14 @@ def test_cli_generates_from_a_folder_and_prints_the_report(data_server, monkeypa
 def test_kill_during_generation_then_restart(trainer_server, inference_server, data_root, tmp_path):
     """kill -9 between two chunks' generator calls: the job is requeued and runs again from its stored
     documents; it ends with one dataset or none, never a half one."""
-    import os
     import signal
     import sqlite3
 
-    from test_data_kill import free_port, start_service
+    from test_data_kill import start_service
 
-    env = {
-        **os.environ,
-        "FT_DATA_DATA_DIR": str(tmp_path),
-        "FT_DATA_ARTIFACT_STORE_URL": str(data_root / "artifacts"),
-        "FT_DATA_PORT": str(free_port()),
-        "FT_DATA_TRAINER_ADDRESS": trainer_server.address,
-        "FT_DATA_INFERENCE_ADDRESS": inference_server.grpc_address,
-        "FT_DATA_GENERATOR_CONCURRENCY": "1",
-        "FT_DATA_GENERATE_JOBS__HEARTBEAT_SECONDS": "0.5",
-        "FT_DATA_GENERATE_JOBS__STALE_AFTER_SECONDS": "2",
-        "FT_DATA_GENERATE_JOBS__POLL_SECONDS": "0.2",
-    }
+    env = data_service_env(
+        tmp_path, data_root, trainer_server.address, "generate_jobs", inference_server.grpc_address
+    )
     log = tmp_path / "service.log"
     service = start_service(env, log)
     request = data_pb2.GenerateDatasetRequest(

@@ -6,8 +6,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from data_fixtures import expect_rejected, jsonl, split_rows, upload, wait_for_job
-from test_data_kill import free_port, start_service
+from data_fixtures import (
+    data_service_env,
+    expect_rejected,
+    free_port,
+    jsonl,
+    split_rows,
+    upload,
+    wait_for_job,
+)
+from test_data_kill import start_service
 
 from finetune.v1 import (
     common_pb2,
@@ -234,22 +242,10 @@ def test_an_unreachable_inference_service_fails_the_job_naming_its_setting(
 def test_kill_during_generation_then_restart(trainer_server, inference_server, data_root, tmp_path):
     """kill -9 after the first generated answer: the job is requeued and runs again from the start; it ends
     with one complete version or none, never a half one."""
-    import os
     import signal
     import sqlite3
 
-    env = {
-        **os.environ,
-        "FT_DATA_DATA_DIR": str(tmp_path),
-        "FT_DATA_ARTIFACT_STORE_URL": str(data_root / "artifacts"),
-        "FT_DATA_PORT": str(free_port()),
-        "FT_DATA_TRAINER_ADDRESS": trainer_server.address,
-        "FT_DATA_INFERENCE_ADDRESS": inference_server.grpc_address,
-        "FT_DATA_GENERATOR_CONCURRENCY": "1",
-        "FT_DATA_JOBS__HEARTBEAT_SECONDS": "0.5",
-        "FT_DATA_JOBS__STALE_AFTER_SECONDS": "2",
-        "FT_DATA_JOBS__POLL_SECONDS": "0.2",
-    }
+    env = data_service_env(tmp_path, data_root, trainer_server.address, "jobs", inference_server.grpc_address)
     log = tmp_path / "service.log"
     service = start_service(env, log)
     address = f"127.0.0.1:{env['FT_DATA_PORT']}"
