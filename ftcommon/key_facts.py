@@ -11,6 +11,8 @@ A text states a fact when it contains it as whole tokens, case and backticks ign
 """
 
 import re
+from dataclasses import dataclass
+from typing import Literal
 
 _BACKTICKED = re.compile(r"`([^`\n]+)`")
 _NUMBER = re.compile(r"(?<![\w.])v?\d+(?:[.,:]\d+)*(?:e-?\d+)?[KMGkmg%]?(?![\w])")
@@ -19,21 +21,35 @@ _FACT_TOKEN = re.compile(r"[a-z0-9]+(?:[._:/-][a-z0-9]+)*")
 _SENTENCE_START = re.compile(r"(?:^|[.!?:]\s+|\n\s*(?:[-*]\s+)?)$")
 
 
-def key_fact(text: str) -> str | None:
-    """The text's key fact (see the module's docstring), or None when it states none."""
+@dataclass(frozen=True)
+class KeyFact:
+    text: str
+    kind: Literal["code", "number", "name"]  # which rule of the precedence found it
+    start: int  # where it starts in the text searched (for code: the opening backtick)
+    end: int
+
+
+def find_key_fact(text: str) -> KeyFact | None:
+    """The text's key fact with the rule that found it and where, or None when it states none."""
     code = _BACKTICKED.search(text)
     if code and fact_tokens(code.group(1)):
-        return code.group(1).strip()
+        return KeyFact(code.group(1).strip(), "code", code.start(), code.end())
     number = _NUMBER.search(text)
     if number:
-        return number.group(0)
+        return KeyFact(number.group(0), "number", number.start(), number.end())
     for word in _WORD.finditer(text):
         found = word.group(0)
         inner_capital = any(c.isupper() for c in found[1:]) or any(c.isdigit() for c in found)
         mid_sentence = found[0].isupper() and not _SENTENCE_START.search(text[: word.start()])
         if inner_capital or mid_sentence:
-            return found
+            return KeyFact(found, "name", word.start(), word.end())
     return None
+
+
+def key_fact(text: str) -> str | None:
+    """The text's key fact (see the module's docstring), or None when it states none."""
+    found = find_key_fact(text)
+    return found.text if found else None
 
 
 def states_fact(text: str, fact: str) -> bool:

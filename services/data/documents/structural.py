@@ -9,12 +9,15 @@ document it is about. Each fact gets several phrasings; they share the fact's id
 
 The answers are extractive, so they are grounded by construction; the checks run on them all the same.
 This is the floor of the yield: a small generator model that emits no usable JSON still leaves these.
+Facts deeper in a section (a port in its third sentence, a command in a table) get pairs of their own
+(fact_pairs.py), unless an answer given before states them already.
 """
 
 import re
 from pathlib import PurePath
 
 from services.data.documents.chunking import Chunk
+from services.data.documents.fact_pairs import StatedAnswers, fact_pairs, paragraphs
 from services.data.documents.pairs import STRUCTURAL, Pair, fact_id
 
 # Verbs whose heading reads as a task ("Install", "Wipe local data"): they get "how" questions.
@@ -72,9 +75,13 @@ TERM_PHRASINGS = (
 )
 
 
-def structural_pairs(chunk: Chunk, phrasings: int, max_answer_chars: int, continuation: bool) -> list[Pair]:
+def structural_pairs(
+    chunk: Chunk, phrasings: int, max_answer_chars: int, continuation: bool, stated: StatedAnswers
+) -> list[Pair]:
     """Pairs from one chunk; none when the chunk has no heading to ask about. A continuation (a later chunk
-    of a section cut for size) asks no question about the heading again: the first chunk answered it."""
+    of a section cut for size) asks no question about the heading again: the first chunk answered it.
+    `stated` holds the run's answers so far (a fact one of them states is not asked again); this chunk's
+    answers join it."""
     if not chunk.heading_path:
         return []
     topic = _clean_heading(chunk.heading_path[-1])
@@ -89,6 +96,7 @@ def structural_pairs(chunk: Chunk, phrasings: int, max_answer_chars: int, contin
             questions = _topic_questions(topic, context, phrasings)
         for style, question in questions:
             pairs.append(Pair(question, answer, fact, chunk, STRUCTURAL, style))
+        stated.add(answer)
     for line in chunk.text.splitlines():
         match = _DEFINITION.match(line)
         if not match:
@@ -104,7 +112,8 @@ def structural_pairs(chunk: Chunk, phrasings: int, max_answer_chars: int, contin
                     template.format(term=term, context=context), term_answer, fact, chunk, STRUCTURAL, "term"
                 )
             )
-    return pairs
+        stated.add(term_answer)
+    return pairs + fact_pairs(chunk, topic, context, phrasings, max_answer_chars, stated)
 
 
 def _topic_questions(topic: str, context: str, phrasings: int) -> list[tuple[str, str]]:
@@ -142,25 +151,12 @@ def _lower_first(text: str) -> str:
     return f"{first} {rest}".strip()
 
 
-def _paragraphs(text: str) -> list[str]:
-    """Paragraphs split at blank lines, but a fenced code block (which may hold blank lines) kept whole."""
-    paragraphs: list[str] = []
-    open_fence = False
-    for part in text.split("\n\n"):
-        if open_fence:
-            paragraphs[-1] = f"{paragraphs[-1]}\n\n{part}"
-        elif part.strip():
-            paragraphs.append(part.strip())
-        open_fence ^= part.count("```") % 2 == 1
-    return paragraphs
-
-
 def _opening(text: str, max_chars: int) -> str:
     """The chunk's first paragraph (more if it is short), cut at the last sentence end within max_chars."""
     # Prose only: a table, code block or raw HTML makes a poor answer to "what is X?".
-    paragraphs = [p for p in _paragraphs(text) if not p.startswith(_NOT_PROSE)]
+    prose = [p for p in paragraphs(text) if not p.startswith(_NOT_PROSE)]
     answer = ""
-    for paragraph in paragraphs:
+    for paragraph in prose:
         candidate = f"{answer}\n\n{paragraph}".strip()
         if answer and (len(candidate) > max_chars or len(answer) >= max_chars // 3):
             break
