@@ -6,7 +6,7 @@ from document_fixtures import RUNBOOK_HTML, RUNBOOK_MD, blank_pdf_bytes, docx_by
 from ftcommon.errors import InvalidArgument
 from services.data.documents.checks import CheckSettings, EvalQuestion, check_pairs
 from services.data.documents.chunking import ChunkSettings, chunk_blocks
-from services.data.documents.fact_pairs import StatedAnswers
+from services.data.documents.fact_pairs import StatedFacts
 from services.data.documents.model_generation import parse_pair
 from services.data.documents.pairs import Pair, fact_id
 from services.data.documents.parsers import DocumentRejected, parse_document
@@ -107,7 +107,7 @@ def runbook_chunks() -> list:
 
 
 def test_structural_generator_asks_about_headings_with_extractive_answers():
-    pairs = [p for c in runbook_chunks() for p in structural_pairs(c, 3, 600, False, StatedAnswers())]
+    pairs = [p for c in runbook_chunks() for p in structural_pairs(c, 3, 600, False, StatedFacts())]
     by_fact: dict[str, list] = {}
     for pair in pairs:
         by_fact.setdefault(pair.fact_id, []).append(pair)
@@ -122,10 +122,10 @@ def test_structural_generator_asks_about_headings_with_extractive_answers():
     term = [p for p in pairs if p.style == "term"]
     assert term[0].question == "What does `ftctl stack status` do in Runbook?"
     # A continuation asks no heading question again, and no fact an earlier answer of the run states.
-    install, stated = runbook_chunks()[1], StatedAnswers()
+    install, stated = runbook_chunks()[1], StatedFacts()
     structural_pairs(install, 3, 600, False, stated)
     assert structural_pairs(install, 3, 600, True, stated) == []
-    assert {p.style for p in structural_pairs(install, 3, 600, True, StatedAnswers())} == {"fact"}
+    assert {p.style for p in structural_pairs(install, 3, 600, True, StatedFacts())} == {"fact"}
 
 
 def invented(chunk, answer: str) -> Pair:
@@ -162,7 +162,7 @@ def test_questions_that_are_only_the_heading_and_out_of_bounds_lengths_are_rejec
 
 
 def test_duplicates_within_the_set_keep_the_first_and_say_why():
-    pairs = [p for c in runbook_chunks() for p in structural_pairs(c, 2, 600, False, StatedAnswers())]
+    pairs = [p for c in runbook_chunks() for p in structural_pairs(c, 2, 600, False, StatedFacts())]
     outcome = check_pairs(pairs + pairs[:2], [], CheckSettings())
     assert len(outcome.kept) == len(pairs)
     assert [r.reason for r in outcome.rejected] == ["duplicate", "duplicate"]
@@ -170,7 +170,7 @@ def test_duplicates_within_the_set_keep_the_first_and_say_why():
 
 
 def test_contamination_guard_removes_pairs_that_repeat_an_evaluation_question():
-    pairs = [p for c in runbook_chunks() for p in structural_pairs(c, 3, 600, False, StatedAnswers())]
+    pairs = [p for c in runbook_chunks() for p in structural_pairs(c, 3, 600, False, StatedFacts())]
     evaluation = [
         EvalQuestion("ds-eval", 7, "How do I wipe local data in Runbook?"),  # exactly a generated phrasing
         EvalQuestion("ds-eval", 9, "What are the steps to install for Runbook, please?"),  # nearly one
@@ -237,7 +237,7 @@ def test_a_fenced_code_block_with_blank_lines_is_never_an_answer():
     [chunk] = [
         c for c in chunk_blocks("guide.md", parse_document("guide.md", text.encode()), ChunkSettings())
     ]
-    answers = {p.answer for p in structural_pairs(chunk, 3, 600, False, StatedAnswers())}
+    answers = {p.answer for p in structural_pairs(chunk, 3, 600, False, StatedFacts())}
     assert answers == {"Setup takes about 4 minutes on a laptop."}
 
 
@@ -258,7 +258,7 @@ def test_the_shipped_docs_questions_each_have_a_key_fact_and_are_never_generated
         for path in [*sorted((root / "docs").glob("*.md")), root / "README.md"]
         for chunk in chunk_blocks(path.name, parse_document(path.name, path.read_bytes()), ChunkSettings())
     ]
-    pairs = [p for c in chunks for p in structural_pairs(c, 3, 600, False, StatedAnswers())]
+    pairs = [p for c in chunks for p in structural_pairs(c, 3, 600, False, StatedFacts())]
     evaluation = [EvalQuestion("docs-questions", i + 1, row["question"]) for i, row in enumerate(rows)]
     outcome = check_pairs(pairs, evaluation, CheckSettings())
     asked = {row["question"] for row in rows}

@@ -7,7 +7,7 @@ from pathlib import Path
 from ftcommon.key_facts import key_fact, states_fact
 from services.data.documents.checks import CheckSettings, EvalQuestion, check_pairs
 from services.data.documents.chunking import Chunk, ChunkSettings, chunk_blocks
-from services.data.documents.fact_pairs import StatedAnswers, fact_pairs, fact_units
+from services.data.documents.fact_pairs import StatedFacts, fact_pairs, fact_units
 from services.data.documents.generation import GenerationSettings, SourceFile, generate
 from services.data.documents.parsers import parse_document
 from services.data.documents.structural import structural_pairs
@@ -42,7 +42,7 @@ def guide_chunks() -> list[Chunk]:
 
 def test_a_port_in_a_sections_third_sentence_gets_its_own_pairs():
     [section] = guide_chunks()
-    pairs = structural_pairs(section, 3, 300, False, StatedAnswers())
+    pairs = structural_pairs(section, 3, 300, False, StatedFacts())
     opening = [p for p in pairs if p.style != "fact"]
     assert opening and all("50051" not in p.answer for p in opening)  # the opening stops before it
     port = [p for p in pairs if p.style == "fact" and "50051" in p.answer]
@@ -56,9 +56,7 @@ def test_a_port_in_a_sections_third_sentence_gets_its_own_pairs():
 
 def test_only_units_with_a_key_fact_worth_asking_get_pairs():
     [section] = guide_chunks()
-    answers = [
-        p.answer for p in fact_pairs(section, "Data service", "Service guide", 3, 300, StatedAnswers())
-    ]
+    answers = [p.answer for p in fact_pairs(section, "Data service", "Service guide", 3, 300, StatedFacts())]
     assert "It writes its logs as JSON lines on standard error." not in answers  # no key fact: no pair
     assert set(answers) == {
         "It listens on port 50051 unless told otherwise.",
@@ -71,24 +69,28 @@ def test_only_units_with_a_key_fact_worth_asking_get_pairs():
         "Deploy it with Kubernetes manifests.",  # a name, not a fact worth a pair
         "It keeps 3 copies.",  # a one-digit count
     ):
-        assert list(fact_units(text, StatedAnswers(), 300)) == []
+        assert list(fact_units(text, StatedFacts(), 300)) == []
 
 
 def test_each_asked_fact_is_the_answers_key_fact_by_the_evaluators_rule_or_follows_it():
     [section] = guide_chunks()
-    for unit in fact_units(section.text, StatedAnswers(), 300):
+    for unit in fact_units(section.text, StatedFacts(), 300):
         assert states_fact(unit.answer, unit.fact.text)
     # The rule the evaluator scores with picks the same fact from the answer when nothing was stated before.
-    [port] = list(fact_units("It listens on port 50051 unless told otherwise.", StatedAnswers(), 300))
+    [port] = list(fact_units("It listens on port 50051 unless told otherwise.", StatedFacts(), 300))
     assert port.fact.text == key_fact(port.answer) == "50051" and port.kind == "port"
 
 
-def test_a_fact_stated_before_is_not_asked_again():
-    stated = StatedAnswers()
-    stated.add("The data service listens on port 50051.")
-    units = list(fact_units("It listens on port 50051; the gateway on port 8000.", stated, 300))
-    assert [u.fact.text for u in units] == ["8000"]  # the first fact was stated: the rule goes on to the next
-    assert list(fact_units("The data port is 50051 here too.", stated, 300)) == []  # 8000's answer holds it
+def test_a_fact_answered_before_is_not_asked_again_but_one_only_mentioned_is():
+    stated = StatedFacts()
+    stated.add("The data service listens on port 50051.")  # a heading pair's answer: all its facts count
+    units = list(fact_units("It listens on port 50051; the gateway on port 8000 and 8001.", stated, 300))
+    assert [u.fact.text for u in units] == [
+        "8000"
+    ]  # the first fact was answered: the rule goes on to the next
+    assert list(fact_units("The gateway's HTTP port is 8000 there too.", stated, 300)) == []  # asked above
+    # 8001 was only mentioned in that answer, never asked for: it gets a pair of its own.
+    assert [u.fact.text for u in fact_units("The metrics port is 8001 unless set.", stated, 300)] == ["8001"]
 
 
 def test_a_long_sentence_is_cut_at_clause_ends_around_its_fact():
@@ -98,7 +100,7 @@ def test_a_long_sentence_is_cut_at_clause_ends_around_its_fact():
         "request, and the log says which request it was, how long it ran, which model served it, and what "
         "the client asked for in its parameters."
     )
-    [unit] = list(fact_units(sentence, StatedAnswers(), 150))
+    [unit] = list(fact_units(sentence, StatedFacts(), 150))
     assert len(unit.answer) <= 150 and sentence.startswith(unit.answer)
     assert "FT_INFERENCE_GENERATION_TIMEOUT_SECONDS" in unit.answer
 
@@ -130,7 +132,7 @@ def test_generation_on_the_docs_is_deterministic_and_covers_the_hand_written_fac
 
 
 def test_fact_pairs_pass_the_checks_as_extractive_answers():
-    pairs = [p for c in guide_chunks() for p in structural_pairs(c, 3, 300, False, StatedAnswers())]
+    pairs = [p for c in guide_chunks() for p in structural_pairs(c, 3, 300, False, StatedFacts())]
     outcome = check_pairs(pairs, [], CheckSettings())
     assert not outcome.rejected
     assert all(outcome.grounding[id(p)] == 1.0 for p in outcome.kept if p.style == "fact")

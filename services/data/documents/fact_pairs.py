@@ -5,10 +5,10 @@ A unit's key fact is found by the evaluator's rule (ftcommon/key_facts.py: a com
 number or version, else a name), and only facts that a user asks for get pairs: a command in backticks, a
 setting (an upper-case identifier such as `FT_DATA_ADDRESS`; in a table, only in a column that says it
 holds settings or variables, since protocol enums look the same), a port, a version or another number of
-two digits or more. A code identifier, a one-digit count or a capitalised name is a topic more than a fact.
-When a unit's key fact does not qualify, or an earlier answer of the run states it already (a section's
-opening, a "term: description" line, an earlier sentence: the same port in three documents is one fact),
-the same rule is applied to the rest of the unit after it.
+two digits or more that is not one of many in a measurement report. A code identifier, a one-digit count
+or a capitalised name is a topic more than a fact. When a unit's key fact does not qualify, or was answered
+before in the run (a section's opening or a "term: description" line states it, or an earlier unit asked
+for it: the same port in three documents is one fact), the same rule is applied to the rest of the unit.
 
 The question names the unit's subject and its heading context; several phrasings share one fact id, as
 the heading pairs' do. The subject is, by the unit's shape:
@@ -44,6 +44,8 @@ _COMMAND_WORDS = frozenset(
     "ftctl make python python3 .venv/bin/python pip docker kubectl helm git curl grpcurl export eval "
     "pytest bash sh".split()
 )
+_ANY_NUMBER = re.compile(r"\d+(?:[.,:]\d+)*")
+_MEASUREMENT_NUMBERS = 5
 _MIN_SUBJECT_WORDS = 4
 
 PROSE_PHRASINGS = (
@@ -82,25 +84,28 @@ class FactUnit:
     masked: str = ""  # for prose: the clause with the fact replaced by "which <kind>"
 
 
-class StatedAnswers:
-    """The answers a run's pairs have given so far, to tell whether one of them states a fact already."""
+class StatedFacts:
+    """What a run has answered so far: every fact of a heading or term pair's answer (its question is
+    about the whole topic, so each fact in it is trained), and the one fact each per-fact pair asked for.
+    A fact a per-fact answer merely mentions is still asked on its own later."""
 
     def __init__(self) -> None:
-        self._answers: list[str] = []
+        self._texts: list[str] = []
 
-    def add(self, answer: str) -> None:
-        self._answers.append(f" {' '.join(fact_tokens(answer))} ")
+    def add(self, text: str) -> None:
+        """Count every fact the text states as answered."""
+        self._texts.append(f" {' '.join(fact_tokens(text))} ")
 
     def states(self, fact: str) -> bool:
         # Whole tokens in a row, as ftcommon.key_facts.states_fact matches them.
         wanted = f" {' '.join(fact_tokens(fact))} "
-        return any(wanted in answer for answer in self._answers)
+        return any(wanted in text for text in self._texts)
 
 
 def fact_pairs(
-    chunk: Chunk, topic: str, context: str, phrasings: int, max_answer_chars: int, stated: StatedAnswers
+    chunk: Chunk, topic: str, context: str, phrasings: int, max_answer_chars: int, stated: StatedFacts
 ) -> list[Pair]:
-    """Pairs for the chunk's facts that no earlier answer of the run states; their answers join `stated`."""
+    """Pairs for the chunk's facts not answered before in the run; the facts they ask join `stated`."""
     pairs: list[Pair] = []
     for unit in fact_units(chunk.text, stated, max_answer_chars):
         fact = fact_id(chunk, unit.answer)
@@ -114,9 +119,9 @@ def fact_pairs(
     return pairs
 
 
-def fact_units(text: str, stated: StatedAnswers, max_answer_chars: int) -> Iterator[FactUnit]:
-    """The units of a chunk's text that state a key fact worth asking about and not stated yet, in reading
-    order, none longer than max_answer_chars; each unit's answer joins `stated` as it is yielded."""
+def fact_units(text: str, stated: StatedFacts, max_answer_chars: int) -> Iterator[FactUnit]:
+    """The units of a chunk's text that state a key fact worth asking about and not answered yet, in reading
+    order, none longer than max_answer_chars; each unit's fact joins `stated` as it is yielded."""
     for paragraph in paragraphs(text):
         if paragraph.startswith(("```", "~~~")):
             units = _command_units(paragraph, stated)
@@ -137,7 +142,7 @@ def fact_units(text: str, stated: StatedAnswers, max_answer_chars: int) -> Itera
             )
         for unit in units:
             if unit and len(unit.answer) <= max_answer_chars:
-                stated.add(unit.answer)
+                stated.add(unit.fact.text)  # only the fact asked: others in the answer get their own pairs
                 yield unit
 
 
@@ -154,9 +159,7 @@ def paragraphs(text: str) -> list[str]:
     return found
 
 
-def _asked_fact(
-    text: str, stated: StatedAnswers, settings_allowed: bool = True
-) -> tuple[KeyFact, str] | None:
+def _asked_fact(text: str, stated: StatedFacts, settings_allowed: bool = True) -> tuple[KeyFact, str] | None:
     """The text's key fact and its kind, or, when that is not worth asking or was stated before, the key
     fact of the text after it (the same rule, applied to the rest), and so on."""
     offset = 0
@@ -186,7 +189,8 @@ def _kind(fact: KeyFact, text: str) -> str | None:
             fact.text.startswith("v") or (before and before[-1] in ("python", "version"))
         ):
             return "version"
-        return "number"
+        # A plain number among many is a measurement report's (timings, scores), rarely what is asked.
+        return "number" if len(_ANY_NUMBER.findall(text)) < _MEASUREMENT_NUMBERS else None
     return None
 
 
@@ -200,7 +204,7 @@ def _in_name(fact: KeyFact, text: str) -> bool:
     return fact.start >= 2 and text[fact.start - 1] == "-" and text[fact.start - 2].isalnum()
 
 
-def _prose_unit(sentence: str, stated: StatedAnswers, max_chars: int) -> FactUnit | None:
+def _prose_unit(sentence: str, stated: StatedFacts, max_chars: int) -> FactUnit | None:
     asked = _asked_fact(sentence, stated)
     if asked is None:
         return None
@@ -271,7 +275,7 @@ def _items(paragraph: str) -> list[str]:
     return items
 
 
-def _table_units(table: str, stated: StatedAnswers) -> Iterator[FactUnit | None]:
+def _table_units(table: str, stated: StatedFacts) -> Iterator[FactUnit | None]:
     lines = [line for line in table.splitlines() if line.strip()]
     if len(lines) < 3 or not _TABLE_SEPARATOR.match(lines[1]):
         return
@@ -303,7 +307,7 @@ def _cells(line: str) -> list[str]:
     return [cell.strip() for cell in line.strip().strip("|").split("|")]
 
 
-def _command_units(block: str, stated: StatedAnswers) -> Iterator[FactUnit | None]:
+def _command_units(block: str, stated: StatedFacts) -> Iterator[FactUnit | None]:
     for line in block.splitlines()[1:]:
         match = _COMMENTED_COMMAND.match(line)
         if not match or line.lstrip().startswith(("```", "~~~")):

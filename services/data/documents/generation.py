@@ -12,7 +12,7 @@ from typing import Any
 from ftcommon.specs.generate import DEFAULT_MAX_ANSWER_CHARS, DEFAULT_PHRASINGS_PER_FACT
 from services.data.documents.checks import CheckOutcome, CheckSettings, EvalQuestion, check_pairs
 from services.data.documents.chunking import Chunk, ChunkSettings, chunk_blocks
-from services.data.documents.fact_pairs import StatedAnswers
+from services.data.documents.fact_pairs import StatedFacts
 from services.data.documents.model_generation import ChunkYield, ModelGenerator
 from services.data.documents.pairs import STRUCTURAL, Pair, Rejected
 from services.data.documents.parsers import DocumentRejected, parse_document
@@ -124,7 +124,7 @@ def generate(
         chunks.extend(document_chunks)
     progress(0.05, f"{len(chunks)} chunks from {sum(1 for d in documents if not d['rejected'])} documents")
     generated: list[Pair] = []
-    stated = StatedAnswers()  # a fact is asked about once per run, however many documents state it
+    stated = StatedFacts()  # a fact is asked about once per run, however many documents state it
     previous_path: tuple[str, ...] | None = None
     previous_document = ""
     for chunk in chunks:

@@ -10,14 +10,14 @@ document it is about. Each fact gets several phrasings; they share the fact's id
 The answers are extractive, so they are grounded by construction; the checks run on them all the same.
 This is the floor of the yield: a small generator model that emits no usable JSON still leaves these.
 Facts deeper in a section (a port in its third sentence, a command in a table) get pairs of their own
-(fact_pairs.py), unless an answer given before states them already.
+(fact_pairs.py), unless the run has answered them already.
 """
 
 import re
 from pathlib import PurePath
 
 from services.data.documents.chunking import Chunk
-from services.data.documents.fact_pairs import StatedAnswers, fact_pairs, paragraphs
+from services.data.documents.fact_pairs import StatedFacts, fact_pairs, paragraphs
 from services.data.documents.pairs import STRUCTURAL, Pair, fact_id
 
 # Verbs whose heading reads as a task ("Install", "Wipe local data"): they get "how" questions.
@@ -76,12 +76,12 @@ TERM_PHRASINGS = (
 
 
 def structural_pairs(
-    chunk: Chunk, phrasings: int, max_answer_chars: int, continuation: bool, stated: StatedAnswers
+    chunk: Chunk, phrasings: int, max_answer_chars: int, continuation: bool, stated: StatedFacts
 ) -> list[Pair]:
     """Pairs from one chunk; none when the chunk has no heading to ask about. A continuation (a later chunk
     of a section cut for size) asks no question about the heading again: the first chunk answered it.
-    `stated` holds the run's answers so far (a fact one of them states is not asked again); this chunk's
-    answers join it."""
+    `stated` holds the facts the run has answered so far (none is asked again); the facts of this chunk's
+    heading and term answers, and those its per-fact pairs ask, join it."""
     if not chunk.heading_path:
         return []
     topic = _clean_heading(chunk.heading_path[-1])
