@@ -1,7 +1,10 @@
 """Shared fixtures: real gRPC servers on loopback over a temporary data root, the real default model."""
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -118,3 +121,40 @@ def two_torch_threads() -> Iterator[None]:
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(previous)
+
+
+
+@dataclass
+class _DiskLowWater:
+    """The least free space on the disk that holds the tests' temporary files, sampled after each test: a
+    run that fails in a cascade on a full disk then says so in its summary instead of leaving it to guesswork."""
+
+    at_start: int = 0
+    least: int = 0
+    least_after: str = ""
+
+
+_disk = _DiskLowWater()
+
+
+def _free_bytes() -> int:
+    return shutil.disk_usage(tempfile.gettempdir()).free
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    _disk.at_start = _disk.least = _free_bytes()
+
+
+def pytest_runtest_logfinish(nodeid: str, location: tuple[str, int | None, str]) -> None:
+    free = _free_bytes()
+    if free < _disk.least:
+        _disk.least, _disk.least_after = free, nodeid
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    gib = 1024**3
+    where = f" (after {_disk.least_after})" if _disk.least_after else ""
+    terminalreporter.write_line(
+        f"disk free for temporary files: {_disk.at_start / gib:.1f} GiB at the start, "
+        f"least {_disk.least / gib:.1f} GiB{where}"
+    )
