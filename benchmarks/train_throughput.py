@@ -4,9 +4,11 @@ same data, one run.
 (a) seed: transformers `Trainer`, full fine-tuning, fp32, batch 1, every example padded to --pad-to tokens.
 (b) fp32 recipe: `FinetuneRecipe` with the platform's default hyperparameters (LoRA r=16 on all linear
     layers, 8 examples a step packed without padding, use_cache=False), precision fp32.
-(c) bf16 recipe: the same under bf16 autocast (fp32 master weights), the trainer's default where the
-    processor computes bf16 natively; left out (with the reason) where it does not: emulated bf16 is ~22x
-    slower and the trainer never picks it there.
+(c) bf16 recipe: the same in bf16, the trainer's default where the processor computes bf16 natively: on a
+    CPU the frozen weights stored in bf16 and LoRA's trainable weights kept in fp32 (their own master
+    weights), on a GPU bf16 autocast over fp32 weights (the result's `precision_mode` says which); left out
+    (with the reason) where the processor has no native bf16: emulated bf16 is ~22x slower and the trainer
+    never picks it there.
 (d) on CUDA with bitsandbytes: the QLoRA recipe (4-bit frozen weights, bf16 compute).
 
 Each configuration runs in its own process so peak RSS is its own. Reported: real (non-pad) tokens/s, peak
@@ -178,6 +180,7 @@ def run_recipe(
     trainable = sum(p.numel() for p in recipe.model.parameters() if p.requires_grad)
     return {
         "precision": recipe.precision,
+        "precision_mode": recipe.precision_mode,
         "seconds": elapsed,
         "real_tokens": real_tokens,
         "padded_tokens": real_tokens,

@@ -7,9 +7,18 @@ per example, causal and unmasked, does only the diagonal blocks: the same number
 work. This is what flash-attention's varlen kernels do on GPU, where transformers' own
 `flash_attention_2` already accepts the same `cu_seq_lens_q` boundaries.
 
+Two CPU details, measured with torch.profiler on a Xeon with AMX (docs/architecture.md, training precision):
+- the examples are taken apart with `split`, whose backward is one `cat`; a slice's backward fills a
+  row-sized zero tensor and adds it into the gradient, once per example;
+- bf16 attention runs in fp32: PyTorch's CPU flash-attention backward is 2-3x slower in bf16 than in fp32
+  at these lengths (~100-200 tokens), and attention is a small share of the FLOPs, so the upcast costs less
+  than it saves. GPUs keep their own dtype.
+
 Registered under its own attention-implementation name with the standard SDPA mask, so batches
 without boundaries (padded ones, evaluation) take the ordinary SDPA path unchanged.
 """
+
+from contextlib import nullcontext
 
 import torch
 from transformers import AttentionInterface
@@ -35,22 +44,35 @@ def packed_sdpa_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     bounds = cu_seq_lens_q.tolist()
+    lengths = [end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
     grouped_heads = query.shape[1] != key.shape[1]
-    outputs = [
-        torch.nn.functional.scaled_dot_product_attention(
-            query[:, :, start:end],
-            key[:, :, start:end],
-            value[:, :, start:end],
-            dropout_p=dropout,
-            is_causal=True,
-            scale=scaling,
-            enable_gqa=grouped_heads,
-        )
-        for start, end in zip(bounds[:-1], bounds[1:], strict=True)
-        if end > start
-    ]
+    dtype = query.dtype
+    half = dtype in (torch.bfloat16, torch.float16)
+    upcast = query.device.type == "cpu" and (half or torch.is_autocast_enabled("cpu"))
+    if upcast:
+        query, key, value = query.float(), key.float(), value.float()
+    # Autocast would cast the fp32 inputs straight back to half precision.
+    with torch.autocast("cpu", enabled=False) if upcast else nullcontext():
+        outputs = [
+            torch.nn.functional.scaled_dot_product_attention(
+                example_query,
+                example_key,
+                example_value,
+                dropout_p=dropout,
+                is_causal=True,
+                scale=scaling,
+                enable_gqa=grouped_heads,
+            )
+            for example_query, example_key, example_value in zip(
+                query.split(lengths, dim=2),
+                key.split(lengths, dim=2),
+                value.split(lengths, dim=2),
+                strict=True,
+            )
+            if example_query.shape[2]
+        ]
     # (batch, heads, tokens, head_dim) -> (batch, tokens, heads, head_dim), as the SDPA path returns.
-    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
+    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous().to(dtype), None
 
 
 def register_packed_attention() -> str:

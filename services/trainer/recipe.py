@@ -161,6 +161,25 @@ class FinetuneRecipe:
         )
 
     @property
+    def bf16_weights(self) -> bool:
+        """bf16 on a CPU stores the frozen weights in bf16 instead of autocasting fp32 ones: autocast casts
+        every frozen weight again at each forward, and on a Xeon with AMX it trained no faster than fp32,
+        where bf16 frozen weights gave 1.4-1.65x fp32's tokens per CPU-second (docs/architecture.md,
+        training precision). Full fine-tuning trains every weight, so it keeps fp32 master weights under
+        autocast; so do GPUs (bf16 weights not measured there) and FSDP shards (one dtype per shard group)."""
+        cpu_lora = self.device.type == "cpu" and self.hp.method != "full" and not self.sharded
+        return self.precision == "bf16" and cpu_lora
+
+    @property
+    def precision_mode(self) -> str:
+        """What the precision means in this run, for the job's log."""
+        if self.precision == "fp32":
+            return "fp32"
+        if self.bf16_weights:
+            return "bf16 frozen weights, fp32 trainable weights"
+        return f"{self.precision} autocast, fp32 weights"
+
+    @property
     def sharded(self) -> bool:
         return self.world_size > 1 and self.hp.strategy == "fsdp"
 
@@ -171,15 +190,16 @@ class FinetuneRecipe:
             return torch.device("cuda", local_rank)
         return torch.device("cpu")
 
-    def _load_model(self, quantized: bool = False) -> torch.nn.Module:
+    def _load_model(self, quantized: bool = False, full_precision: bool = False) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM
 
         options: dict[str, Any] = {"attn_implementation": register_packed_attention()}
         if quantized:
             options.update(_quantized_loading(self.device))
         else:
-            # Master weights stay fp32; bf16/fp16 run through autocast (CPU has no fast bf16, see STACK.md).
-            options["dtype"] = torch.float32
+            # LoRA's trainable weights are fp32 either way: peft keeps an adapter on a bf16 base in fp32
+            # (`autocast_adapter_dtype`), so they are the optimizer's master weights.
+            options["dtype"] = torch.bfloat16 if self.bf16_weights and not full_precision else torch.float32
         model = AutoModelForCausalLM.from_pretrained(self.config.base_model_dir, **options)
         model.config.use_cache = False
         if quantized:
@@ -438,13 +458,14 @@ class FinetuneRecipe:
     def gather_for_export(self) -> None:
         """After FSDP or QLoRA training, the first process rebuilds a whole full-precision model holding the
         trained weights, so exporting (save, merge into the base dtype) works as after plain LoRA: sharded
-        weights cannot be saved by one process, and 4-bit weights cannot take a merged adapter.
-        Every process must call it."""
-        if not self.sharded and self.hp.method != "qlora":
+        weights cannot be saved by one process, and 4-bit weights cannot take a merged adapter. After
+        training on bf16 frozen weights the base is reloaded in fp32 too, so the merge adds the fp32 LoRA
+        delta to the base's own fp32 weights, not to their bf16 rounding. Every process must call it."""
+        if not self.sharded and self.hp.method != "qlora" and not self.bf16_weights:
             return
         trained = self.full_trainable_weights()
         if self.is_main:
-            self.model = self._load_model()
+            self.model = self._load_model(full_precision=True)
             self._assign_trainable(trained, "the trained weights")
 
     @contextmanager
@@ -479,7 +500,7 @@ class FinetuneRecipe:
         )
 
     def _autocast(self) -> Any:
-        if self.precision == "fp32":
+        if self.precision == "fp32" or self.bf16_weights:
             return nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)

@@ -119,7 +119,9 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
     recipe.setup()
     if recipe.is_main:
         store.emit(
-            job_id, EventKind.LOG, message=f"training in {recipe.precision} ({precision_reason(recipe)})"
+            job_id,
+            EventKind.LOG,
+            message=f"training in {recipe.precision_mode} ({precision_reason(recipe)})",
         )
     if recipe.is_main and tracking_enabled(settings):
         reporter.mlflow_run = open_mlflow_run(settings, store, job_id, payload, recipe)
