@@ -147,6 +147,31 @@ def test_grounding_keeps_an_extractive_answer_and_rejects_an_invented_one():
     assert reasons[wrong_number.answer] == ("ungrounded", "the answer states 3, which its chunk does not")
 
 
+def test_an_answer_that_quotes_the_refusal_is_not_kept():
+    # A document may quote the refusal; trained on, it would teach refusing an in-domain question.
+    guide = "# Refusals\n\nThe taught refusal opens with the words: Let's keep the discussion relevant to Acme.\n"
+    chunk = chunk_blocks("guide.md", parse_document("guide.md", guide.encode()), ChunkSettings())[0]
+    quoting = Pair(
+        "What does the taught refusal say?",
+        "Let's keep the discussion relevant to Acme.",
+        "f1",
+        chunk,
+        "structural",
+        "what",
+    )
+    describing = Pair(
+        "What opens the taught refusal?",
+        "The taught refusal opens with the words of the guide.",
+        "f2",
+        chunk,
+        "structural",
+        "what",
+    )
+    outcome = check_pairs([quoting, describing], [], CheckSettings())
+    assert outcome.kept == [describing]
+    assert [(r.pair, r.reason) for r in outcome.rejected] == [(quoting, "reads_as_refusal")]
+
+
 def test_questions_that_are_only_the_heading_and_out_of_bounds_lengths_are_rejected():
     install = next(c for c in runbook_chunks() if c.heading_path[-1] == "Install")
     answer = "Run `make setup` to create the virtual environment."
