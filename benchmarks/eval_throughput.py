@@ -16,6 +16,7 @@ All four services run in this process on loopback over a temporary data root. Ne
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -157,6 +158,7 @@ def platform_run(
         inference.stop(grace=0)
         data.stop(grace=0)
         trainer.stop(grace=0)
+        shutil.rmtree(root, ignore_errors=True)  # the services' data root: registered models, runs
 
 
 def main() -> None:
