@@ -89,6 +89,12 @@ def generate(
     redact_pii: bool = typer.Option(
         False, "--redact-pii", help="Replace emails, phone numbers and keys in the text before generating."
     ),
+    refusal_text: str = typer.Option(
+        "",
+        "--refusal-text",
+        help="The refusal the model will be taught (`ftctl data prepare --refusal-text`): answers that read "
+        "as it are rejected. Default: the default refusal.",
+    ),
     server_paths: bool = typer.Option(
         False,
         "--server-paths",
@@ -112,6 +118,7 @@ def generate(
         "min_grounding": min_grounding,
         "model_attempts": model_attempts,
         "model_max_tokens": model_max_tokens,
+        "refusal_text": refusal_text,
     }
     if server_paths:
         values["sources"] = [str(path.resolve()) for path in files]

@@ -34,7 +34,7 @@ from ftcommon.specs.train import TrainSpec
 from ftctl.common import console, follow_job, rpc_errors, stub
 from ftctl.data import FORMATS, upload_requests
 from ftctl.data_generate import document_files
-from ftctl.pipeline_spec import DocumentsSpec, PipelineSpec, PipelineSpecError, load_spec
+from ftctl.pipeline_spec import PipelineSpec, PipelineSpecError, load_spec
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -87,10 +87,16 @@ class PipelineResult:
         return bool(self.state.promoted_alias)
 
 
-def generate_request(documents: DocumentsSpec) -> data_pb2.GenerateDatasetRequest:
-    """The documents section as a GenerateDataset request: its settings, the dataset's name, the files' bytes."""
+def generate_request(spec: PipelineSpec) -> data_pb2.GenerateDatasetRequest:
+    """The documents section as a GenerateDataset request: its settings, the dataset's name, the files' bytes.
+    Unless the section says otherwise, answers are checked against the refusal text the model will be taught."""
+    documents = spec.documents
+    assert documents is not None, "a pipeline without documents uploads its dataset"
     sent = [SourceDocument(filename=p.name, content=p.read_bytes()) for p in document_files(documents.paths)]
-    return documents.generate.model_copy(update={"name": documents.name, "documents": sent}).to_request()
+    supplied: dict[str, Any] = {"name": documents.name, "documents": sent}
+    if "refusal_text" not in documents.generate.model_fields_set and spec.prepare.refusals.refusal_text:
+        supplied["refusal_text"] = spec.prepare.refusals.refusal_text
+    return documents.generate.model_copy(update=supplied).to_request()
 
 
 def prepare_request(spec: PipelineSpec, dataset_id: str) -> data_pb2.PrepareDatasetRequest:
@@ -154,7 +160,7 @@ class PipelineRunner:
             console.print(f"[green]✓[/green] dataset {self.state.dataset_id} (already uploaded)")
             return
         if self.spec.documents is not None:
-            self.generate(self.spec.documents)
+            self.generate()
             return
         path = self.spec.dataset.path
         options = data_pb2.IngestOptions(
@@ -180,9 +186,9 @@ class PipelineRunner:
             f"[green]✓[/green] dataset {dataset.id}: {counts.rows_kept} rows kept, {counts.rows_rejected} rejected"
         )
 
-    def generate(self, documents: DocumentsSpec) -> None:
+    def generate(self) -> None:
         """The dataset from the pipeline's documents (GenerateDataset), in place of an upload."""
-        job = self.data.GenerateDataset(generate_request(documents), timeout=600)
+        job = self.data.GenerateDataset(generate_request(self.spec), timeout=600)
         self._follow(self.data.WatchGenerateJob, job.status.id, "generate")
         job = self.data.GetGenerateJob(data_pb2.GetGenerateJobRequest(id=job.status.id))
         self._require_success(job.status, "generate")

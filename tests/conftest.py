@@ -123,7 +123,6 @@ def two_torch_threads() -> Iterator[None]:
     torch.set_num_threads(previous)
 
 
-
 @dataclass
 class _DiskLowWater:
     """The least free space on the disk that holds the tests' temporary files, sampled after each test: a

@@ -149,7 +149,9 @@ def test_grounding_keeps_an_extractive_answer_and_rejects_an_invented_one():
 
 def test_an_answer_that_quotes_the_refusal_is_not_kept():
     # A document may quote the refusal; trained on, it would teach refusing an in-domain question.
-    guide = "# Refusals\n\nThe taught refusal opens with the words: Let's keep the discussion relevant to Acme.\n"
+    guide = (
+        "# Refusals\n\nThe taught refusal opens with the words: Let's keep the discussion relevant to Acme.\n"
+    )
     chunk = chunk_blocks("guide.md", parse_document("guide.md", guide.encode()), ChunkSettings())[0]
     quoting = Pair(
         "What does the taught refusal say?",
@@ -170,6 +172,22 @@ def test_an_answer_that_quotes_the_refusal_is_not_kept():
     outcome = check_pairs([quoting, describing], [], CheckSettings())
     assert outcome.kept == [describing]
     assert [(r.pair, r.reason) for r in outcome.rejected] == [(quoting, "reads_as_refusal")]
+
+
+def test_the_refusal_checked_is_the_one_the_model_will_be_taught():
+    guide = "# Scope\n\nOur bot answers: I only answer questions about the Acme billing system.\n"
+    chunk = chunk_blocks("guide.md", parse_document("guide.md", guide.encode()), ChunkSettings())[0]
+    quoting = Pair(
+        "What does the bot answer off topic?",
+        "I only answer questions about the Acme billing system.",
+        "f1",
+        chunk,
+        "structural",
+        "what",
+    )
+    assert check_pairs([quoting], [], CheckSettings()).kept == [quoting]  # not the default refusal
+    custom = CheckSettings(refusal_text="I only answer questions about the Acme billing system.")
+    assert [r.reason for r in check_pairs([quoting], [], custom).rejected] == ["reads_as_refusal"]
 
 
 def test_questions_that_are_only_the_heading_and_out_of_bounds_lengths_are_rejected():

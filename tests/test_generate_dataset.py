@@ -317,6 +317,7 @@ def test_kill_during_generation_then_restart(trainer_server, inference_server, d
 
 def test_a_pipeline_file_generates_its_dataset_from_documents(data_server, data_stub, tmp_path):
     from ftcommon.settings import ServiceAddresses
+    from ftcommon.specs.prepare import RefusalOptions
     from ftctl.pipeline import PipelineRunner, generate_request
     from ftctl.pipeline_spec import PipelineSpecError, load_spec
 
@@ -330,10 +331,18 @@ def test_a_pipeline_file_generates_its_dataset_from_documents(data_server, data_
         "prepare: {max_seq_len: 256}\n"
     )
     spec = load_spec(pipeline)
-    request = generate_request(spec.documents)
+    request = generate_request(spec)
     assert [d.filename for d in request.documents] == ["guide.docx", "runbook.md"]
     assert (request.name, request.chunk_max_chars, request.phrasings_per_fact) == ("docs-qa", 800, 2)
     assert not request.HasField("min_grounding")  # left to the spec's default on the server
+    assert request.refusal_text == ""
+    # Answers are checked against the refusal the model will be taught, unless the section names another.
+    taught = spec.model_copy(
+        update={
+            "prepare": spec.prepare.model_copy(update={"refusals": RefusalOptions(refusal_text="Ask HR.")})
+        }
+    )
+    assert generate_request(taught).refusal_text == "Ask HR."
 
     runner = PipelineRunner(spec, tmp_path / "state.json", ServiceAddresses(data_address=data_server.address))
     runner._forget_outdated_steps()

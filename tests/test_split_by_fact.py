@@ -61,7 +61,11 @@ def test_every_multi_phrasing_fact_is_trained_and_tested_in_other_words(data_stu
     for line, row in enumerate(rows, start=1):
         splits_of_fact[row["fact_id"]].add(split_of[line])
     for fact in (f"fact-{f}" for f in range(12)):
-        assert {"train", "test"} <= splits_of_fact[fact], fact
+        assert "train" in splits_of_fact[fact] and splits_of_fact[fact] & {"test", "validation"}, fact
+    # Each fact has room for one held-out phrasing; with validation and test shares equal, half of them
+    # go to validation, so the validation split asked for is not empty.
+    held_out = [split for f in range(12) for split in splits_of_fact[f"fact-{f}"] if split != "train"]
+    assert held_out.count("validation") == held_out.count("test") == 6
     assert split_of[1] == split_of[len(rows) + 1]
     version = data_stub.GetPreparedVersion(data_pb2.GetPreparedVersionRequest(id=job.prepared_version_id))
     assert any(w.startswith("split by phrasing within a fact: 13 of 15 facts") for w in version.warnings)
@@ -121,3 +125,21 @@ def test_same_seed_same_split_and_plain_rows_follow_the_normal_split():
 )
 def test_held_out_phrasings_leave_train_most(phrasings, fractions, expected):
     assert held_out_counts(phrasings, fractions) == expected
+
+
+@pytest.mark.parametrize(
+    ("fractions", "validation_facts"),
+    [((0.8, 0.1, 0.1), 20), ((0.8, 0.05, 0.15), 10), ((0.9, 0.0, 0.1), 0), ((0.9, 0.1, 0.0), 40)],
+)
+def test_one_held_out_phrasing_goes_to_validation_in_its_share(fractions, validation_facts):
+    groups = [f"line:{i}" for i in range(120)]
+    facts = [f"fact-{i // 3}" for i in range(120)]  # 40 facts, three phrasings each
+    split = split_by_fact_phrasing(groups, facts, fractions, seed=7)
+    by_fact: dict[str, list[str]] = defaultdict(list)
+    for fact, assigned in zip(facts, split.assignment, strict=True):
+        by_fact[fact].append(assigned)
+    assert all(
+        sorted(s) in (["test", "train", "train"], ["train", "train", "validation"]) for s in by_fact.values()
+    )
+    assert sum("validation" in s for s in by_fact.values()) == validation_facts
+    assert split.summary["held_out_rows"] == {"test": 40 - validation_facts, "validation": validation_facts}

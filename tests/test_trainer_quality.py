@@ -127,7 +127,9 @@ def test_lora_training_cuts_validation_loss_and_beats_the_base_model_on_training
     splits = sample_splits(tokenizer)
     prepared = write_splits(splits, tmp_path / "prepared")
     recipe = FinetuneRecipe(
-        RecipeConfig(default_model_dir, prepared, tmp_path / "work", Hyperparameters.model_validate(HYPERPARAMETERS))
+        RecipeConfig(
+            default_model_dir, prepared, tmp_path / "work", Hyperparameters.model_validate(HYPERPARAMETERS)
+        )
     )
     recipe.setup()
     # LoRA's B matrices start at zero, so before training the adapted model computes the base model.

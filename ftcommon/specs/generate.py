@@ -83,6 +83,11 @@ class GenerateSpec(BaseModel):
     model_max_tokens: int = Field(
         DEFAULT_MODEL_MAX_TOKENS, ge=16, le=1024, description="The longest generator reply in tokens."
     )
+    refusal_text: str = Field(
+        "",
+        description="The refusal the tuned model will be taught (prepare's refusals.refusal_text): answers "
+        "the evaluator would read as it are rejected; empty: the default refusal.",
+    )
 
     @model_validator(mode="after")
     def _overlap_under_half(self) -> "GenerateSpec":

@@ -3,8 +3,12 @@
 Rows that share a fact id (GenerateDataset writes one per fact) state one fact in different words. A split
 that keeps near duplicates together puts all of a fact's phrasings in one split, so a test row never asks a
 trained fact in new words and the test measures recall of seen text or of unseen facts, not of facts. Here a
-fact's phrasings are spread instead: most go to train, at least one to test (and one to validation when its
-share allows), chosen by the seed. Rows that must stay together still do: exact duplicates (whatever their
+fact's phrasings are spread instead: most go to train, at least one is held out (to test, and to validation
+too when its share allows), chosen by the seed. A fact with room for one held-out phrasing only (three
+phrasings: two trained, one held out) gives it to test or to validation; across such facts the held-out
+phrasings go to validation in the share validation / (validation + test), so a validation split that was
+asked for is not left empty (the trainer's validation loss then measures new words for trained facts).
+Rows that must stay together still do: exact duplicates (whatever their
 facts; facts sharing a row are split as one), and near duplicates among rows without a fact id. Near
 duplicates among rows with fact ids are phrasings by design (within a fact) or were removed at generation
 (across facts, services/data/documents/checks.py), so they do not join groups here.
@@ -105,12 +109,14 @@ def split_by_fact_phrasing(
     held_rows = dict.fromkeys(HELD_OUT_SPLITS, 0)
     trained_rows = 0
     spread: set[str] = set()
-    for root, fact_groups in phrasings.items():
+    one_held_out = _OneHeldOutDealer(fractions)
+    for root in sorted(phrasings, key=lambda r: _order(seed, r)):
+        fact_groups = phrasings[root]
         if len(fact_groups) < 2:
             continue
         spread.add(root)
         ordered = sorted(fact_groups, key=lambda g: _order(seed, g))
-        counts = held_out_counts(len(ordered), fractions)
+        counts = one_held_out.deal(held_out_counts(len(ordered), fractions))
         dealt = [split for split in HELD_OUT_SPLITS for _ in range(counts[split])]
         for position, group in enumerate(ordered):
             split = dealt[position] if position < len(dealt) else "train"
@@ -136,6 +142,26 @@ def split_by_fact_phrasing(
             "held_out_rows": held_rows,
         },
     )
+
+
+class _OneHeldOutDealer:
+    """Sends the one held-out phrasing of successive facts to validation in its share of the held-out
+    splits (validation / (validation + test)), to test otherwise, evenly spread over the facts."""
+
+    def __init__(self, fractions: tuple[float, float, float]) -> None:
+        _, validation, test = fractions
+        self.validation_share = validation / (validation + test) if validation > 0 and test > 0 else 0.0
+        self.dealt = 0
+        self.to_validation = 0
+
+    def deal(self, counts: dict[str, int]) -> dict[str, int]:
+        if self.validation_share == 0 or counts != {"test": 1, "validation": 0}:
+            return counts
+        self.dealt += 1
+        if int(self.dealt * self.validation_share) > self.to_validation:
+            self.to_validation += 1
+            return {"test": 0, "validation": 1}
+        return counts
 
 
 def _order(seed: int, group: str) -> str:

@@ -9,8 +9,8 @@ In order:
    3.11, stop words left out) found in its chunk, at least `min_grounding`; the score is reported with every
    pair. An answer that states a number or version its chunk does not hold is rejected whatever its score:
    invented numbers are the commonest invented facts.
-4. Not the refusal: an answer the evaluator's refusal detector (ftcommon/refusal_detection.py, the default
-   refusal text) reads as a refusal is rejected. A document may quote the refusal (this project's own
+4. Not the refusal: an answer the evaluator's refusal detector (ftcommon/refusal_detection.py, with the
+   refusal text the model will be taught, the default unless given) reads as a refusal is rejected. A document may quote the refusal (this project's own
    docs/preference_tuning.md does); as a training row it would teach refusing an in-domain question, and the
    evaluator would count its held-out phrasing as an off-topic question and judge the run by the refusal rule.
 5. Duplicates in the generated set (services/data/duplicates.py): a question asked twice keeps its first
@@ -22,6 +22,7 @@ In order:
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from ftcommon.refusal_detection import DEFAULT_REFUSAL_TEXT, RefusalDetector
 from ftcommon.specs.generate import DEFAULT_MIN_GROUNDING
@@ -29,7 +30,6 @@ from services.data.documents.pairs import Pair, Rejected
 from services.data.duplicates import find_duplicates, normalise
 from services.data.records import Conversation
 
-_REFUSAL = RefusalDetector(DEFAULT_REFUSAL_TEXT)
 _TOKEN = re.compile(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*")
 _STOP_WORDS = frozenset(
     "a an the and or but of to in on at for from by with without into over under as is are was were be been "
@@ -49,6 +49,11 @@ class CheckSettings:
     max_answer_chars: int = 1200
     min_grounding: float = DEFAULT_MIN_GROUNDING
     near_duplicate_threshold: float = 0.7
+    refusal_text: str = DEFAULT_REFUSAL_TEXT
+
+    @cached_property
+    def refusal_detector(self) -> RefusalDetector:
+        return RefusalDetector(self.refusal_text)
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,7 @@ def _check_one(pair: Pair, settings: CheckSettings, grounding: dict[int, float])
             "ungrounded",
             f"grounding {score:.2f} under {settings.min_grounding:.2f}: the chunk does not say it",
         )
-    if _REFUSAL.is_refusal(answer):
+    if settings.refusal_detector.is_refusal(answer):
         return Rejected(pair, "reads_as_refusal", "the evaluator would read the answer as the refusal")
     return None
 
