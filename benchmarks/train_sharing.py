@@ -7,7 +7,9 @@ together and train for --seconds; throughput is real tokens over the steps finis
 
 Two OpenMP wait policies are compared, each solo and as a pair:
 - spin: the OpenMP default (threads spin at each barrier for a while before sleeping);
-- passive: what the trainer worker gives its job processes (ftcommon.hardware.sharing_thread_environment).
+- passive: what the trainer worker gives its job processes (ftcommon.hardware.sharing_thread_environment);
+- spincount-N (--spin-counts N ...): the default policy with libgomp's spin bounded to N iterations
+  (GOMP_SPINCOUNT; torch's CPU wheels use libgomp) before a waiting thread sleeps.
 Target (issue 17): each of a pair keeps >= 40% of its solo throughput.
 
     .venv/bin/python benchmarks/train_sharing.py --seconds 20
@@ -64,8 +66,11 @@ def train_for(model_dir: Path, prepared: Path, seconds: float) -> dict[str, floa
 
 def run_together(count: int, policy: str, args: argparse.Namespace, prepared: Path) -> list[dict]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("OMP_")}
+    env.pop("GOMP_SPINCOUNT", None)
     if policy == "passive":
         env.update(sharing_thread_environment(thread_count(0)))
+    elif policy.startswith("spincount-"):
+        env.update(OMP_NUM_THREADS=str(thread_count(0)), GOMP_SPINCOUNT=policy.removeprefix("spincount-"))
     command = [sys.executable, __file__, "--child", "--prepared", str(prepared)]
     command += ["--model-dir", args.model_dir, "--seconds", str(args.seconds)]
     children = [
@@ -96,6 +101,13 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=64, help="distinct training examples")
     parser.add_argument("--max-len", type=int, default=256)
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
+    parser.add_argument(
+        "--spin-counts",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also bounded spins of N iterations (GOMP_SPINCOUNT)",
+    )
     parser.add_argument("--tiny", action="store_true", help="2 s windows, the passive policy only")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--prepared", help=argparse.SUPPRESS)
@@ -103,7 +115,7 @@ def main() -> None:
     if args.child:
         print(json.dumps(train_for(Path(args.model_dir), Path(args.prepared), args.seconds)))
         return
-    policies = POLICIES
+    policies = POLICIES + tuple(f"spincount-{count}" for count in args.spin_counts)
     if args.tiny:
         args.seconds, args.examples, args.max_len, policies = 2.0, 8, 64, ("passive",)
     report: dict[str, object] = {
