@@ -10,9 +10,10 @@ In order:
    pair. An answer that states a number or version its chunk does not hold is rejected whatever its score:
    invented numbers are the commonest invented facts.
 4. Not the refusal: an answer the evaluator's refusal detector (ftcommon/refusal_detection.py, with the
-   refusal text the model will be taught, the default unless given) reads as a refusal is rejected. A document may quote the refusal (this project's own
-   docs/preference_tuning.md does); as a training row it would teach refusing an in-domain question, and the
-   evaluator would count its held-out phrasing as an off-topic question and judge the run by the refusal rule.
+   refusal text the model will be taught, the default unless given) reads as a refusal is rejected. A
+   document may quote the refusal (this project's own docs/preference_tuning.md does); as a training row it
+   would teach refusing an in-domain question, and the evaluator would count its held-out phrasing as an
+   off-topic question and judge the run by the refusal rule.
 5. Duplicates in the generated set (services/data/duplicates.py): a question asked twice keeps its first
    pair; pairs of different facts whose question and answer are near duplicates keep the first fact's.
 6. Contamination guard: a question that duplicates (exactly or nearly) a question of an evaluation set the
