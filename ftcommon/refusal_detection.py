@@ -47,10 +47,17 @@ _REFUSING_OPENINGS = (
 
 @dataclass(frozen=True)
 class RefusalDetector:
-    """Tells the taught refusal, in any words, from an answer by its similarity to the refusal text."""
+    """Tells the taught refusal, in any words, from an answer by its similarity to the refusal text.
+
+    A blank refusal text means the default one: requests leave the field empty when the model was taught
+    the default refusal, and every caller would otherwise have to spell that out."""
 
     refusal_text: str = DEFAULT_REFUSAL_TEXT
     threshold: float = REFUSAL_SIMILARITY_THRESHOLD
+
+    def __post_init__(self) -> None:
+        if not self.refusal_text.strip():
+            object.__setattr__(self, "refusal_text", DEFAULT_REFUSAL_TEXT)  # frozen: set once, here
 
     def similarity(self, answer: str) -> float:
         """The share of the refusal's words found in order in the answer's opening (0 for no refusal)."""

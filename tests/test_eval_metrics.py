@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from ftcommon.refusal_detection import RefusalDetector
+from ftcommon.refusal_detection import DEFAULT_REFUSAL_TEXT, RefusalDetector
 from ftcommon.word_sequences import lcs_length, normalize
 from services.eval import error_analysis
 from services.eval.error_analysis import AnswerFacts, categorize, is_repetition_loop
@@ -61,6 +61,14 @@ def test_refusal_detection_by_similarity() -> None:
     assert LAMINI_REFUSAL.is_refusal("Lets keep the discussion relevant to cooking")
     assert not LAMINI_REFUSAL.is_refusal("Lamini is a library for training language models.")
     assert not LAMINI_REFUSAL.is_refusal("")
+
+
+def test_a_blank_refusal_text_means_the_default_refusal() -> None:
+    for blank in ("", "   "):
+        detector = RefusalDetector(blank)
+        assert detector.refusal_text == DEFAULT_REFUSAL_TEXT
+        assert detector.is_refusal("Let's keep the discussion relevant to our products.")
+        assert not detector.is_refusal("Lamini trains models on your own data.")
 
 
 def test_bootstrap_interval_constant_and_known_spread() -> None:

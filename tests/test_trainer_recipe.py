@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
 from trainer_support import write_prepared_version
 
 from ftcommon.hardware import cpu_has_native_bf16
@@ -199,8 +200,9 @@ def test_resume_from_checkpoint_is_exact(default_model_dir, prepared_dir, tmp_pa
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=name)
 
 
-# Measured on a Xeon with AMX (6 steps, lr 1e-3, loss 2.47 -> 0.96): bf16 frozen weights worst step 1.9% apart,
-# median 0.8%; bf16 autocast (before) worst 2.2%, median 0.5%.
+# Measured on a Xeon with AMX (6 steps, lr 1e-3, loss 2.47 -> 0.96): bf16 frozen weights and bf16 adapter compute
+# worst step 2.0% apart, median 0.75%; bf16 frozen weights with fp32 adapter compute worst 1.9%,
+# median 0.8%; bf16 autocast over fp32 weights worst 2.2%, median 0.5%.
 # A bf16 path that failed to learn or mis-scaled the loss would be tens of percent off by the last steps.
 BF16_LOSS_BOUND = 0.08
 
@@ -221,6 +223,11 @@ def test_bf16_loss_curve_follows_fp32(default_model_dir, prepared_dir, tmp_path)
         frozen = {p.dtype for p in recipe.model.parameters() if not p.requires_grad}
         assert frozen == {torch.bfloat16 if precision == "bf16" else torch.float32}
         assert {p.dtype for p in recipe.trainable} == {torch.float32}
+        # bf16: the adapters take their bf16 inputs as they are (no fp32 copy of every layer's input).
+        casting = {
+            m.cast_input_dtype_enabled for m in recipe.model.modules() if isinstance(m, BaseTunerLayer)
+        }
+        assert casting == {precision == "fp32"}
     assert curves["bf16"] != curves["fp32"], "bf16 must actually change the arithmetic"
     for fp32_loss, bf16_loss in zip(curves["fp32"], curves["bf16"], strict=True):
         assert bf16_loss == pytest.approx(fp32_loss, rel=BF16_LOSS_BOUND)

@@ -28,7 +28,6 @@ from ftcommon.ids import sha256_bytes
 from ftcommon.job_runtime import Finished, JobContext, JobFailed, JobRuntime
 from ftcommon.jobs import Job, JobStore
 from ftcommon.protoconv import artifact_ref, job_status
-from ftcommon.refusal_detection import DEFAULT_REFUSAL_TEXT
 from ftcommon.specs.generate import GenerateSpec, SourceDocument
 from services.data.base_models import BaseModels
 from services.data.catalog import Catalog
@@ -53,7 +52,7 @@ def generation_settings(spec: GenerateSpec, near_threshold: float) -> Generation
         max_answer_chars=max(spec.max_answer_chars, CheckSettings().max_answer_chars),
         min_grounding=spec.min_grounding,
         near_duplicate_threshold=near_threshold,
-        refusal_text=spec.refusal_text.strip() or DEFAULT_REFUSAL_TEXT,
+        refusal_text=spec.refusal_text,
     )
     chunking = ChunkSettings(spec.chunk_max_chars, spec.chunk_overlap_chars)
     return GenerationSettings(

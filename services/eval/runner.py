@@ -20,7 +20,7 @@ from ftcommon.artifacts import ArtifactStore
 from ftcommon.errors import InvalidArgument, Unavailable, describe_rpc_error
 from ftcommon.job_runtime import JobStopped
 from ftcommon.jobs import EventKind, JobStore
-from ftcommon.refusal_detection import DEFAULT_REFUSAL_TEXT, RefusalDetector
+from ftcommon.refusal_detection import RefusalDetector
 from ftcommon.sources import confine_local_path
 from ftcommon.specs.evaluate import EvalSpec
 from services.eval import benchmarks
@@ -112,7 +112,7 @@ class RunExecutor:
         if JUDGE in wanted and not (request.judge_model or self.settings.judge_model):
             raise InvalidArgument("the judge metric needs a judge model", field="judge_model")
         examples, refusal_text = self._examples(request)
-        detector = RefusalDetector(refusal_text or DEFAULT_REFUSAL_TEXT)
+        detector = RefusalDetector(refusal_text)
         examples = _classify_references(examples, detector)
         models = [self.clients.resolve_model(reference.strip()) for reference in request.models]
         labels = _unique_labels([m.reference for m in models])
