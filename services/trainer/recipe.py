@@ -41,6 +41,7 @@ from services.trainer.batches import (
     load_split,
     summed_loss_and_hits,
 )
+from services.trainer.fused_lora import fuse_lora_linear_layers
 from services.trainer.packed_attention import register_packed_attention
 from services.trainer.preference import (
     DpoObjective,
@@ -228,6 +229,8 @@ class FinetuneRecipe:
             target_modules=targets,
             task_type="CAUSAL_LM",
         )
+        if self.hp.method != "qlora":
+            fuse_lora_linear_layers(lora)
         return get_peft_model(model, lora)
 
     @property
