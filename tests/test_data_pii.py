@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from finetune.v1 import data_pb2
 from ftctl.data import app
+from services.data.pii import MAY_CONTAIN, PATTERNS, scan_text
 from services.data.splitting import SPLITS
 
 PERSON = "jane.doe@gmail.com"
@@ -201,3 +202,35 @@ def test_a_database_from_before_gains_the_split_pii_column(tmp_path):
     assert "0002_prepared_version_split_pii" in database.migrate()
     assert "split_pii" in {c["name"] for c in inspect(engine).get_columns("prepared_versions")}
     assert Catalog(database).get_version("pv-old").split_pii == {}
+
+
+SECRETS = [
+    "sk-proj-abcdefghijklmnopqrstuvwxyz0123",
+    "AKIAABCDEFGHIJKLMNOP",
+    "ghp_" + "a1" * 18,
+    "xoxb-1234567890-abcdef",
+    "AIza" + "B" * 35,
+    PERSON,
+    PRINTER,
+    PERSON_PHONE,
+    "(020) 7946 0958",
+    "555.123.4567",
+]
+
+
+@pytest.mark.parametrize("secret", SECRETS)
+def test_the_quick_tests_never_skip_a_text_a_pattern_matches(secret):
+    """scan_text runs a pattern only where its quick test says it may match: each finding of the patterns
+    themselves must pass its kind's test, or the quick test would hide PII."""
+    text = f"Call or write: {secret}, thanks."
+    found = [
+        (kind, start, end)
+        for kind, pattern in PATTERNS
+        for m in pattern.finditer(text)
+        for start, end in [m.span()]
+    ]
+    assert found, "the sample must hold PII for this test to mean anything"
+    for kind, _, _ in found:
+        assert MAY_CONTAIN[kind](text), kind
+    assert scan_text(text)
+    assert scan_text("Lamini runs on 2 GPUs in 2024, version 1.2.3.") == []
