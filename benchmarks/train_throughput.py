@@ -11,7 +11,10 @@ same data, one run.
     never picks it there.
 (d) on CUDA with bitsandbytes: the QLoRA recipe (4-bit frozen weights, bf16 compute).
 
-Each configuration runs in its own process so peak RSS is its own. Reported: real (non-pad) tokens/s, peak
+The recipes run --rounds times each, alternating (fp32, bf16, then bf16, fp32, ...), so that a slow stretch of
+a shared machine falls on both: each is reported at its median round, and bf16's speedup over fp32 is the
+median of the rounds' ratios (each pair run back to back). The seed way runs once (its three minutes dwarf the
+noise). Each configuration runs in its own process so peak RSS is its own. Reported: real (non-pad) tokens/s, peak
 RSS, and model-FLOPs utilisation (MFU) against the matmul peak of the dtype it computes in, measured in this
 run (a 2048x2048 by 2048x2048 product, repeated for 3 s), or --peak-flops-fp32/-bf16. The FLOP formula is
 written into the result file (FLOP_FORMULA). The recipes get --warmup-steps untimed steps first (the seed
@@ -189,6 +192,29 @@ def run_recipe(
     }
 
 
+def median_round(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """The round whose tokens/s is the median (the lower middle one of an even count), with every round's
+    tokens/s beside it."""
+    rates = [r["real_tokens"] / r["seconds"] for r in rounds]
+    middle = sorted(range(len(rounds)), key=rates.__getitem__)[(len(rounds) - 1) // 2]
+    return {**rounds[middle], "rounds_real_tokens_per_second": rates}
+
+
+def median_ratio(numerators: list[dict[str, float]], denominators: list[dict[str, float]]) -> float:
+    """The median over rounds of one configuration's tokens/s over another's, round by round."""
+    ratios = sorted(
+        (a["real_tokens"] / a["seconds"]) / (b["real_tokens"] / b["seconds"])
+        for a, b in zip(numerators, denominators, strict=True)
+    )
+    middle = len(ratios) // 2
+    return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
+
+
+def round_order(recipes: list[str], rounds: int) -> list[str]:
+    """Every recipe once a round, the order reversed each round (A B, B A, A B, ...)."""
+    return [config for index in range(rounds) for config in (recipes if index % 2 == 0 else recipes[::-1])]
+
+
 def child(args: argparse.Namespace) -> None:
     configure_torch_threads(thread_count(args.threads))  # as the trainer's job processes do
     prepared = Path(args.prepared)
@@ -217,6 +243,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="0: every CPU this process may use")
     parser.add_argument("--matmul-seconds", type=float, default=3.0, help="how long each matmul peak runs")
     parser.add_argument("--warmup-steps", type=int, default=1, help="untimed recipe steps before timing")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each recipe, alternating; median kept")
     parser.add_argument(
         "--seed-examples", type=int, default=0, help="examples the seed way trains on; 0: all"
     )
@@ -227,7 +254,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.tiny:
         args.examples, args.pad_to, args.matmul_seconds, args.warmup_steps = 8, 32, 0.3, 0
-        args.seed_examples = 1
+        args.seed_examples, args.rounds = 1, 2
     if args.config:
         child(args)
         return
@@ -236,22 +263,23 @@ def main() -> None:
     peaks = {"fp32": args.peak_flops_fp32 or measure_matmul_peak(torch.float32, args.matmul_seconds)}
     if native_bf16:
         peaks["bf16"] = args.peak_flops_bf16 or measure_matmul_peak(torch.bfloat16, args.matmul_seconds)
-    configs = ["seed", "fp32_recipe"]
+    recipes = ["fp32_recipe"]
     if native_bf16:
-        configs.append("bf16_recipe")
+        recipes.append("bf16_recipe")
     if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"):
-        configs.append("qlora_recipe")  # 4-bit frozen weights: CUDA and bitsandbytes only
+        recipes.append("qlora_recipe")  # 4-bit frozen weights: CUDA and bitsandbytes only
+    rounds: dict[str, list[dict[str, float]]] = {config: [] for config in ["seed", *recipes]}
     with tempfile.TemporaryDirectory() as folder:
         prepared = write_prepared(Path(args.model_dir), args.examples, args.pad_to, Path(folder))
-        results = {}
-        for config in configs:
+        for config in ["seed", *round_order(recipes, max(1, args.rounds))]:
             command = [sys.executable, __file__, "--config", config, "--prepared", str(prepared)]
             command += ["--model-dir", args.model_dir, "--examples", str(args.examples)]
             command += ["--pad-to", str(args.pad_to), "--threads", str(args.threads)]
             command += ["--warmup-steps", str(args.warmup_steps), "--seed-examples", str(args.seed_examples)]
             output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            results[config] = json.loads(output.strip().splitlines()[-1])
-            print(config, json.dumps(results[config]), flush=True)
+            rounds[config].append(json.loads(output.strip().splitlines()[-1]))
+            print(config, json.dumps(rounds[config][-1]), flush=True)
+    results = {config: median_round(runs) for config, runs in rounds.items()}
     for config, result in results.items():
         result["real_tokens_per_second"] = result["real_tokens"] / result["seconds"]
         result["mfu"] = result["model_flops"] / result["seconds"] / peaks[COMPUTE_DTYPE[config]]
@@ -260,7 +288,7 @@ def main() -> None:
     speedups = {"fp32_recipe_vs_seed": rate["fp32_recipe"] / rate["seed"]}
     if "bf16_recipe" in rate:
         speedups["bf16_recipe_vs_seed"] = rate["bf16_recipe"] / rate["seed"]
-        speedups["bf16_recipe_vs_fp32_recipe"] = rate["bf16_recipe"] / rate["fp32_recipe"]
+        speedups["bf16_recipe_vs_fp32_recipe"] = median_ratio(rounds["bf16_recipe"], rounds["fp32_recipe"])
     report = {
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "cpu": cpu_report(),
@@ -269,6 +297,11 @@ def main() -> None:
         "examples": args.examples,
         "seed_examples": args.seed_examples or args.examples,
         "recipe_warmup_steps": args.warmup_steps,
+        "recipe_rounds": max(1, args.rounds),
+        "rounds_note": (
+            "each recipe ran recipe_rounds times, alternating; a recipe's figures are its median round's, and "
+            "bf16_recipe_vs_fp32_recipe is the median of the rounds' ratios"
+        ),
         "tiny": args.tiny,
         "flop_formula": FLOP_FORMULA,
         "matmul_peak_flops": peaks,

@@ -1,6 +1,7 @@
 """The benchmarks cannot rot: `make bench` (benchmarks/run_all.py) at tiny settings writes every result file,
 each naming the processor it ran on; the GPU check's dry run passes on a CPU machine."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -38,6 +39,8 @@ def test_every_benchmark_runs_at_tiny_settings(tmp_path, lamini_docs):
     train = results["train_throughput"]
     assert "6N per token" in train["flop_formula"] and "4N + 2N_t" in train["flop_formula"]
     assert train["fp32_recipe_lora_packed"]["precision"] == "fp32"
+    assert train["recipe_rounds"] == 2
+    assert len(train["fp32_recipe_lora_packed"]["rounds_real_tokens_per_second"]) == 2
     assert 0 < train["fp32_recipe_lora_packed"]["mfu"] < 1
     assert ("bf16" in train["matmul_peak_flops"]) == native_bf16
     if native_bf16:
@@ -68,3 +71,33 @@ def test_gpu_check_dry_run_passes_without_a_gpu():
     assert "dry run: every step is in place" in run.stdout
     for step in ("train_default", "serve_vllm", "invariant_tests"):
         assert f"would run [{step}" in run.stdout
+
+
+def _train_throughput():
+    spec = importlib.util.spec_from_file_location(
+        "train_throughput", REPO / "benchmarks" / "train_throughput.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recipe_rounds_alternate_and_report_medians():
+    bench = _train_throughput()
+    assert bench.round_order(["fp32", "bf16"], 3) == ["fp32", "bf16", "bf16", "fp32", "fp32", "bf16"]
+    # tokens/s 100, 300, 200: the median round is the third; a noisy round does not move it.
+    fp32 = [
+        {"real_tokens": 100, "seconds": 1.0},
+        {"real_tokens": 300, "seconds": 1.0},
+        {"real_tokens": 400, "seconds": 2.0},
+    ]
+    bf16 = [
+        {"real_tokens": 160, "seconds": 1.0},
+        {"real_tokens": 330, "seconds": 1.0},
+        {"real_tokens": 320, "seconds": 1.0},
+    ]
+    median = bench.median_round(fp32)
+    assert median["seconds"] == 2.0 and median["rounds_real_tokens_per_second"] == [100, 300, 200]
+    # Round ratios 1.6, 1.1, 1.6: the median is 1.6, where the ratio of medians (320 / 200) happens to agree.
+    assert bench.median_ratio(bf16, fp32) == pytest.approx(1.6)
+    assert bench.median_ratio(bf16[:2], fp32[:2]) == pytest.approx((1.6 + 1.1) / 2)
