@@ -26,7 +26,6 @@ SHINGLE_WORDS = 3
 _SIGNATURE_SEED = 20240611  # fixed, so the same file always gives the same report
 _SHINGLES_PER_BATCH = 4096  # a (shingles x permutations) uint32 block of 2 MB stays in cache
 _NON_WORD = re.compile(r"[^0-9a-z]+")
-_WORD = re.compile(r"[0-9a-z]+")  # the words of normalise(text), found in one pass
 # Odd 64-bit constants that mix a shingle's three word ids into one hash (wrapping multiplication).
 _MIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xC2B2AE3D27D4EB4F), np.uint64(0x165667B19E3779F9))
 
@@ -42,19 +41,23 @@ def normalise(text: str) -> str:
     return _NON_WORD.sub(" ", text.lower()).strip()
 
 
-def conversation_key(conversation: Conversation) -> str:
-    key = "\n".join(f"{m['role']}:{normalise(m['content'])}" for m in conversation.messages)
+def conversation_key(normalised: list[str], conversation: Conversation) -> str:
+    """The exact-duplicate key of a conversation whose messages' normalised contents are `normalised`."""
+    key = "\n".join(f"{m['role']}:{text}" for m, text in zip(conversation.messages, normalised, strict=True))
     # Pairs that share a prompt and chosen answer but reject different answers are different rows.
     return key if conversation.rejected is None else f"{key}\nrejected:{normalise(conversation.rejected)}"
 
 
 def find_duplicates(conversations: Sequence[Conversation], threshold: float) -> list[DuplicateGroup]:
     """Exact groups (every line), then near groups (one line per exact group), each sorted by line."""
-    by_key: dict[str, list[Conversation]] = defaultdict(list)
+    # Each message is normalised once: the exact keys are made of these texts and the near-duplicate
+    # shingles of their words (normalise leaves the words single-spaced).
+    by_key: dict[str, list[tuple[Conversation, list[str]]]] = defaultdict(list)
     for conversation in conversations:
-        by_key[conversation_key(conversation)].append(conversation)
+        normalised = [normalise(m["content"]) for m in conversation.messages]
+        by_key[conversation_key(normalised, conversation)].append((conversation, normalised))
     groups = [
-        DuplicateGroup(sorted(c.line for c in members), exact=True, similarity=1.0)
+        DuplicateGroup(sorted(c.line for c, _ in members), exact=True, similarity=1.0)
         for members in by_key.values()
         if len(members) > 1
     ]
@@ -66,8 +69,9 @@ def find_duplicates(conversations: Sequence[Conversation], threshold: float) -> 
 class _Shingles:
     """Every row's shingle hashes in one array: row i owns hashes[starts[i]:starts[i] + sizes[i]]."""
 
-    def __init__(self, conversations: Sequence[Conversation]) -> None:
-        words = [_WORD.findall(_text(c).lower()) for c in conversations]
+    def __init__(self, rows: Sequence[list[str]]) -> None:
+        """`rows`: each row's messages, normalised."""
+        words = [" ".join(messages).split() for messages in rows]
         counts = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
         # A word's id is the position of its first occurrence: unique, and the same for the same file.
         first_seen: dict[str, int] = {}
@@ -101,10 +105,6 @@ class _Shingles:
             start = self.starts[row]
             self._sets[row] = set(self.hashes[start : start + self.sizes[row]].tolist())
         return self._sets[row]
-
-
-def _text(conversation: Conversation) -> str:
-    return " ".join(m["content"] for m in conversation.messages)
 
 
 def _signatures(shingles: _Shingles) -> np.ndarray:
@@ -151,8 +151,10 @@ def _buckets(signatures: np.ndarray, usable: np.ndarray) -> Iterable[list[int]]:
         yield from sorted((group.tolist() for group in groups), key=lambda group: group[0])
 
 
-def _near_groups(conversations: Sequence[Conversation], threshold: float) -> list[DuplicateGroup]:
-    shingles = _Shingles(conversations)
+def _near_groups(rows: Sequence[tuple[Conversation, list[str]]], threshold: float) -> list[DuplicateGroup]:
+    """Near groups among `rows`: (conversation, its messages normalised)."""
+    conversations = [conversation for conversation, _ in rows]
+    shingles = _Shingles([normalised for _, normalised in rows])
     signatures = _signatures(shingles)
     components = _Components(len(conversations))
     for members in _buckets(signatures, shingles.sizes > 0):
