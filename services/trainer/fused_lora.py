@@ -49,8 +49,7 @@ class FusedLoraLinear(LoraLinear):
         return active[0]
 
 
-def fuse_lora_linear_layers(config: LoraConfig) -> LoraConfig:
+def fuse_lora_linear_layers(config: LoraConfig) -> None:
     """Makes `get_peft_model` build FusedLoraLinear for every targeted nn.Linear. Not for 4-bit bases:
     bitsandbytes' Linear4bit is an nn.Linear too and needs peft's own 4-bit layer."""
     config._register_custom_module({torch.nn.Linear: FusedLoraLinear})
-    return config
