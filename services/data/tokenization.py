@@ -11,7 +11,7 @@ prefix's tokens are the whole text's tokens up to the last special token inside 
 tokens of the short tail after it (for ChatML, "assistant\n"): only the distinct tails are tokenized, not
 every prompt again (100,000 lamini_docs rows: prompts are 43% of the text). Tokenizers whose special tokens
 strip whitespace, or that normalise text first, tokenize every prompt whole, as does a prefix with no
-special token near its end (Alpaca's template has none).
+special token (Alpaca's template has none).
 """
 
 import re
