@@ -8,7 +8,10 @@ same data, one run.
     CPU the frozen weights stored in bf16 and LoRA's trainable weights kept in fp32 (their own master
     weights), on a GPU bf16 autocast over fp32 weights (the result's `precision_mode` says which); left out
     (with the reason) where the processor has no native bf16: emulated bf16 is ~22x slower and the trainer
-    never picks it there.
+    never picks it there. On a CPU its norms and MLPs are compiled (torch.compile), as the trainer does for
+    any run of TORCH_COMPILE_MIN_TOKENS or more (this benchmark's few steps would be below it); compiling
+    happens in the untimed warmup step, whose seconds are reported as `warmup_seconds`.
+(c') bf16 eager recipe: (c) without torch.compile, what shorter runs get.
 (d) on CUDA with bitsandbytes: the QLoRA recipe (4-bit frozen weights, bf16 compute).
 
 The recipes run --rounds times each, alternating (fp32, bf16, then bf16, fp32, ...), so that a slow stretch of
@@ -54,7 +57,13 @@ FLOP_FORMULA = (
     "(fp32 for the seed way and the fp32 recipe, bf16 for the bf16 recipe)."
 )
 # Configuration -> the dtype its matmuls run in (the peak its MFU is measured against).
-COMPUTE_DTYPE = {"seed": "fp32", "fp32_recipe": "fp32", "bf16_recipe": "bf16", "qlora_recipe": "bf16"}
+COMPUTE_DTYPE = {
+    "seed": "fp32",
+    "fp32_recipe": "fp32",
+    "bf16_recipe": "bf16",
+    "bf16_eager_recipe": "bf16",
+    "qlora_recipe": "bf16",
+}
 
 
 def conversations(count: int) -> list[list[dict[str, str]]]:
@@ -156,7 +165,13 @@ def run_seed(model_dir: Path, prepared: Path, pad_to: int, max_rows: int) -> dic
 
 
 def run_recipe(
-    model_dir: Path, prepared: Path, steps: int, warmup_steps: int, precision: str, method: str = "lora"
+    model_dir: Path,
+    prepared: Path,
+    steps: int,
+    warmup_steps: int,
+    precision: str,
+    method: str = "lora",
+    torch_compile: bool | None = None,
 ) -> dict[str, float]:
     from ftcommon.specs.train import Hyperparameters
     from services.trainer.recipe import FinetuneRecipe, RecipeConfig
@@ -167,13 +182,21 @@ def run_recipe(
                 model_dir,
                 prepared,
                 Path(work),
-                Hyperparameters(max_steps=steps, eval_every_steps=10_000, precision=precision, method=method),
+                Hyperparameters(
+                    max_steps=steps,
+                    eval_every_steps=10_000,
+                    precision=precision,
+                    method=method,
+                    torch_compile=torch_compile,
+                ),
             )
         )
         recipe.setup()
-        for _ in range(warmup_steps):  # one-time kernel selection and allocation, outside the timing
+        warmup_started = time.perf_counter()
+        for _ in range(warmup_steps):  # kernel selection, allocation and compiling, outside the timing
             recipe.train_step()
             recipe.state.examples_seen += recipe.examples_per_step
+        warmup_seconds = time.perf_counter() - warmup_started
         real_tokens, started = 0, time.perf_counter()
         for _ in range(steps):
             real_tokens += recipe.train_step().tokens
@@ -184,6 +207,8 @@ def run_recipe(
     return {
         "precision": recipe.precision,
         "precision_mode": recipe.precision_mode,
+        "torch_compile": recipe.torch_compile,
+        "warmup_seconds": warmup_seconds,
         "seconds": elapsed,
         "real_tokens": real_tokens,
         "padded_tokens": real_tokens,
@@ -221,9 +246,18 @@ def child(args: argparse.Namespace) -> None:
     steps = max(1, args.examples // 8)
     if args.config == "seed":
         result = run_seed(Path(args.model_dir), prepared, args.pad_to, args.seed_examples or args.examples)
-    elif args.config in ("fp32_recipe", "bf16_recipe"):
-        precision = args.config.removesuffix("_recipe")
-        result = run_recipe(Path(args.model_dir), prepared, steps, args.warmup_steps, precision)
+    elif args.config == "fp32_recipe":
+        result = run_recipe(Path(args.model_dir), prepared, steps, args.warmup_steps, "fp32")
+    elif args.config == "bf16_recipe":
+        # Compiled as a long job is on a CPU; a GPU keeps the trainer's default (compiling not measured there).
+        compiled = None if torch.cuda.is_available() else True
+        result = run_recipe(
+            Path(args.model_dir), prepared, steps, args.warmup_steps, "bf16", torch_compile=compiled
+        )
+    elif args.config == "bf16_eager_recipe":
+        result = run_recipe(
+            Path(args.model_dir), prepared, steps, args.warmup_steps, "bf16", torch_compile=False
+        )
     elif args.config == "qlora_recipe":
         result = run_recipe(Path(args.model_dir), prepared, steps, args.warmup_steps, "bf16", method="qlora")
     else:
@@ -266,6 +300,8 @@ def main() -> None:
     recipes = ["fp32_recipe"]
     if native_bf16:
         recipes.append("bf16_recipe")
+        if not torch.cuda.is_available():
+            recipes.append("bf16_eager_recipe")
     if torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes"):
         recipes.append("qlora_recipe")  # 4-bit frozen weights: CUDA and bitsandbytes only
     rounds: dict[str, list[dict[str, float]]] = {config: [] for config in ["seed", *recipes]}
@@ -289,6 +325,13 @@ def main() -> None:
     if "bf16_recipe" in rate:
         speedups["bf16_recipe_vs_seed"] = rate["bf16_recipe"] / rate["seed"]
         speedups["bf16_recipe_vs_fp32_recipe"] = median_ratio(rounds["bf16_recipe"], rounds["fp32_recipe"])
+    if "bf16_eager_recipe" in rate:
+        speedups["bf16_eager_recipe_vs_fp32_recipe"] = median_ratio(
+            rounds["bf16_eager_recipe"], rounds["fp32_recipe"]
+        )
+        speedups["bf16_recipe_vs_bf16_eager_recipe"] = median_ratio(
+            rounds["bf16_recipe"], rounds["bf16_eager_recipe"]
+        )
     report = {
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "cpu": cpu_report(),
@@ -310,6 +353,9 @@ def main() -> None:
         "fp32_recipe_lora_packed": results["fp32_recipe"],
         "bf16_recipe_lora_packed": results.get(
             "bf16_recipe", "left out: this processor has no native bf16 (emulated bf16 is ~22x slower)"
+        ),
+        "bf16_eager_recipe_lora_packed": results.get(
+            "bf16_eager_recipe", "left out: only CPUs with native bf16 compile the bf16 recipe"
         ),
         "qlora_recipe_bf16": results.get("qlora_recipe", "left out: needs CUDA and bitsandbytes"),
         "speedups_real_tokens_per_second": speedups,

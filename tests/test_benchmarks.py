@@ -46,6 +46,9 @@ def test_every_benchmark_runs_at_tiny_settings(tmp_path, lamini_docs):
     if native_bf16:
         assert train["bf16_recipe_lora_packed"]["precision"] == "bf16"
         assert train["bf16_recipe_lora_packed"]["mfu_against"] == "bf16 matmul peak"
+        assert train["bf16_recipe_lora_packed"]["torch_compile"] is True
+        assert train["bf16_eager_recipe_lora_packed"]["torch_compile"] is False
+        assert train["speedups_real_tokens_per_second"]["bf16_recipe_vs_bf16_eager_recipe"] > 0
 
     serve = results["serve_throughput"]
     assert serve["dtypes"] == (["float32", "bfloat16"] if native_bf16 else ["float32"])

@@ -41,6 +41,7 @@ from services.trainer.batches import (
     load_split,
     summed_loss_and_hits,
 )
+from services.trainer.compiled_layers import compile_norms_and_mlps
 from services.trainer.fused_lora import fuse_lora_linear_layers
 from services.trainer.packed_attention import register_packed_attention
 from services.trainer.preference import (
@@ -162,6 +163,11 @@ class FinetuneRecipe:
             num_warmup_steps=self.hp.warmup_for(self.state.total_steps),
             num_training_steps=self.state.total_steps,
         )
+        self.torch_compile = self.hp.resolved_torch_compile(
+            self.precision, self.device.type == "cuda", self.planned_tokens
+        )
+        if self.torch_compile:
+            compile_norms_and_mlps(self.model)
 
     @property
     def bf16_weights(self) -> bool:
@@ -175,6 +181,23 @@ class FinetuneRecipe:
         shards (one dtype per shard group)."""
         cpu_lora = self.device.type == "cpu" and self.hp.method != "full" and not self.sharded
         return self.precision == "bf16" and cpu_lora
+
+    @property
+    def resolved_hyperparameters(self) -> Hyperparameters:
+        """The hyperparameters as this process runs them: the schedule's choices, and the precision and
+        compilation it resolved from the hardware."""
+        return self.hp.model_copy(update={"precision": self.precision, "torch_compile": self.torch_compile})
+
+    @property
+    def planned_tokens(self) -> int:
+        """About how many tokens the run trains on: its steps times the examples' mean length."""
+        lengths = [
+            len(e.chosen.input_ids) + len(e.rejected.input_ids)
+            if isinstance(e, PreferencePair)
+            else len(e.input_ids)
+            for e in self.train_examples
+        ]
+        return round(self.state.total_steps * self.examples_per_step * sum(lengths) / max(1, len(lengths)))
 
     @property
     def precision_mode(self) -> str:

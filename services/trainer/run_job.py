@@ -21,6 +21,7 @@ from ftcommon.hardware import configure_torch_threads, thread_count
 from ftcommon.jobs import EventKind, JobState, JobStore
 from ftcommon.logs import configure_logging
 from ftcommon.prepared_layout import PreparedFolder
+from ftcommon.specs.train import TORCH_COMPILE_MIN_TOKENS
 from services.trainer import tables
 from services.trainer.checkpoint_models import export_checkpoint_models, kept_checkpoints
 from services.trainer.checkpoints import latest_checkpoint, list_checkpoints, record_checkpoint
@@ -121,7 +122,7 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
         store.emit(
             job_id,
             EventKind.LOG,
-            message=f"training in {recipe.precision_mode} ({precision_reason(recipe)})",
+            message=f"training in {recipe.precision_mode} ({precision_reason(recipe)}); {compile_note(recipe)}",
         )
     if recipe.is_main and tracking_enabled(settings):
         reporter.mlflow_run = open_mlflow_run(settings, store, job_id, payload, recipe)
@@ -187,9 +188,9 @@ def run(settings: TrainerSettings, job_id: str, worker_id: str) -> int:
         "base_model_id": payload["base_model_id"],
         "prepared_version_id": payload["prepared_version_id"],
         "job_id": job_id,
-        # What it ran with: the schedule as decided, and the precision it actually ran in, not "auto" (it
-        # depends on the worker's hardware).
-        "hyperparameters_json": recipe.hp.model_copy(update={"precision": recipe.precision}).to_json(),
+        # What it ran with: the schedule as decided, and the precision and compilation it actually ran with,
+        # not "auto" (they depend on the worker's hardware).
+        "hyperparameters_json": recipe.resolved_hyperparameters.to_json(),
         "code_version": code_version(),
     }
     merged_info = inspect_model_folder(exported.merged_dir)
@@ -244,8 +245,7 @@ def open_mlflow_run(
     """The job's run on the team's MLflow server, with what it trains with and where its inputs came from."""
     spec = stored_spec(payload)
     mlflow_run = JobRun(settings, job_id, lambda message: store.emit(job_id, EventKind.LOG, message=message))
-    # The hyperparameters as this process runs them: the schedule's choices and the precision it resolved.
-    hyperparameters = recipe.hp.model_copy(update={"precision": recipe.precision}).model_dump(mode="json")
+    hyperparameters = recipe.resolved_hyperparameters.model_dump(mode="json")
     tags = {
         "finetune.base_model": payload.get("base_model_name", payload["base_model_id"]),
         "finetune.base_model_id": payload["base_model_id"],
@@ -265,6 +265,15 @@ def precision_reason(recipe: FinetuneRecipe) -> str:
     if recipe.device.type == "cuda":
         return "GPU"
     return "this CPU computes bf16 natively" if recipe.precision == "bf16" else "this CPU has no native bf16"
+
+
+def compile_note(recipe: FinetuneRecipe) -> str:
+    if recipe.torch_compile:
+        how = "requested" if recipe.hp.torch_compile else f"about {recipe.planned_tokens:,} tokens to train"
+        return f"norms and MLPs compiled with torch.compile ({how}; the first steps wait for it)"
+    if recipe.hp.torch_compile is False:
+        return "eager (torch.compile off as requested)"
+    return f"eager (torch.compile pays off only for bf16 CPU runs of at least {TORCH_COMPILE_MIN_TOKENS:,} tokens)"
 
 
 def main() -> None:
