@@ -34,14 +34,16 @@ from safetensors.torch import load_file, save_file
 from ftcommon.prepared_layout import PreparedFolder
 from ftcommon.specs.train import ALL_LINEAR, Hyperparameters
 from services.trainer.batches import (
+    CrossEntropy,
     Example,
     collate,
     example_indices,
     label_count,
     load_split,
+    summed_cross_entropy,
     summed_loss_and_hits,
 )
-from services.trainer.compiled_layers import compile_norms_and_mlps
+from services.trainer.compiled_layers import compile_norms_and_mlps, compiled_cross_entropy
 from services.trainer.fused_lora import fuse_lora_linear_layers
 from services.trainer.packed_attention import register_packed_attention
 from services.trainer.preference import (
@@ -166,8 +168,10 @@ class FinetuneRecipe:
         self.torch_compile = self.hp.resolved_torch_compile(
             self.precision, self.device.type == "cuda", self.planned_tokens
         )
+        self.cross_entropy: CrossEntropy = summed_cross_entropy
         if self.torch_compile:
             compile_norms_and_mlps(self.model)
+            self.cross_entropy = compiled_cross_entropy()
 
     @property
     def bf16_weights(self) -> bool:
@@ -328,7 +332,7 @@ class FinetuneRecipe:
         for index, examples in enumerate(micro_batches):
             batch = self._to_device(collate(examples, self.hp.packing, self.pad_id))
             with self._no_sync(index < len(micro_batches) - 1), self._autocast():
-                summed, hits = summed_loss_and_hits(self.ddp_model, batch)
+                summed, hits = summed_loss_and_hits(self.ddp_model, batch, self.cross_entropy)
             # DDP averages gradients over processes; scaling by world size turns that into a sum.
             (summed * self.world_size / label_tokens).backward()
             loss_sum += summed.detach()
@@ -409,7 +413,7 @@ class FinetuneRecipe:
                 batch = collate(
                     batches[index] if index < len(batches) else examples[:1], self.hp.packing, self.pad_id
                 )
-                loss, hits = summed_loss_and_hits(self.model, self._to_device(batch))
+                loss, hits = summed_loss_and_hits(self.model, self._to_device(batch), self.cross_entropy)
                 if index < len(batches):
                     totals[0] += loss
                     totals[1] += batch.label_tokens
