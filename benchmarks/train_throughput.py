@@ -14,9 +14,10 @@ same data, one run.
 (c') bf16 eager recipe: (c) without torch.compile, what shorter runs get.
 (d) on CUDA with bitsandbytes: the QLoRA recipe (4-bit frozen weights, bf16 compute).
 
-The recipes run --rounds times each, alternating (fp32, bf16, then bf16, fp32, ...), so that a slow stretch of
-a shared machine falls on both: each is reported at its median round, and bf16's speedup over fp32 is the
-median of the rounds' ratios (each pair run back to back). The seed way runs once (its three minutes dwarf the
+The recipes run --rounds times each, in turn, the order reversed each round (fp32, bf16, bf16 eager, then
+bf16 eager, bf16, fp32, ...), so that a slow stretch of a shared machine falls on all of them: each is
+reported at its median round, and bf16's speedups are the medians of the rounds' ratios (each pair run back
+to back). The seed way runs once (its three minutes dwarf the
 noise). Each configuration runs in its own process so peak RSS is its own. Reported: real (non-pad) tokens/s, peak
 RSS, and model-FLOPs utilisation (MFU) against the matmul peak of the dtype it computes in, measured in this
 run (a 2048x2048 by 2048x2048 product, repeated for 3 s), or --peak-flops-fp32/-bf16. The FLOP formula is
@@ -277,7 +278,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="0: every CPU this process may use")
     parser.add_argument("--matmul-seconds", type=float, default=3.0, help="how long each matmul peak runs")
     parser.add_argument("--warmup-steps", type=int, default=1, help="untimed recipe steps before timing")
-    parser.add_argument("--rounds", type=int, default=3, help="runs of each recipe, alternating; median kept")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each recipe, alternating; median kept")
     parser.add_argument(
         "--seed-examples", type=int, default=0, help="examples the seed way trains on; 0: all"
     )
