@@ -250,8 +250,11 @@ def child(args: argparse.Namespace) -> None:
     elif args.config == "fp32_recipe":
         result = run_recipe(Path(args.model_dir), prepared, steps, args.warmup_steps, "fp32")
     elif args.config == "bf16_recipe":
-        # Compiled as a long job is on a CPU; a GPU keeps the trainer's default (compiling not measured there).
-        compiled = None if torch.cuda.is_available() else True
+        from services.trainer.compiled_layers import cpu_compiler_available
+
+        # Compiled as a long job is on a CPU with a C++ compiler; a GPU keeps the trainer's default (compiling
+        # not measured there).
+        compiled = None if torch.cuda.is_available() or not cpu_compiler_available() else True
         result = run_recipe(
             Path(args.model_dir), prepared, steps, args.warmup_steps, "bf16", torch_compile=compiled
         )

@@ -482,6 +482,11 @@ def test_dockerfile_is_multi_stage_non_root_and_installs_only_its_extra(service:
         assert not any("torch" in line for lines in stages.values() for line in lines)
 
 
+def test_the_trainer_cpu_image_has_the_compiler_torch_compile_builds_kernels_with():
+    cpu = " ".join(_stages(DEPLOY / "docker" / "trainer.Dockerfile")["cpu"])
+    assert re.search(r"apt-get install -y --no-install-recommends .*\bg\+\+", cpu)
+
+
 def test_dockerfiles_copy_only_what_exists_and_what_their_dockerignore_lets_in():
     for dockerfile in (DEPLOY / "docker").glob("*.Dockerfile"):
         allowed = [

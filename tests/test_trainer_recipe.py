@@ -1,6 +1,8 @@
 """The training recipe in-process on the real default model, tiny settings: the loss and gradient
 invariants (accumulation, packing) and exact resume from a checkpoint."""
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from services.trainer.batches import (
     summed_loss,
     summed_loss_and_hits,
 )
+from services.trainer.compiled_layers import cpu_compiler_available
 from services.trainer.recipe import FinetuneRecipe, RecipeConfig, StopRequested
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("two_torch_threads")]
@@ -240,6 +243,7 @@ COMPILED_LOSS_BOUND = 0.03
 
 
 @NATIVE_BF16_ONLY
+@pytest.mark.skipif(not cpu_compiler_available(), reason="torch.compile's CPU kernels need a C++ compiler")
 def test_compiled_norms_and_mlps_train_the_eager_curve(default_model_dir, prepared_dir, tmp_path):
     """torch.compile (the default for long bf16 CPU runs) fuses the norms' and MLPs' elementwise passes; the
     fused kernels round differently, so the curve follows eager within bf16 rounding, and a resumed compiled
@@ -268,16 +272,29 @@ def test_compiled_norms_and_mlps_train_the_eager_curve(default_model_dir, prepar
     assert [m["loss"] for m in reporter.steps] == pytest.approx(curves[True][3:], rel=1e-5)
 
 
-def test_compiling_is_the_default_only_for_long_bf16_cpu_runs():
-    hyperparameters = Hyperparameters()
-    assert hyperparameters.resolved_torch_compile(
-        "bf16", on_gpu=False, planned_tokens=TORCH_COMPILE_MIN_TOKENS
-    )
-    assert not hyperparameters.resolved_torch_compile("bf16", False, TORCH_COMPILE_MIN_TOKENS - 1)
-    assert not hyperparameters.resolved_torch_compile("fp32", False, 10**9)
-    assert not hyperparameters.resolved_torch_compile("bf16", True, 10**9)
-    assert Hyperparameters(torch_compile=True).resolved_torch_compile("fp32", False, 0)
-    assert not Hyperparameters(torch_compile=False).resolved_torch_compile("bf16", False, 10**9)
+def test_compiling_is_the_default_only_for_long_bf16_cpu_runs_with_a_compiler():
+    auto = Hyperparameters()
+    assert auto.resolved_torch_compile("bf16", False, TORCH_COMPILE_MIN_TOKENS, cpu_compiler=True)
+    assert not auto.resolved_torch_compile("bf16", False, TORCH_COMPILE_MIN_TOKENS - 1, cpu_compiler=True)
+    assert not auto.resolved_torch_compile("fp32", False, 10**9, cpu_compiler=True)
+    assert not auto.resolved_torch_compile("bf16", True, 10**9, cpu_compiler=True)
+    assert not auto.resolved_torch_compile("bf16", False, 10**9, cpu_compiler=False)
+    asked, refused = Hyperparameters(torch_compile=True), Hyperparameters(torch_compile=False)
+    assert asked.resolved_torch_compile("fp32", False, 0, cpu_compiler=True)
+    assert not refused.resolved_torch_compile("bf16", False, 10**9, cpu_compiler=True)
+    with pytest.raises(ValueError, match=r"hyperparameters\.torch_compile: .*C\+\+ compiler"):
+        asked.resolved_torch_compile("bf16", False, 0, cpu_compiler=False)
+
+
+def test_a_worker_without_a_cpp_compiler_is_told_so():
+    """Inductor's own compiler search, pointed at a compiler that is not installed (a slim image)."""
+    from torch._inductor import config as inductor_config
+
+    installed = shutil.which(os.environ.get("CXX", "g++")) is not None
+    assert cpu_compiler_available() == installed
+    with inductor_config.patch({"cpp.cxx": ("no-such-c++-compiler",)}):
+        assert not cpu_compiler_available()
+    assert cpu_compiler_available() == installed
 
 
 @NATIVE_BF16_ONLY

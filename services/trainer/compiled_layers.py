@@ -27,6 +27,17 @@ from services.trainer.batches import CrossEntropy, summed_cross_entropy
 COMPILED_MODULE_SUFFIXES = ("RMSNorm", "MLP")
 
 
+def cpu_compiler_available() -> bool:
+    """Inductor builds CPU kernels with a C++ compiler (g++, or $CXX); slim images have none."""
+    from torch._inductor import cpp_builder, exc
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        return False
+    return True
+
+
 def compile_norms_and_mlps(model: torch.nn.Module) -> int:
     """Compiles every norm and MLP module of `model` in place; returns how many."""
     compiled = [m for m in model.modules() if type(m).__name__.endswith(COMPILED_MODULE_SUFFIXES)]

@@ -43,7 +43,11 @@ from services.trainer.batches import (
     summed_cross_entropy,
     summed_loss_and_hits,
 )
-from services.trainer.compiled_layers import compile_norms_and_mlps, compiled_cross_entropy
+from services.trainer.compiled_layers import (
+    compile_norms_and_mlps,
+    compiled_cross_entropy,
+    cpu_compiler_available,
+)
 from services.trainer.fused_lora import fuse_lora_linear_layers
 from services.trainer.packed_attention import register_packed_attention
 from services.trainer.preference import (
@@ -165,8 +169,9 @@ class FinetuneRecipe:
             num_warmup_steps=self.hp.warmup_for(self.state.total_steps),
             num_training_steps=self.state.total_steps,
         )
+        on_gpu = self.device.type == "cuda"
         self.torch_compile = self.hp.resolved_torch_compile(
-            self.precision, self.device.type == "cuda", self.planned_tokens
+            self.precision, on_gpu, self.planned_tokens, cpu_compiler=on_gpu or cpu_compiler_available()
         )
         self.cross_entropy: CrossEntropy = summed_cross_entropy
         if self.torch_compile:
