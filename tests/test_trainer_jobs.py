@@ -19,6 +19,8 @@ from trainer_support import FACTS, conversation
 from finetune.v1 import common_pb2, data_pb2, trainer_pb2, trainer_pb2_grpc
 from ftcommon.artifacts import ArtifactStore
 from ftcommon.grpc_client import open_channel
+from ftcommon.hardware import cpu_has_native_bf16
+from services.trainer.compiled_layers import cpu_compiler_available
 from services.trainer.config import DEFAULT_BASE_MODEL_NAME, TrainerSettings
 
 pytestmark = pytest.mark.slow
@@ -187,6 +189,22 @@ def test_a_job_succeeds_with_ordered_events(finished):
     assert checkpoints == [2]
     assert job.step == STEPS and job.total_steps == STEPS and job.status.progress == 1.0
     assert job.hyperparameters.lora_rank == 4 and job.hyperparameters.target_modules == ["all-linear"]
+
+
+@pytest.mark.skipif(
+    not (cpu_has_native_bf16() and cpu_compiler_available()),
+    reason="compiling pays only for bf16, and this CPU emulates it or has no C++ compiler",
+)
+def test_a_compiled_bf16_job_says_so_and_records_it(stub, workers, prepared_version_id):
+    """torch.compile in a real job process: the job succeeds, its log says the layers were compiled, and the
+    stored hyperparameters hold what it ran with."""
+    job = create(stub, prepared_version_id, key="tiny-compiled", precision="bf16", torch_compile=True)
+    events = watch(stub, job.status.id)
+    job = stub.GetJob(trainer_pb2.GetJobRequest(id=job.status.id))
+    assert job.status.state == common_pb2.JOB_STATE_SUCCEEDED, job.status.error
+    (log,) = [e.message for e in events if e.message.startswith("training in ")]
+    assert "norms and MLPs compiled with torch.compile (requested" in log
+    assert job.hyperparameters.torch_compile and job.hyperparameters.precision == "bf16"
 
 
 def test_the_merged_model_is_registered_with_lineage_and_answers(
