@@ -38,12 +38,11 @@ def cpu_compiler_available() -> bool:
     return True
 
 
-def compile_norms_and_mlps(model: torch.nn.Module) -> int:
-    """Compiles every norm and MLP module of `model` in place; returns how many."""
-    compiled = [m for m in model.modules() if type(m).__name__.endswith(COMPILED_MODULE_SUFFIXES)]
-    for module in compiled:
-        module.compile(dynamic=True)
-    return len(compiled)
+def compile_norms_and_mlps(model: torch.nn.Module) -> None:
+    """Compiles every norm and MLP module of `model` in place."""
+    for module in model.modules():
+        if type(module).__name__.endswith(COMPILED_MODULE_SUFFIXES):
+            module.compile(dynamic=True)
 
 
 def compiled_cross_entropy() -> CrossEntropy:

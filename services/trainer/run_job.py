@@ -273,7 +273,10 @@ def compile_note(recipe: FinetuneRecipe) -> str:
         return f"norms and MLPs compiled with torch.compile ({how}; the first steps wait for it)"
     if recipe.hp.torch_compile is False:
         return "eager (torch.compile off as requested)"
-    return f"eager (torch.compile pays off only for bf16 CPU runs of at least {TORCH_COMPILE_MIN_TOKENS:,} tokens)"
+    return (
+        "eager (torch.compile is the default only for bf16 CPU runs of at least "
+        f"{TORCH_COMPILE_MIN_TOKENS:,} tokens on a worker with a C++ compiler)"
+    )
 
 
 def main() -> None:
