@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 # Bump when the files change for the same inputs; readers say so clearly instead of misreading a newer one.
 FORMAT_VERSION = 2
 FIRST_FORMAT_VERSION = 1  # manifests without a format_version key
@@ -44,6 +46,8 @@ IS_REFUSAL = "is_refusal"
 REJECTED_INPUT_IDS = "rejected_input_ids"
 REJECTED_LABELS = "rejected_labels"
 REJECTED = "rejected"
+
+_JSON_ENCODER = msgspec.json.Encoder()
 
 
 class PreparedLayoutError(ValueError):
@@ -91,22 +95,21 @@ def example_body(
     rejected: RejectedAnswer | None = None,
 ) -> str:
     """The start of an example line, which exact duplicates share: writers encode it once per copy set."""
-    body = (
-        f'{{"{INPUT_IDS}": {json.dumps(input_ids)}, "{LABELS}": {json.dumps(labels)}, '
-        f'"{MESSAGES}": {json.dumps(messages, ensure_ascii=False)}, '
-    )
-    if rejected is None:
-        return body
-    return body + (
-        f'"{REJECTED_INPUT_IDS}": {json.dumps(rejected.input_ids)}, '
-        f'"{REJECTED_LABELS}": {json.dumps(rejected.labels)}, '
-        f'"{REJECTED}": {json.dumps(rejected.content, ensure_ascii=False)}, '
-    )
+    fields: dict[str, Any] = {INPUT_IDS: input_ids, LABELS: labels, MESSAGES: messages}
+    if rejected is not None:
+        fields |= {
+            REJECTED_INPUT_IDS: rejected.input_ids,
+            REJECTED_LABELS: rejected.labels,
+            REJECTED: rejected.content,
+        }
+    # msgspec writes a list of token ids 15x faster than json.dumps (1.5 vs 23 us for 117 ids; 100,000
+    # examples: ~5 s of a prepare). The object is left open for example_line's keys.
+    return _JSON_ENCODER.encode(fields)[:-1].decode() + ","
 
 
 def example_line(body: str, source_line: int, is_refusal: bool) -> str:
     """One line of a split file: `example_body(...)` and where the example came from."""
-    return f'{body}"{SOURCE_LINE}": {source_line}, "{IS_REFUSAL}": {"true" if is_refusal else "false"}}}\n'
+    return f'{body}"{SOURCE_LINE}":{source_line},"{IS_REFUSAL}":{"true" if is_refusal else "false"}}}\n'
 
 
 # Reading (the trainer, tools, tests)
