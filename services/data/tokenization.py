@@ -3,7 +3,8 @@
 The result equals ftcommon.chat_format.training_example for every conversation (a test holds it to
 that): the same template rendering, the same tokens, labels on every assistant turn up to and
 including the end-of-turn token. It differs only in speed: templates are rendered for a whole batch
-in one call, each distinct text is tokenized once, and the tokenizer's Rust batch encoder does the work.
+in one call, each distinct text is tokenized once, and a byte-level BPE tokenizer's tiktoken twin
+(tiktoken_twin.py; others: the tokenizer's Rust batch encoder) does the work.
 
 A prompt (or a conversation through an earlier turn) is a prefix of the whole conversation's text, and a
 tokenizer cuts text at its special tokens before anything else and tokenizes the pieces on their own. So a
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from services.data.records import Message
+from services.data.tiktoken_twin import twin_of
 
 IGNORE_INDEX = -100
 
@@ -31,7 +33,10 @@ def _render(tokenizer: Any, conversations: list[list[Message]], template: str, g
     )
 
 
-def _encode(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+def encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Each text's ids as the tokenizer gives them, with no special tokens added."""
+    if (twin := twin_of(tokenizer)) is not None:
+        return twin.encode(texts)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         # No offsets or masks are computed: only the ids (offsets cost 1.3-1.7x the time).
@@ -54,9 +59,9 @@ def encode_with_prefixes(
     """The ids of `texts`, and of each prefix (the index of the text it starts, its text), each as the
     tokenizer gives it on its own (see the module's docstring for how prefixes are cut)."""
     if not cuts_at_special_tokens(tokenizer):
-        ids = _encode(tokenizer, [*texts, *(prefix for _, prefix in prefixes)])
+        ids = encode_texts(tokenizer, [*texts, *(prefix for _, prefix in prefixes)])
         return ids[: len(texts)], ids[len(texts) :]
-    text_ids = _encode(tokenizer, texts)
+    text_ids = encode_texts(tokenizer, texts)
     special = _SpecialTokens(tokenizer)
     heads: list[list[int]] = []
     tails: list[str] = []
@@ -67,7 +72,7 @@ def encode_with_prefixes(
         heads.append(text_ids[index][: cut[0]] if cut else [])
         tails.append(prefix[cut[1] :] if cut else prefix)
     distinct_tails = list(dict.fromkeys(tails))
-    tail_ids = dict(zip(distinct_tails, _encode(tokenizer, distinct_tails), strict=True))
+    tail_ids = dict(zip(distinct_tails, encode_texts(tokenizer, distinct_tails), strict=True))
     return text_ids, [head + tail_ids[tail] for head, tail in zip(heads, tails, strict=True)]
 
 

@@ -1,0 +1,80 @@
+"""The default tokenizer's tiktoken twin gives the library's ids on any text, and tokenizers it cannot
+match get no twin."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from services.data.tiktoken_twin import twin_of
+
+# Every kind of character the twin's pattern and its fallback handle: contractions, digit runs, runs of
+# spaces before words and at the end, tabs and line breaks, Latin-1 and curly punctuation, the Unicode
+# spaces of General Punctuation, control characters the vocabulary has no byte for, and characters the
+# twin leaves to the library (emoji, CJK, a Unicode 15 letter).
+ALPHABET = [
+    *"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789",
+    *" " * 12,
+    *"\t\n\r\x0b\x0c",
+    *".,;:!?-_/\\()[]{}<>@#$%^&*+=|~`\"'",
+    "'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S",
+    *"éèßøÆñüÿ¡¿«»¬\xad\xa0",
+    *"\u2019\u201c\u201d\u2014\u2013\u2026\u2003\u2009\u2028\u2029\u200b\u2060",
+    *"\x04\x06\x13\x1d\x7f\x85",
+    "😀", "漢字", "\U0001e030",
+    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|im_start", "im_end|>",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tokenizer(default_model_dir: Path):
+    return AutoTokenizer.from_pretrained(default_model_dir)
+
+
+def library_ids(tokenizer, texts: list[str]) -> list[list[int]]:
+    return [e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+def test_the_twin_encodes_every_text_as_the_library_does(tokenizer):
+    twin = twin_of(tokenizer)
+    assert twin is not None, "the default tokenizer is byte-level BPE: it must have a twin"
+    generator = random.Random(17)
+    texts = ["", " ", "  ", "a  b", "a \n\n b ", "x\u2003 y", "It's 2026's 12345 items"]
+    texts += ["".join(generator.choices(ALPHABET, k=generator.randint(1, 60))) for _ in range(4000)]
+    chats = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}, {"role": "assistant", "content": text[::-1]}], tokenize=False
+        )
+        for text in texts[:500]
+    ]
+    assert twin.encode(texts + chats) == library_ids(tokenizer, texts + chats)
+
+
+def _variant(tokenizer, change) -> PreTrainedTokenizerFast:
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    change(spec)
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)))
+
+
+def _swap_two_merges(spec: dict) -> None:
+    merges = spec["model"]["merges"]
+    merges[100], merges[101] = merges[101], merges[100]  # ids no longer rise in merge order
+
+
+def _lowercase(spec: dict) -> None:
+    spec["normalizer"] = {"type": "Lowercase"}
+
+
+def _prefix_space(spec: dict) -> None:
+    spec["pre_tokenizer"]["add_prefix_space"] = True
+
+
+@pytest.mark.parametrize("change", [_swap_two_merges, _lowercase, _prefix_space])
+def test_a_tokenizer_the_twin_cannot_match_keeps_the_library(tokenizer, change):
+    variant = _variant(tokenizer, change)
+    assert twin_of(variant) is None
+    # Unchanged, the same way of building a tokenizer gets a twin: the change is what refused it.
+    assert twin_of(_variant(tokenizer, lambda spec: None)) is not None
