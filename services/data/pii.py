@@ -43,6 +43,9 @@ MAY_CONTAIN: dict[str, Callable[[str], bool]] = {
     "email": lambda text: "@" in text,
     "phone": lambda text: _PHONE_CORE.search(text) is not None,
 }
+# Whether a text may hold any finding at all: one search instead of the four tests above for a text
+# that holds none, as most do (100,000 lamini_docs rows: about 1.5 s of a prepare).
+_MAY_CONTAIN_ANY = re.compile(r"sk-|AKIA|xox|AIza|gh[pousr]_|@|\d{3}[ .-]\d{3}")
 _DOMAIN = re.compile(r"^[a-z0-9-]+(?:\.[a-z0-9-]+)+$")
 _PHONE_ENTRY = re.compile(r"^\+?[\d\s().-]+$")
 _MIN_PHONE_DIGITS = 6
@@ -109,6 +112,8 @@ def _digits(text: str) -> str:
 
 def scan_text(text: str) -> list[tuple[str, int, int]]:
     """(kind, start, end) of every finding, non-overlapping, in text order."""
+    if not _MAY_CONTAIN_ANY.search(text):
+        return []
     spans: list[tuple[str, int, int]] = []
     for kind, pattern in PATTERNS:
         if not MAY_CONTAIN[kind](text):
@@ -149,6 +154,8 @@ def _scan(
 ) -> tuple[list[PiiFinding], str]:
     """One text's findings, and the text (redacted but for allowed spans when `redact`)."""
     spans = scan_text(text)
+    if not spans:
+        return [], text
     allowed = [allow.allows(kind, text[start:end]) for kind, start, end in spans]
     findings = [
         PiiFinding(line, kind, field, redact and not ok, ok)
