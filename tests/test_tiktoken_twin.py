@@ -78,3 +78,21 @@ def test_a_tokenizer_the_twin_cannot_match_keeps_the_library(tokenizer, change):
     assert twin_of(variant) is None
     # Unchanged, the same way of building a tokenizer gets a twin: the change is what refused it.
     assert twin_of(_variant(tokenizer, lambda spec: None)) is not None
+
+
+class _SplitOnSpaces:
+    """A pre-tokenizer written in Python: its tokenizer cannot be serialised, so it can have no twin."""
+
+    def pre_tokenize(self, pretok) -> None:
+        pretok.split(lambda _, piece: piece.split(" ", "removed"))
+
+
+def test_a_tokenizer_with_python_parts_keeps_the_library(tokenizer):
+    from tokenizers.pre_tokenizers import PreTokenizer
+
+    from services.data.tokenization import encode_texts
+
+    variant = _variant(tokenizer, lambda spec: None)
+    variant.backend_tokenizer.pre_tokenizer = PreTokenizer.custom(_SplitOnSpaces())
+    assert twin_of(variant) is None
+    assert encode_texts(variant, ["two words"]) == library_ids(variant, ["two words"])

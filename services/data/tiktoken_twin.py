@@ -96,7 +96,10 @@ def twin_of(tokenizer: Any) -> TiktokenTwin | None:
     if tokenizer in _twins:
         return _twins[tokenizer]
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    built = _encoding_for(backend.to_str()) if backend is not None else None
+    try:
+        built = _encoding_for(backend.to_str()) if backend is not None else None
+    except Exception:  # tokenizers raises a bare Exception for Python-side parts it cannot serialise
+        built = None
     twin = TiktokenTwin(tokenizer, *built) if built is not None else None
     _twins[tokenizer] = twin
     return twin
@@ -135,7 +138,7 @@ def _encoding_for(tokenizer_json: str) -> tuple[Any, re.Pattern[str]] | None:
     for merge in model["merges"]:
         left, right = merge.split(" ") if isinstance(merge, str) else merge
         token = left + right
-        if token not in vocab or vocab[token] <= last_id:
+        if token not in vocab or vocab[token] <= last_id or not set(token) <= to_byte.keys():
             return None
         last_id = vocab[token]
         ranks[bytes(to_byte[char] for char in token)] = last_id
