@@ -2,9 +2,9 @@
 
 The result equals ftcommon.chat_format.training_example for every conversation (a test holds it to
 that): the same template rendering, the same tokens, labels on every assistant turn up to and
-including the end-of-turn token. It differs only in speed: templates are rendered for a whole batch
-in one call, each distinct text is tokenized once, and a byte-level BPE tokenizer's tiktoken twin
-(tiktoken_twin.py; others: the tokenizer's Rust batch encoder) does the work.
+including the end-of-turn token. It differs only in speed: jinja renders each conversation shape once
+where the template allows (template_skeletons.py), each distinct text is tokenized once, and a byte-level
+BPE tokenizer's tiktoken twin (tiktoken_twin.py; others: the tokenizer's Rust batch encoder) does the work.
 
 A prompt (or a conversation through an earlier turn) is a prefix of the whole conversation's text, and a
 tokenizer cuts text at its special tokens before anything else and tokenizes the pieces on their own. So a
@@ -20,17 +20,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from services.data.records import Message
+from services.data.template_skeletons import render_conversations
 from services.data.tiktoken_twin import twin_of
 
 IGNORE_INDEX = -100
-
-
-def _render(tokenizer: Any, conversations: list[list[Message]], template: str, generation: bool) -> list[str]:
-    if not conversations:
-        return []
-    return tokenizer.apply_chat_template(
-        conversations, tokenize=False, add_generation_prompt=generation, chat_template=template
-    )
 
 
 def encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
@@ -139,9 +132,9 @@ def _distinct_examples(
                 through = len(through_parts) - 1
             spans.append((len(prompt_parts) - 1, through))
         turns.append(spans)
-    full_texts = _render(tokenizer, full_parts, chat_template, generation=False)
-    prompt_texts = _render(tokenizer, prompt_parts, chat_template, generation=True)
-    through_texts = _render(tokenizer, through_parts, chat_template, generation=False)
+    full_texts = render_conversations(tokenizer, full_parts, chat_template, generation=False)
+    prompt_texts = render_conversations(tokenizer, prompt_parts, chat_template, generation=True)
+    through_texts = render_conversations(tokenizer, through_parts, chat_template, generation=False)
     full_ids, prefix_ids = encode_with_prefixes(
         tokenizer,
         full_texts,
@@ -181,9 +174,9 @@ def preference_examples(
         [*prompt, {"role": "assistant", "content": answer}]
         for prompt, answer in zip(prompts, rejected, strict=True)
     ]
-    prompt_texts = _render(tokenizer, prompts, chat_template, generation=True)
-    chosen_texts = _render(tokenizer, plain, chat_template, generation=False)
-    rejected_texts = _render(tokenizer, with_rejected, chat_template, generation=False)
+    prompt_texts = render_conversations(tokenizer, prompts, chat_template, generation=True)
+    chosen_texts = render_conversations(tokenizer, plain, chat_template, generation=False)
+    rejected_texts = render_conversations(tokenizer, with_rejected, chat_template, generation=False)
     answer_ids, prompt_ids = encode_with_prefixes(
         tokenizer, [*chosen_texts, *rejected_texts], list(enumerate(prompt_texts))
     )
