@@ -13,7 +13,8 @@ Then two adjacent parts that make a token T cover T's bytes, every merge so far 
 encoding T alone makes too, and T alone ends as [T]: so those two parts are the merge listed for T, and
 both rank every candidate pair in the same order. Both regex engines agree on the pattern's classes
 (letters, digits, whitespace) for characters whose Unicode properties have not changed in decades; a
-text with any other character (the engines' Unicode versions differ) is left to the library.
+text with any other character (the engines' Unicode versions differ) is left to the library
+(`services.data.tokenization.encode_texts` sends it there).
 
 A twin is built only for a tokenizer with no normaliser, the ByteLevel pre-tokenizer with GPT-2's pattern
 and no prefix space, a plain BPE model, and added tokens matched on the raw text of
@@ -62,29 +63,19 @@ def _text_pattern(known_bytes: set[int]) -> re.Pattern[str]:
 
 
 class TiktokenTwin:
-    """Encodes like the tokenizer it was built from (see the module's docstring), falling back to it for
-    texts outside the characters both regex engines agree on."""
+    """Encodes like the tokenizer it was built from (see the module's docstring) the texts whose characters
+    both regex engines agree on."""
 
-    def __init__(self, tokenizer: Any, encoding: Any, texts: re.Pattern[str]) -> None:
-        self._tokenizer = tokenizer
+    def __init__(self, encoding: Any, texts: re.Pattern[str]) -> None:
         self._encoding = encoding
         self._texts = texts
 
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        ids: list[list[int] | None] = [None] * len(texts)
-        others: list[int] = []
-        for index, text in enumerate(texts):
-            if self._texts.fullmatch(text):
-                ids[index] = self._encoding.encode(text, allowed_special="all")
-            else:
-                others.append(index)
-        if others:
-            encodings = self._tokenizer.backend_tokenizer.encode_batch_fast(
-                [texts[index] for index in others], add_special_tokens=False
-            )
-            for index, encoding in zip(others, encodings, strict=True):
-                ids[index] = encoding.ids
-        return ids  # type: ignore[return-value]  # every index was filled above
+    def encode(self, texts: list[str]) -> list[list[int] | None]:
+        """Each text's ids, or None for a text the library must encode."""
+        return [
+            self._encoding.encode(text, allowed_special="all") if self._texts.fullmatch(text) else None
+            for text in texts
+        ]
 
 
 _twins: "weakref.WeakKeyDictionary[Any, TiktokenTwin | None]" = weakref.WeakKeyDictionary()
@@ -100,7 +91,7 @@ def twin_of(tokenizer: Any) -> TiktokenTwin | None:
         built = _encoding_for(backend.to_str()) if backend is not None else None
     except Exception:  # tokenizers raises a bare Exception for Python-side parts it cannot serialise
         built = None
-    twin = TiktokenTwin(tokenizer, *built) if built is not None else None
+    twin = TiktokenTwin(*built) if built is not None else None
     _twins[tokenizer] = twin
     return twin
 

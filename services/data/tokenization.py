@@ -27,9 +27,19 @@ IGNORE_INDEX = -100
 
 
 def encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    """Each text's ids as the tokenizer gives them, with no special tokens added."""
-    if (twin := twin_of(tokenizer)) is not None:
-        return twin.encode(texts)
+    """Each text's ids as the tokenizer gives them, with no special tokens added: by the tokenizer's tiktoken
+    twin where it has one and the text suits it, else by the tokenizer."""
+    twin = twin_of(tokenizer)
+    ids = twin.encode(texts) if twin is not None else [None] * len(texts)
+    left = [index for index, encoded in enumerate(ids) if encoded is None]
+    for index, encoded in zip(left, _library_ids(tokenizer, [texts[i] for i in left]), strict=True):
+        ids[index] = encoded
+    return ids  # type: ignore[return-value]  # every None was filled above
+
+
+def _library_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         # No offsets or masks are computed: only the ids (offsets cost 1.3-1.7x the time).
