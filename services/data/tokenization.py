@@ -15,6 +15,7 @@ strip whitespace, or that normalise text first, tokenize every prompt whole, as 
 special token (Alpaca's template has none).
 """
 
+import operator
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +25,10 @@ from services.data.template_skeletons import render_conversations
 from services.data.tiktoken_twin import twin_of
 
 IGNORE_INDEX = -100
+
+# A message's (role, content): what makes two conversations tokenize alike. itemgetter builds the pair in C
+# (a generator of tuples cost ~0.5 s per 100,000 rows).
+role_and_content = operator.itemgetter("role", "content")
 
 
 def encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
@@ -95,11 +100,18 @@ class _SpecialTokens:
         matches = list(self.pattern.finditer(prefix))
         if not matches:
             return None
-        positions = [position for position, id_ in enumerate(ids) if id_ in self.ids]
-        count, last = len(matches), matches[-1]
-        if count > len(positions) or ids[positions[count - 1]] != self.id_of[last.group()]:
-            return None
-        return positions[count - 1] + 1, last.end()
+        # Each match's id is looked up in C (list.index), and the ids skipped on the way checked to hold no
+        # special token (set.isdisjoint): a Python loop over every id cost 0.6 s per 100,000 rows.
+        position = -1
+        for match in matches:
+            try:
+                found = ids.index(self.id_of[match.group()], position + 1)
+            except ValueError:
+                return None
+            if not self.ids.isdisjoint(ids[position + 1 : found]):
+                return None
+            position = found
+        return position + 1, matches[-1].end()
 
 
 def training_examples(
@@ -107,7 +119,7 @@ def training_examples(
 ) -> list[tuple[list[int], list[int]]]:
     """One (input_ids, labels) per conversation. Equal conversations share the same two lists (callers
     copy before changing them): a data set with many exact duplicates is tokenized once per distinct row."""
-    keys = [tuple((m["role"], m["content"]) for m in conversation) for conversation in conversations]
+    keys = [tuple(map(role_and_content, conversation)) for conversation in conversations]
     distinct = list(dict.fromkeys(keys))
     encoded = dict(
         zip(distinct, _distinct_examples(tokenizer, distinct, end_of_turn, chat_template), strict=True)
