@@ -38,6 +38,10 @@ class DataSettings(ServiceSettings):
     jobs: PrepareJobSettings = PrepareJobSettings()
     # Near duplicates: Jaccard similarity of word 3-shingles at or above this (one changed word in a 20-word row gives 0.74).
     near_duplicate_threshold: float = Field(0.7, gt=0, le=1)
+    # Prepare encodes rows in this process and in one helper process at once (two CPUs' work) when a
+    # dataset keeps at least this many rows and a second CPU is usable; 0: never. Starting the helper costs
+    # ~3 s of CPU, which rows repay at about 30,000 (services/data/row_encoding.py).
+    encoding_helper_min_rows: int = Field(30_000, ge=0)
     # GenerateDataset: documents to Q&A pairs. A document over this size is refused with its name.
     max_document_bytes: int = Field(20 * 1024 * 1024, gt=0)
     # The generator model is reached through the inference service (its gRPC API), one reply at most this long.

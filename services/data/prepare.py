@@ -7,6 +7,7 @@ space and published with ArtifactStore.put_dir; the version row is inserted last
 half way leaves no version behind and the job can simply run again.
 """
 
+import contextlib
 import json
 import tempfile
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from ftcommon.artifacts import ArtifactStore
 from ftcommon.chat_format import ALPACA_TEMPLATE, QUESTION_ANSWER_TEMPLATE
 from ftcommon.db import utcnow
 from ftcommon.errors import InvalidArgument
+from ftcommon.hardware import usable_cpu_count
 from ftcommon.ids import sha256_bytes, sha256_file, sha256_json
 from ftcommon.job_runtime import JobFailed
 from ftcommon.specs.prepare import DEFAULT_MAX_SEQ_LEN, PrepareSpec
@@ -41,10 +43,11 @@ from services.data.refusal_pairs import (
     refusal_text_of,
 )
 from services.data.refusals import off_topic_questions, refusal_answer
+from services.data.row_encoding import EncodingHelper, EncodingRecipe, Outcome, RowEncoding, encode_batches
 from services.data.split_advice import small_test_split_warning
 from services.data.splitting import SPLITS, assign_splits, shuffled
 from services.data.stats import token_stats
-from services.data.tokenization import IGNORE_INDEX, preference_examples, role_and_content, training_examples
+from services.data.tokenization import role_and_content
 
 SPEC_KEY = "spec"
 TOKENIZE_BATCH = 2048
@@ -128,17 +131,7 @@ def version_id(dataset: DatasetRecord, model: BaseModel, request: data_pb2.Prepa
 class _Example:
     conversation: Conversation
     group: str
-    input_ids: list[int]  # a preference pair's chosen side
-    labels: list[int]
-    rejected: tuple[list[int], list[int]] | None = None  # a preference pair's rejected side: ids, labels
-
-    @property
-    def sequences(self) -> list[tuple[list[int], list[int]]]:
-        return [(self.input_ids, self.labels), *([self.rejected] if self.rejected else [])]
-
-
-# Per distinct row: input_ids, labels and, for a preference pair, the rejected side's.
-_Encoded = tuple[list[int], list[int], tuple[list[int], list[int]] | None]
+    encoding: RowEncoding  # shared by exact duplicates
 
 
 def check_pairs_request(
@@ -201,12 +194,14 @@ class PrepareRunner:
         base_models: BaseModels,
         scratch_dir: Path,
         inference: InferenceAccess,
+        encoding_helper_min_rows: int = 0,
     ) -> None:
         self.store = store
         self.catalog = catalog
         self.base_models = base_models
         self.scratch_dir = scratch_dir
         self.inference = inference
+        self.encoding_helper_min_rows = encoding_helper_min_rows
 
     def run(
         self,
@@ -221,6 +216,33 @@ class PrepareRunner:
         request = stored_request(payload)
         model = BaseModel(**payload["model"])
         dataset = self.catalog.get_dataset(request.dataset_id)
+        with self._encoding_helper(dataset, model) as helper:
+            return self._prepare(target_id, request, model, dataset, helper, progress, stop_if_asked)
+
+    def _encoding_helper(
+        self, dataset: DatasetRecord, model: BaseModel
+    ) -> contextlib.AbstractContextManager[EncodingHelper | None]:
+        """A helper process for the rows' encoding (row_encoding.py) when the dataset is large enough to
+        repay starting one (~3 s of CPU) and a second CPU is there for it."""
+        rows = dataset.counts.get("rows_kept", 0)
+        if (
+            not self.encoding_helper_min_rows
+            or rows < self.encoding_helper_min_rows
+            or usable_cpu_count() < 2
+        ):
+            return contextlib.nullcontext()
+        return EncodingHelper(str(self.store.local_dir(model.artifact_uri)))
+
+    def _prepare(
+        self,
+        target_id: str,
+        request: data_pb2.PrepareDatasetRequest,
+        model: BaseModel,
+        dataset: DatasetRecord,
+        helper: EncodingHelper | None,
+        progress: Callable[[float, str, dict[str, float]], None],
+        stop_if_asked: Callable[[], None],
+    ) -> VersionRecord:
         progress(0.01, "loading the dataset and the tokenizer", {})
         # Loading, scanning and grouping build an object or more per row; see collection_pause.py.
         with collection_paused():
@@ -265,7 +287,15 @@ class PrepareRunner:
         )
         with collection_paused():
             examples, dropped, truncated = self._tokenize(
-                request, conversations, groups, tokenizer, template, end_of_turn, progress, stop_if_asked
+                request,
+                conversations,
+                groups,
+                tokenizer,
+                template,
+                end_of_turn,
+                helper,
+                progress,
+                stop_if_asked,
             )
         if not examples:
             raise InvalidArgument(
@@ -434,102 +464,72 @@ class PrepareRunner:
         tokenizer: Any,
         template: str,
         end_of_turn: str,
+        helper: EncodingHelper | None,
         progress: Callable[[float, str, dict[str, float]], None],
         stop_if_asked: Callable[[], None],
     ) -> tuple[list[_Example], int, int]:
-        # Exact duplicates are tokenized once for the whole data set, not once per batch.
+        # Exact duplicates are encoded once for the whole data set, not once per batch.
         keys = [(tuple(map(role_and_content, c.messages)), c.rejected) for c in conversations]
         first_of = {key: index for index, key in reversed(list(enumerate(keys)))}
         distinct = list(first_of)
-        encoded: dict[tuple, _Encoded] = {}
-        for start in range(0, len(distinct), TOKENIZE_BATCH):
+        rows = [(conversations[first_of[key]].messages, key[1]) for key in distinct]
+        batches = [rows[start : start + TOKENIZE_BATCH] for start in range(0, len(rows), TOKENIZE_BATCH)]
+        done = 0
+
+        def batch_done(count: int) -> None:
+            nonlocal done
+            done += count
             stop_if_asked()
-            batch = distinct[start : start + TOKENIZE_BATCH]
-            rows = [conversations[first_of[key]] for key in batch]
-            encoded.update(zip(batch, _encode_rows(tokenizer, rows, end_of_turn, template), strict=True))
-            done = min(start + TOKENIZE_BATCH, len(distinct))
             progress(
                 0.05 + 0.85 * done / len(distinct),
                 "tokenizing",
                 {"distinct_rows_done": float(done), "distinct_rows_total": float(len(distinct))},
             )
+
+        recipe = EncodingRecipe(
+            template,
+            end_of_turn,
+            request.max_seq_len,
+            request.truncation == data_pb2.TRUNCATION_POLICY_TRUNCATE,
+        )
+        encoded = encode_batches(tokenizer, recipe, batches, helper, batch_done)
+        encoding_of = dict(zip(distinct, (e for batch in encoded for e in batch), strict=True))
         examples: list[_Example] = []
         dropped = truncated = 0
-        limit = request.max_seq_len
-        keep_truncated = request.truncation == data_pb2.TRUNCATION_POLICY_TRUNCATE
         for conversation, group, key in zip(conversations, groups, keys, strict=True):
-            example = _Example(conversation, group, *encoded[key])
-            if any(len(ids) > limit for ids, _ in example.sequences):
-                # A truncated example (or either side of a pair) that lost every answer token trains nothing.
-                if not keep_truncated or any(
-                    all(t == IGNORE_INDEX for t in labels[:limit]) for _, labels in example.sequences
-                ):
-                    dropped += 1
-                    continue
-                example.input_ids, example.labels = example.input_ids[:limit], example.labels[:limit]
-                if example.rejected:
-                    example.rejected = (example.rejected[0][:limit], example.rejected[1][:limit])
-                truncated += 1
-            examples.append(example)
+            encoding = encoding_of[key]
+            if encoding.outcome == Outcome.DROPPED:
+                dropped += 1
+                continue
+            truncated += encoding.outcome == Outcome.TRUNCATED
+            examples.append(_Example(conversation, group, encoding))
         return examples, dropped, truncated
 
     @staticmethod
     def _write_splits(
         folder: Path, examples: list[_Example], splits: list[str], seed: int
     ) -> dict[str, dict[str, float]]:
+        # A pair counts as one example whose tokens are both sides' (RowEncoding): what it costs the trainer.
         stats = {}
-        # Exact duplicates share their token lists (see tokenization.py): each list is serialised and
-        # counted once, which keeps data sets with many copies of a row cheap to write.
-        encoded_tokens: dict[int, str] = {}
-        # A pair counts as one example whose tokens are both sides': what one pair costs the trainer.
-        trained_tokens: dict[int, int] = {}
-        for example in examples:
-            if id(example.labels) not in trained_tokens:
-                trained_tokens[id(example.labels)] = sum(
-                    len(labels) - labels.count(IGNORE_INDEX) for _, labels in example.sequences
-                )
         for split in SPLITS:
             indexes = [i for i, s in enumerate(splits) if s == split]
             if split == "train":
                 indexes = shuffled(indexes, seed)
+            chosen = [examples[index] for index in indexes]
             with open(folder / prepared_layout.split_file(split), "w", encoding="utf-8") as handle:
-                handle.writelines(PrepareRunner._line(examples[index], encoded_tokens) for index in indexes)
+                handle.writelines(
+                    prepared_layout.example_line(
+                        e.encoding.body, e.conversation.line, e.conversation.is_refusal
+                    )
+                    for e in chosen
+                )
             stats[split] = token_stats(
-                [sum(len(ids) for ids, _ in examples[i].sequences) for i in indexes],
-                [trained_tokens[id(examples[i].labels)] for i in indexes],
+                [e.encoding.tokens for e in chosen], [e.encoding.trained_tokens for e in chosen]
             )
         return stats
-
-    @staticmethod
-    def _line(example: _Example, encoded: dict[int, str]) -> str:
-        # Rows sharing a token list are copies of one conversation (same messages too): only where they
-        # came from differs, so everything else is encoded once.
-        key = id(example.input_ids)
-        if key not in encoded:
-            rejected = (
-                prepared_layout.RejectedAnswer(*example.rejected, example.conversation.rejected or "")
-                if example.rejected
-                else None
-            )
-            encoded[key] = prepared_layout.example_body(
-                example.input_ids, example.labels, example.conversation.messages, rejected
-            )
-        conversation = example.conversation
-        return prepared_layout.example_line(encoded[key], conversation.line, conversation.is_refusal)
 
     def _tokenizer_sha(self, model: BaseModel) -> str:
         folder = self.store.local_dir(model.artifact_uri)
         return sha256_json(
             {name: sha256_file(folder / name) for name in TOKENIZER_FILES if (folder / name).exists()}
         )
-
-
-def _encode_rows(tokenizer: Any, rows: list[Conversation], end_of_turn: str, template: str) -> list[_Encoded]:
-    """Tokenized rows: plain conversations, or preference pairs (a dataset holds one kind)."""
-    messages = [row.messages for row in rows]
-    if rows and rows[0].rejected is not None:
-        pairs = preference_examples(
-            tokenizer, messages, [row.rejected or "" for row in rows], end_of_turn, template
-        )
-        return [(*chosen, rejected) for chosen, rejected in pairs]
-    return [(*example, None) for example in training_examples(tokenizer, messages, end_of_turn, template)]

@@ -64,7 +64,14 @@ def build_server(settings: DataSettings) -> DataServer:
     )
     scratch = settings.data_dir / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
-    runner = PrepareRunner(store, catalog, base_models, scratch, InferenceAccess.from_settings(settings))
+    runner = PrepareRunner(
+        store,
+        catalog,
+        base_models,
+        scratch,
+        InferenceAccess.from_settings(settings),
+        settings.encoding_helper_min_rows,
+    )
     workers = prepare_runtime(jobs, runner, settings)
     generate_jobs = JobStore(db, tables.generate_jobs, tables.generate_job_events, id_prefix="gen")
     generation = GenerateJobs(settings, store, catalog, generate_jobs, base_models)
