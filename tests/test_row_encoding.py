@@ -37,7 +37,7 @@ def test_a_helper_process_encodes_batches_as_this_process_does(default_model_dir
     recipe = EncodingRecipe(tokenizer.chat_template, END_OF_TURN, 64, keep_truncated)
     here = [encode_batch(tokenizer, recipe, batch) for batch in batches()]
     done: list[int] = []
-    with EncodingHelper(str(default_model_dir)) as helper:
+    with EncodingHelper(type(tokenizer), str(default_model_dir)) as helper:
         shared = encode_batches(tokenizer, recipe, batches(), helper, done.append)
         # The helper takes batches from the front: the first two are its, whatever the timing.
         assert helper.submit(recipe, batches()[0]).result() == here[0]
@@ -98,7 +98,7 @@ def test_batches_of_a_helper_that_dies_are_encoded_here(default_model_dir: Path,
     recipe = EncodingRecipe(tokenizer.chat_template, END_OF_TURN, 64, False)
     done: list[int] = []
     # A helper that cannot load its tokenizer dies before its first batch, as a killed one would.
-    with EncodingHelper(str(tmp_path / "no-tokenizer-here")) as helper:
+    with EncodingHelper(type(tokenizer), str(tmp_path / "no-tokenizer-here")) as helper:
         encoded = encode_batches(tokenizer, recipe, batches(), helper, done.append)
     assert encoded == [encode_batch(tokenizer, recipe, batch) for batch in batches()]
     assert sorted(done) == sorted(len(batch) for batch in batches())
@@ -109,9 +109,11 @@ def test_a_helper_ends_when_its_parent_is_killed(default_model_dir: Path, tmp_pa
     script.write_text(
         "import multiprocessing, os, signal, sys\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+        "from transformers import AutoTokenizer\n"
         "from services.data.row_encoding import EncodingHelper\n"
         "if __name__ == '__main__':\n"
-        f"    helper = EncodingHelper({str(default_model_dir)!r})\n"
+        f"    tokenizer = AutoTokenizer.from_pretrained({str(default_model_dir)!r})\n"
+        f"    helper = EncodingHelper(type(tokenizer), {str(default_model_dir)!r})\n"
         "    print(*[child.pid for child in multiprocessing.active_children()], flush=True)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
     )

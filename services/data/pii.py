@@ -150,6 +150,10 @@ def scan_conversation(
 ) -> list[PiiFinding]:
     """Findings in every message (and a preference pair's rejected answer, which is trained on too); with
     `redact`, the texts are rewritten in place (allowed spans stay)."""
+    # Most rows hold nothing: one test of all their texts at once, joined by a character no finding and no
+    # prefilter substring contains, so a match cannot span two texts (300,000 calls become 100,000).
+    if not _may_contain_any("\0".join(_contents(conversation))):
+        return []
     findings = []
     for index, message in enumerate(conversation.messages):
         found, message["content"] = _scan(
@@ -162,6 +166,11 @@ def scan_conversation(
         )
         findings.extend(found)
     return findings
+
+
+def _contents(conversation: Conversation) -> list[str]:
+    contents = [message["content"] for message in conversation.messages]
+    return [*contents, conversation.rejected] if conversation.rejected else contents
 
 
 def _scan(

@@ -107,12 +107,12 @@ def _row_encoding(
 class EncodingHelper:
     """One helper process with the tokenizer loaded; a context manager that ends the process on exit."""
 
-    def __init__(self, tokenizer_dir: str) -> None:
+    def __init__(self, tokenizer_class: type, tokenizer_dir: str) -> None:
         self._pool = ProcessPoolExecutor(
             max_workers=1,
             mp_context=get_context("spawn"),
             initializer=_start_helper,
-            initargs=(os.getpid(), tokenizer_dir),
+            initargs=(os.getpid(), tokenizer_class, tokenizer_dir),
         )
         # Starts the process (and its tokenizer loading) now, while the caller loads the rows.
         self._pool.submit(_ready)
@@ -171,9 +171,9 @@ def encode_batches(
 _helper_tokenizer: Any = None
 
 
-def _start_helper(parent_pid: int, tokenizer_dir: str) -> None:
+def _start_helper(parent_pid: int, tokenizer_class: type, tokenizer_dir: str) -> None:
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
-    _load_tokenizer(tokenizer_dir)
+    _load_tokenizer(tokenizer_class, tokenizer_dir)
 
 
 def _exit_when_orphaned(parent_pid: int) -> None:
@@ -185,11 +185,11 @@ def _exit_when_orphaned(parent_pid: int) -> None:
     os._exit(1)
 
 
-def _load_tokenizer(tokenizer_dir: str) -> None:
+def _load_tokenizer(tokenizer_class: type, tokenizer_dir: str) -> None:
+    """The class the service's tokenizer has (AutoTokenizer's choice, passed by reference): importing just
+    its module takes ~1 s, importing AutoTokenizer ~5 s (transformers then imports torch)."""
     global _helper_tokenizer
-    from transformers import AutoTokenizer
-
-    _helper_tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    _helper_tokenizer = tokenizer_class.from_pretrained(tokenizer_dir)
     encode_texts(_helper_tokenizer, ["a"])  # builds the tiktoken twin before the first batch arrives
 
 
