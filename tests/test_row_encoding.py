@@ -2,6 +2,8 @@
 files as one that does not (services/data/row_encoding.py)."""
 
 import json
+import multiprocessing
+import os
 import signal
 import subprocess
 import sys
@@ -38,9 +40,11 @@ def test_a_helper_process_encodes_batches_as_this_process_does(default_model_dir
     here = [encode_batch(tokenizer, recipe, batch) for batch in batches()]
     done: list[int] = []
     with EncodingHelper(type(tokenizer), str(default_model_dir)) as helper:
-        shared = encode_batches(tokenizer, recipe, batches(), helper, done.append)
-        # The helper takes batches from the front: the first two are its, whatever the timing.
+        # Waiting for a batch of its own waits for it to be ready: then encode_batches hands it the first
+        # two batches before this process takes one, whatever the timing.
         assert helper.submit(recipe, batches()[0]).result() == here[0]
+        assert helper.ready()
+        shared = encode_batches(tokenizer, recipe, batches(), helper, done.append)
     assert shared == here
     assert sorted(done) == sorted(len(batch) for batch in batches())
     outcomes = [row.outcome for batch in here for row in batch]
@@ -93,14 +97,21 @@ def test_a_prepare_with_a_helper_writes_the_files_one_without_writes(
         ).read_bytes()
 
 
-def test_batches_of_a_helper_that_dies_are_encoded_here(default_model_dir: Path, tmp_path: Path):
+@pytest.mark.parametrize("death", ["killed once ready", "no tokenizer to load"])
+def test_batches_of_a_helper_that_dies_are_encoded_here(default_model_dir: Path, tmp_path: Path, death: str):
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
     recipe = EncodingRecipe(tokenizer.chat_template, END_OF_TURN, 64, False)
+    here = [encode_batch(tokenizer, recipe, batch) for batch in batches()]
     done: list[int] = []
-    # A helper that cannot load its tokenizer dies before its first batch, as a killed one would.
-    with EncodingHelper(type(tokenizer), str(tmp_path / "no-tokenizer-here")) as helper:
+    folder = default_model_dir if death == "killed once ready" else tmp_path / "no-tokenizer-here"
+    with EncodingHelper(type(tokenizer), str(folder)) as helper:
+        if death == "killed once ready":
+            assert helper.submit(recipe, batches()[0]).result() == here[0]
+            (process,) = multiprocessing.active_children()
+            os.kill(process.pid, signal.SIGKILL)
         encoded = encode_batches(tokenizer, recipe, batches(), helper, done.append)
-    assert encoded == [encode_batch(tokenizer, recipe, batch) for batch in batches()]
+        assert not helper.ready() or death == "killed once ready"
+    assert encoded == here
     assert sorted(done) == sorted(len(batch) for batch in batches())
 
 

@@ -115,13 +115,18 @@ class EncodingHelper:
             initargs=(os.getpid(), tokenizer_class, tokenizer_dir),
         )
         # Starts the process (and its tokenizer loading) now, while the caller loads the rows.
-        self._pool.submit(_ready)
+        self._started = self._pool.submit(_ready)
 
     def __enter__(self) -> "EncodingHelper":
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        # Not waited for: a helper still loading its tokenizer (a job with few distinct rows) ends by itself.
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def ready(self) -> bool:
+        """Whether the helper has loaded its tokenizer (and not died doing so)."""
+        return self._started.done() and self._started.exception() is None
 
     def submit(self, recipe: EncodingRecipe, rows: Sequence[Row]) -> "Future[list[RowEncoding]]":
         return self._pool.submit(_encode_in_helper, recipe, list(rows))
@@ -134,15 +139,18 @@ def encode_batches(
     helper: EncodingHelper | None,
     batch_done: Callable[[int], None],
 ) -> list[list[RowEncoding]]:
-    """Every batch's encodings, in order: with a helper it takes batches from the front and this process from
-    the back. batch_done(rows) is called after each batch (to report progress and to stop if asked). A
-    helper that dies (killed, out of memory, or unable to start) leaves its batches to this process."""
+    """Every batch's encodings, in order: with a helper it takes batches from the front, once it is ready, and
+    this process from the back (a few batches are all done here before a helper has started). batch_done(rows)
+    is called after each batch (to report progress and to stop if asked). A helper that dies (killed, out of
+    memory, or unable to start) leaves its batches to this process."""
     results: list[list[RowEncoding] | None] = [None] * len(batches)
     mine = list(range(len(batches)))  # batches not yet handed out; the helper pops the front, this the back
     in_flight: dict[Future[list[RowEncoding]], int] = {}
     helper_alive = helper is not None
     while mine or in_flight:
-        while helper is not None and helper_alive and len(in_flight) < _HELPER_QUEUE and mine:
+        while (
+            helper is not None and helper_alive and helper.ready() and len(in_flight) < _HELPER_QUEUE and mine
+        ):
             try:
                 in_flight[helper.submit(recipe, batches[mine[0]])] = mine[0]
             except BrokenProcessPool:
