@@ -13,7 +13,8 @@ copy its own question (" (copy k)" appended), so every row must be tokenized.
 Reported for each: ingest (upload, validation, PII scan, exact and near duplicates) and prepare seconds, and
 the speedup of prepare alone and of ingest + prepare over the baseline; for distinct rows also the tokenizer's
 floor (every templated row encoded, in prepare's batches, by prepare's encoder and by the tokenizers library)
-and the speedup it bounds prepare to. Writes
+and the speedup it would bound a prepare on one core to (prepare encodes on two processes where it has two
+CPUs and 30,000 rows or more: services/data/row_encoding.py). Writes
 benchmarks/results/data_prep.json, naming the processor. --tiny (200 rows) only proves the script runs.
 """
 
@@ -55,7 +56,7 @@ def tokenizer_floor(rows: list[dict[str, str]]) -> dict[str, float]:
     prepare's size, the templates rendered beforehand, untimed: with what prepare encodes (the tiktoken twin
     of a byte-level BPE tokenizer, services/data/tiktoken_twin.py) and with the tokenizers library's batch
     encoder (faster in batches than one call for every row: 8.7 vs 11-16 s for 100,000 rows). A prepare
-    that tokenizes on one core cannot beat the first: it bounds the speedup on distinct rows."""
+    that tokenizes on one core cannot beat the first (prepare with its helper process tokenizes on two)."""
     from transformers import AutoTokenizer
 
     from services.data.prepare import TOKENIZE_BATCH

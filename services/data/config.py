@@ -39,8 +39,8 @@ class DataSettings(ServiceSettings):
     # Near duplicates: Jaccard similarity of word 3-shingles at or above this (one changed word in a 20-word row gives 0.74).
     near_duplicate_threshold: float = Field(0.7, gt=0, le=1)
     # Prepare encodes rows in this process and in one helper process at once (two CPUs' work) when a
-    # dataset keeps at least this many rows and a second CPU is usable; 0: never. Starting the helper costs
-    # ~3 s of CPU, which rows repay at about 30,000 (services/data/row_encoding.py).
+    # dataset keeps at least this many rows and a second CPU is usable; 0: never. The helper costs ~2 s of
+    # CPU to start and ~400 MB while it runs (services/data/row_encoding.py).
     encoding_helper_min_rows: int = Field(30_000, ge=0)
     # GenerateDataset: documents to Q&A pairs. A document over this size is refused with its name.
     max_document_bytes: int = Field(20 * 1024 * 1024, gt=0)
