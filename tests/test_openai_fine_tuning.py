@@ -353,13 +353,16 @@ def wait_for(client: OpenAI, job_id: str, condition, what: str) -> object:
 
 
 def trained_a_step(client: OpenAI, job_id: str) -> object:
-    """Running, with a training step done (its metrics event is in)."""
+    """Running, with a training step done: the job as retrieved after its first metrics event is in. The
+    follower records a step's estimated finish before it adds the step's event, so a job retrieved before
+    the events are listed may be one step behind them (it failed a CI run that way)."""
 
-    def stepped(job) -> bool:
+    def stepped(_job: object) -> bool:
         events = client.fine_tuning.jobs.list_events(job_id, limit=100).data
-        return job.status == "running" and any(e.type == "metrics" for e in events)
+        return any(e.type == "metrics" for e in events)
 
-    return wait_for(client, job_id, stepped, "no training step")
+    wait_for(client, job_id, stepped, "no training step")
+    return wait_for(client, job_id, lambda job: job.status == "running", "not running after a training step")
 
 
 def step_losses(client: OpenAI, result_file: str) -> dict[int, float]:
