@@ -47,18 +47,10 @@ MAY_CONTAIN: dict[str, Callable[[str], bool]] = {
 
 
 def _may_contain_any(text: str) -> bool:
-    """Whether a text may hold any finding at all, for the many texts that hold none: substring tests (run
-    at memory speed) and one digit search, not one regex of every alternative (200,000 lamini_docs texts:
-    0.7 s instead of 1.4 s)."""
-    return (
-        "@" in text
-        or "sk-" in text
-        or "AKIA" in text
-        or "xox" in text
-        or "AIza" in text
-        or ("gh" in text and "_" in text)
-        or _PHONE_CORE.search(text) is not None
-    )
+    """Whether a text may hold any finding at all, for the many texts that hold none: the tests above
+    (substring tests at memory speed and one digit search) rather than one regex of every alternative
+    (200,000 lamini_docs texts: 0.7-0.8 s instead of 1.4 s)."""
+    return any(may_contain(text) for may_contain in MAY_CONTAIN.values())
 
 
 _DOMAIN = re.compile(r"^[a-z0-9-]+(?:\.[a-z0-9-]+)+$")
