@@ -14,7 +14,7 @@ from services.data.splitting import SPLITS
 from services.data.tokenization import (
     IGNORE_INDEX,
     cuts_at_special_tokens,
-    encode_with_prefixes,
+    encode_rendered,
     training_examples,
 )
 
@@ -243,25 +243,23 @@ def test_bad_prepare_requests_name_their_field(data_stub, fields, field):
     assert f"field '{field}'" in err.value.details()
 
 
-def test_prefixes_tokenize_as_they_do_on_their_own(tokenizer):
-    """encode_with_prefixes cuts a prefix at its last special token and tokenizes only the tail: whatever
-    the text around the cut, a prefix's ids are those the tokenizer gives it whole."""
+def test_texts_cut_at_special_tokens_tokenize_as_they_do_whole(tokenizer):
+    """encode_rendered cuts texts at their special tokens and tokenizes each distinct piece once: whatever
+    the text around a cut (inside a special token, at its end, spaces and newlines after it, no special
+    token at all, two in a row, a piece shared by several texts), every text's ids are those the tokenizer
+    gives it whole."""
     assert cuts_at_special_tokens(tokenizer), "the default tokenizer must take the cutting path tested here"
     conversation = [{"role": "user", "content": "Where are the logs?"}]
     prompt = tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-    texts, prefixes = [], []
+    texts = []
     for answer in ["Under /var/log.", " Under /var/log.", "  Two spaces.", "\n\nBlank lines first.", ""]:
         full = prompt + answer + "<|im_end|>\n"
-        texts.append(full)
         cuts = {len(prompt), len(prompt) - 1, len(prompt) - 3, len(prompt) + len(answer), len(full), 5, 0}
-        # Inside a special token, in a tail without one, exactly at one's end: every kind of prefix.
-        prefixes += [(len(texts) - 1, full[:cut]) for cut in sorted(cuts)]
-    texts.append(ALPACA_TEMPLATE[:40] + " no special token here")
-    prefixes.append((len(texts) - 1, texts[-1][:30]))
-    prefixes.append((0, "not a prefix of its text"))
-    text_ids, prefix_ids = encode_with_prefixes(tokenizer, texts, prefixes)
-    whole = tokenizer.backend_tokenizer.encode_batch(
-        texts + [p for _, p in prefixes], add_special_tokens=False
-    )
-    assert text_ids == [e.ids for e in whole[: len(texts)]]
-    assert prefix_ids == [e.ids for e in whole[len(texts) :]]
+        texts += [full, *(full[:cut] for cut in sorted(cuts))]
+    texts += [
+        ALPACA_TEMPLATE[:40] + " no special token here",
+        "<|im_start|><|im_end|>twice in a row<|im_end|>",
+        "Ünïcödé → outside the twin's blocks<|im_end|>Where are the logs?",
+    ]
+    whole = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    assert encode_rendered(tokenizer, texts) == [e.ids for e in whole]
