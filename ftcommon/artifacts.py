@@ -81,7 +81,10 @@ class ArtifactStore:
 
     # Folders
 
-    def put_dir(self, folder: Path) -> Artifact:
+    def put_dir(self, folder: Path, move_files: bool = False) -> Artifact:
+        """The folder as a tree artifact. move_files: the folder is scratch its caller gives up, so a local
+        store on the same filesystem takes its files by renaming them instead of copying (a 100,000-example
+        prepared version is ~220 MB: 0.2-0.5 s of copying)."""
         files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
         entries = [
             {"path": p.relative_to(folder).as_posix(), "sha256": sha256_file(p), "size": p.stat().st_size}
@@ -99,7 +102,7 @@ class ArtifactStore:
             for entry in entries:
                 target = staging / entry["path"]
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(folder / entry["path"], target)
+                self._copy_or_move(folder / entry["path"], target, move_files)
             (staging / MANIFEST).write_bytes(manifest)
             self._publish_local(str(staging), self._full(key))
         else:
@@ -155,6 +158,16 @@ class ArtifactStore:
         else:
             # Object stores publish a PUT atomically.
             self.fs.pipe_file(self._full(key), data)
+
+    @staticmethod
+    def _copy_or_move(source: Path, target: Path, move: bool) -> None:
+        if move:
+            try:
+                os.replace(source, target)
+                return
+            except OSError:  # another filesystem (EXDEV): copied, as without move
+                pass
+        shutil.copyfile(source, target)
 
     @staticmethod
     def _publish_local(tmp: str, final: str) -> None:

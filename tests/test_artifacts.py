@@ -1,6 +1,9 @@
 """The artifact store: content addressing, atomic folders, integrity checks."""
 
 import json
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -56,3 +59,27 @@ def test_remote_stores_download_into_a_verified_cache(tmp_path):
     local = store.local_dir(artifact.uri)
     assert local.parent == tmp_path / "cache"
     assert (local / "w.bin").read_bytes() == b"weights"
+
+
+@pytest.mark.parametrize("scratch_root", ["same filesystem", "/dev/shm"])
+def test_a_folder_given_up_is_moved_in_and_stored_as_a_copy_would_be(tmp_path, scratch_root):
+    """put_dir(move_files=True) takes a scratch folder's files by renaming them where the store shares
+    their filesystem, and copies them where it does not (tmpfs beside the disk: a real EXDEV)."""
+    root = tmp_path if scratch_root == "same filesystem" else Path(scratch_root)
+    if not root.is_dir():
+        pytest.skip(f"{root} is absent")
+    store = ArtifactStore(str(tmp_path / "store"))
+    copied = tmp_path / "copied"
+    (copied / "sub").mkdir(parents=True)
+    (copied / "a.txt").write_text("a")
+    (copied / "sub" / "b.bin").write_bytes(b"\0b")
+    with tempfile.TemporaryDirectory(dir=root) as scratch:
+        moved = Path(scratch) / "moved"
+        shutil.copytree(copied, moved)
+        artifact = store.put_dir(moved, move_files=True)
+        assert artifact == ArtifactStore(str(tmp_path / "other")).put_dir(copied)
+        local = store.local_dir(artifact.uri, verify=True)
+        assert (local / "sub" / "b.bin").read_bytes() == b"\0b"
+        left = {p.relative_to(moved).as_posix() for p in moved.rglob("*") if p.is_file()}
+        assert left == (set() if scratch_root == "same filesystem" else {"a.txt", "sub/b.bin"})
+    assert not list((tmp_path / "store" / "tmp").iterdir())

@@ -221,7 +221,10 @@ class PrepareRunner:
         request = stored_request(payload)
         model = BaseModel(**payload["model"])
         dataset = self.catalog.get_dataset(request.dataset_id)
-        with self._encoding_helper(dataset, model) as helper:
+        # Loading, scanning, grouping, encoding and writing build objects per row that stay alive to the end
+        # (collection_pause.py). One pause for the whole job, ended once _prepare's rows are freed: a pause
+        # per stage made the collector walk every row still alive as each stage ended.
+        with self._encoding_helper(dataset, model) as helper, collection_paused():
             return self._prepare(target_id, request, model, dataset, helper, progress, stop_if_asked)
 
     def _encoding_helper(
@@ -255,33 +258,31 @@ class PrepareRunner:
         stop_if_asked: Callable[[], None],
     ) -> VersionRecord:
         progress(0.01, "loading the dataset and the tokenizer", {})
-        # Loading, scanning and grouping build an object or more per row; see collection_pause.py.
-        with collection_paused():
-            conversations = load_conversations(self.store, dataset)
-            validation_rows = self._validation_rows(request)
-            pairs = any(c.rejected is not None for c in conversations)
-            check_pairs_request(
-                request,
-                pairs,
-                any(c.rejected is not None for c in validation_rows) if validation_rows else None,
-            )
-            # Only the dataset's rows are scanned: the system prompt and refusal rows are the operator's own text.
-            allow = PiiAllowList.parse(request.pii.allow, "pii.allow")
-            pii_of = {id(c): scan_conversation(c, request.pii.redact, allow) for c in conversations}
-            by_fact = split_by_fact(request, conversations)
-            groups, cross_fact_near_groups = self._group_keys(dataset, conversations, by_fact)
-            # Only this dataset's rows are phrasings of its facts; a validation dataset's rows are validation.
-            fact_of_row = {id(c): c.fact_id for c in conversations if c.fact_id}
-            pii_of |= {id(c): scan_conversation(c, request.pii.redact, allow) for c in validation_rows}
-            conversations += validation_rows
-            groups += [f"{_VALIDATION_DATASET_GROUP}{c.line}" for c in validation_rows]
-            refusal_rows = self._refusal_rows(request, len(conversations))
-            conversations += refusal_rows
-            groups += [f"refusal:{c.messages[0]['content']}" for c in refusal_rows]
-            if request.system_prompt:
-                for conversation in conversations:
-                    if conversation.messages[0]["role"] != "system":
-                        conversation.messages.insert(0, {"role": "system", "content": request.system_prompt})
+        conversations = load_conversations(self.store, dataset)
+        validation_rows = self._validation_rows(request)
+        pairs = any(c.rejected is not None for c in conversations)
+        check_pairs_request(
+            request,
+            pairs,
+            any(c.rejected is not None for c in validation_rows) if validation_rows else None,
+        )
+        # Only the dataset's rows are scanned: the system prompt and refusal rows are the operator's own text.
+        allow = PiiAllowList.parse(request.pii.allow, "pii.allow")
+        pii_of = {id(c): scan_conversation(c, request.pii.redact, allow) for c in conversations}
+        by_fact = split_by_fact(request, conversations)
+        groups, cross_fact_near_groups = self._group_keys(dataset, conversations, by_fact)
+        # Only this dataset's rows are phrasings of its facts; a validation dataset's rows are validation.
+        fact_of_row = {id(c): c.fact_id for c in conversations if c.fact_id}
+        pii_of |= {id(c): scan_conversation(c, request.pii.redact, allow) for c in validation_rows}
+        conversations += validation_rows
+        groups += [f"{_VALIDATION_DATASET_GROUP}{c.line}" for c in validation_rows]
+        refusal_rows = self._refusal_rows(request, len(conversations))
+        conversations += refusal_rows
+        groups += [f"refusal:{c.messages[0]['content']}" for c in refusal_rows]
+        if request.system_prompt:
+            for conversation in conversations:
+                if conversation.messages[0]["role"] != "system":
+                    conversation.messages.insert(0, {"role": "system", "content": request.system_prompt})
         pair_counts = None
         if request.preference_pairs.from_refusals:
             check_refusal_pairs_request(request, conversations, pairs)
@@ -296,18 +297,17 @@ class PrepareRunner:
             if request.template == data_pb2.PROMPT_TEMPLATE_CHAT
             else tokenizer.eos_token
         )
-        with collection_paused():
-            examples, dropped, truncated = self._tokenize(
-                request,
-                conversations,
-                groups,
-                tokenizer,
-                template,
-                end_of_turn,
-                helper,
-                progress,
-                stop_if_asked,
-            )
+        examples, dropped, truncated = self._tokenize(
+            request,
+            conversations,
+            groups,
+            tokenizer,
+            template,
+            end_of_turn,
+            helper,
+            progress,
+            stop_if_asked,
+        )
         if not examples:
             raise InvalidArgument(
                 f"every example is longer than max_seq_len {request.max_seq_len}", field="max_seq_len"
@@ -339,8 +339,7 @@ class PrepareRunner:
             progress(0.93, f"warning: {warning}", {})
         with tempfile.TemporaryDirectory(dir=self.scratch_dir) as scratch:
             folder = Path(scratch)
-            with collection_paused():
-                split_stats = self._write_splits(folder, examples, splits, request.seed)
+            split_stats = self._write_splits(folder, examples, splits, request.seed)
             split_pii = self._split_pii(examples, splits, pii_of)
             tokenizer_sha = self._tokenizer_sha(model)
             prepared_layout.write_chat_template(folder, template)
@@ -368,7 +367,7 @@ class PrepareRunner:
                 preference_pairs=pairs,
             )
             stop_if_asked()
-            artifact = self.store.put_dir(folder)
+            artifact = self.store.put_dir(folder, move_files=True)
         record = VersionRecord(
             id=target_id,
             dataset_id=dataset.id,

@@ -27,6 +27,7 @@ from multiprocessing import get_context
 from typing import Any
 
 from ftcommon import prepared_layout
+from services.data.collection_pause import collection_paused
 from services.data.records import Message
 from services.data.tokenization import IGNORE_INDEX, encode_texts, preference_examples, training_examples
 
@@ -206,4 +207,7 @@ def _ready() -> None:
 
 
 def _encode_in_helper(recipe: EncodingRecipe, rows: list[Row]) -> list[RowEncoding]:
-    return encode_batch(_helper_tokenizer, recipe, rows)
+    # As prepare's own encoding, with the collector paused (collection_pause.py): with it running a batch
+    # took the helper 210 ms against 130 ms in the service.
+    with collection_paused():
+        return encode_batch(_helper_tokenizer, recipe, rows)

@@ -81,7 +81,7 @@ class JobReporter:
             self.mlflow_run.log_validation(metrics)
 
     def on_checkpoint(self, step: int, folder: Path) -> None:
-        artifact = self.artifacts.put_dir(folder)
+        artifact = self.artifacts.put_dir(folder, move_files=True)
         record = record_checkpoint(self.db, self.job_id, step, artifact)
         shutil.rmtree(folder, ignore_errors=True)
         self.store.emit(self.job_id, EventKind.CHECKPOINT, message=record.id, metrics={"step": float(step)})
