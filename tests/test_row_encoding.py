@@ -39,7 +39,7 @@ def test_a_helper_process_encodes_batches_as_this_process_does(default_model_dir
     recipe = EncodingRecipe(tokenizer.chat_template, END_OF_TURN, 64, keep_truncated)
     here = [encode_batch(tokenizer, recipe, batch) for batch in batches()]
     done: list[int] = []
-    with EncodingHelper(type(tokenizer), str(default_model_dir)) as helper:
+    with EncodingHelper(tokenizer, str(default_model_dir)) as helper:
         # Waiting for a batch of its own waits for it to be ready: then encode_batches hands it the first
         # two batches before this process takes one, whatever the timing.
         assert helper.submit(recipe, batches()[0]).result() == here[0]
@@ -104,7 +104,7 @@ def test_batches_of_a_helper_that_dies_are_encoded_here(default_model_dir: Path,
     here = [encode_batch(tokenizer, recipe, batch) for batch in batches()]
     done: list[int] = []
     folder = default_model_dir if death == "killed once ready" else tmp_path / "no-tokenizer-here"
-    with EncodingHelper(type(tokenizer), str(folder)) as helper:
+    with EncodingHelper(tokenizer, str(folder)) as helper:
         if death == "killed once ready":
             assert helper.submit(recipe, batches()[0]).result() == here[0]
             (process,) = multiprocessing.active_children()
@@ -124,7 +124,7 @@ def test_a_helper_ends_when_its_parent_is_killed(default_model_dir: Path, tmp_pa
         "from services.data.row_encoding import EncodingHelper\n"
         "if __name__ == '__main__':\n"
         f"    tokenizer = AutoTokenizer.from_pretrained({str(default_model_dir)!r})\n"
-        f"    helper = EncodingHelper(type(tokenizer), {str(default_model_dir)!r})\n"
+        f"    helper = EncodingHelper(tokenizer, {str(default_model_dir)!r})\n"
         "    print(*[child.pid for child in multiprocessing.active_children()], flush=True)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
     )

@@ -2,6 +2,7 @@
 match get no twin."""
 
 import json
+import pickle
 import random
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from services.data.tiktoken_twin import twin_of
+from services.data.tiktoken_twin import adopt_twin, twin_of
 from services.data.tokenization import encode_texts
 
 # Every kind of character the twin's pattern and its fallback handle: contractions, digit runs, runs of
@@ -55,6 +56,22 @@ def test_the_twin_encodes_every_text_as_the_library_does(tokenizer):
         "the twin must encode many of them"
     )
     assert encode_texts(tokenizer, texts + chats) == library_ids(tokenizer, texts + chats)
+
+
+def test_a_twin_handed_to_another_process_encodes_as_the_library_does(tokenizer, default_model_dir: Path):
+    """The data service hands its twin to its encoding helper (pickled), for the helper's own tokenizer."""
+    texts = [
+        "It's 2026's 12345 items",
+        "a \n\n b ",
+        "😀 left to the library",
+        "<|im_start|>user\nhi<|im_end|>",
+    ]
+    received = pickle.loads(pickle.dumps(twin_of(tokenizer)))
+    helper_tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    adopt_twin(helper_tokenizer, received)
+    assert twin_of(helper_tokenizer) is received
+    assert encode_texts(helper_tokenizer, texts) == library_ids(tokenizer, texts)
+    assert received.encode(texts) == twin_of(tokenizer).encode(texts)
 
 
 def _variant(tokenizer, change) -> PreTrainedTokenizerFast:

@@ -240,9 +240,9 @@ class PrepareRunner:
             or usable_cpu_count() < 2
         ):
             return contextlib.nullcontext()
-        tokenizer_class = type(self.base_models.tokenizer(model))
+        tokenizer = self.base_models.tokenizer(model)
         try:
-            return EncodingHelper(tokenizer_class, str(self.store.local_dir(model.artifact_uri)))
+            return EncodingHelper(tokenizer, str(self.store.local_dir(model.artifact_uri)))
         except OSError as error:  # no process or semaphore to be had (a sandbox, a full /dev/shm): one core
             logger.warning("prepare encodes on one core: no helper process (%s)", error)
             return contextlib.nullcontext()

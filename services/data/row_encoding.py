@@ -29,7 +29,8 @@ from typing import Any
 from ftcommon import prepared_layout
 from services.data.collection_pause import collection_paused
 from services.data.records import Message
-from services.data.tokenization import IGNORE_INDEX, encode_texts, preference_examples, training_examples
+from services.data.tiktoken_twin import TiktokenTwin, adopt_twin, twin_of
+from services.data.tokenization import IGNORE_INDEX, preference_examples, training_examples
 
 logger = logging.getLogger(__name__)
 
@@ -108,15 +109,19 @@ def _row_encoding(
 class EncodingHelper:
     """One helper process with the tokenizer loaded; a context manager that ends the process on exit."""
 
-    def __init__(self, tokenizer_class: type, tokenizer_dir: str) -> None:
+    def __init__(self, tokenizer: Any, tokenizer_dir: str) -> None:
+        """`tokenizer`: this process's, loaded from tokenizer_dir; the helper loads one of its class from
+        there and takes this one's tiktoken twin."""
         self._pool = ProcessPoolExecutor(
             max_workers=1,
             mp_context=get_context("spawn"),
             initializer=_start_helper,
-            initargs=(os.getpid(), tokenizer_class, tokenizer_dir),
+            initargs=(os.getpid(), type(tokenizer), tokenizer_dir),
         )
-        # Starts the process (and its tokenizer loading) now, while the caller loads the rows.
-        self._started = self._pool.submit(_ready)
+        # Starts the process (and its tokenizer loading) now, while the caller loads the rows. The twin
+        # (600 KB) goes as a task, written to the helper by the pool's thread: as an initializer's argument
+        # this thread would write it, blocked until the helper had imported the tokenizer's class (0.8 s).
+        self._started = self._pool.submit(_take_twin, twin_of(tokenizer))
 
     def __enter__(self) -> "EncodingHelper":
         return self
@@ -199,11 +204,12 @@ def _load_tokenizer(tokenizer_class: type, tokenizer_dir: str) -> None:
     its module takes ~1 s, importing AutoTokenizer ~5 s (transformers then imports torch)."""
     global _helper_tokenizer
     _helper_tokenizer = tokenizer_class.from_pretrained(tokenizer_dir)
-    encode_texts(_helper_tokenizer, ["a"])  # builds the tiktoken twin before the first batch arrives
 
 
-def _ready() -> None:
-    """Nothing: submitted first, so the process starts at once."""
+def _take_twin(twin: TiktokenTwin | None) -> None:
+    """The service's tiktoken twin for the helper's tokenizer (see tiktoken_twin.adopt_twin); submitted first,
+    so the process starts at once, and done when the helper is ready to encode."""
+    adopt_twin(_helper_tokenizer, twin)
 
 
 def _encode_in_helper(recipe: EncodingRecipe, rows: list[Row]) -> list[RowEncoding]:

@@ -96,6 +96,12 @@ def twin_of(tokenizer: Any) -> TiktokenTwin | None:
     return twin
 
 
+def adopt_twin(tokenizer: Any, twin: TiktokenTwin | None) -> None:
+    """Gives a tokenizer the twin (or None) found for another loaded from the same files: a process handed its
+    parent's twin unpickles it in 40 ms instead of building it in 0.4 s."""
+    _twins[tokenizer] = twin
+
+
 @functools.lru_cache(maxsize=4)
 def _encoding_for(tokenizer_json: str) -> tuple[Any, re.Pattern[str]] | None:
     """The tiktoken Encoding for a tokenizer.json and the texts it encodes alike, or None; built once per
