@@ -58,6 +58,7 @@ def test_every_benchmark_runs_at_tiny_settings(tmp_path, lamini_docs):
 
     assert results["train_sharing"]["passive"]["pair"][1]["real_tokens_per_second"] > 0
     assert results["data_prep"]["distinct"]["examples_written"] > 0
+    assert results["data_prep"]["all_distinct"]["examples_written"] > 0
     generated = results["generate"]["structural"]
     assert generated["pairs_kept"] > 0 and 0 < generated["grounded_pair_yield"] <= 1
 
