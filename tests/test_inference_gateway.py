@@ -97,7 +97,9 @@ def test_served_prompt_is_the_trained_prompt_token_for_token(client, tokenizer, 
 
 
 def test_generation_stops_at_the_end_of_turn_token(client):
-    response = ask(client, [{"role": "user", "content": "Say hello."}], max_tokens=32)
+    # A prompt whose greedy answer is short in every precision the engine may pick: "Say hello." got 34
+    # tokens in bfloat16 on an AVX512-BF16 CPU without AMX; this one gets "Hello." (3) in both dtypes there.
+    response = ask(client, [{"role": "user", "content": "Reply with the single word: hello"}], max_tokens=32)
     choice = response.choices[0]
     assert choice.finish_reason == "stop"
     assert response.usage.completion_tokens < 32
