@@ -19,7 +19,6 @@ import operator
 import re
 from collections.abc import Sequence
 from functools import reduce
-from operator import iadd
 from typing import Any
 
 from services.data.records import Message
@@ -74,12 +73,10 @@ def encode_rendered(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     contents = sorted(special_ids, key=len, reverse=True)
     splitter = re.compile("(" + "|".join(map(re.escape, contents)) + ")")
     parts = [splitter.split(text) for text in texts]  # pieces at even places, special tokens at odd ones
-    pieces = list(dict.fromkeys(piece for text_parts in parts for piece in text_parts[0::2] if piece))
-    ids_of = dict(zip(pieces, encode_texts(tokenizer, pieces), strict=True))
-    ids_of[""] = []
-    ids_of |= special_ids
+    pieces = list(dict.fromkeys(piece for text_parts in parts for piece in text_parts[0::2]))
+    ids_of = dict(zip(pieces, encode_texts(tokenizer, pieces), strict=True)) | special_ids
     # reduce(iadd) extends one new list by each piece's ids in C; a chain of the pieces copied id by id (2x).
-    return [reduce(iadd, map(ids_of.__getitem__, text_parts), []) for text_parts in parts]
+    return [reduce(operator.iadd, map(ids_of.__getitem__, text_parts), []) for text_parts in parts]
 
 
 def training_examples(
