@@ -25,6 +25,8 @@ NOT_VERBATIM = [
     "{% for m in messages %}{{ m['content'] }}{{ m['content'] }}{% endfor %}",  # tree allows; markers refuse
 ]
 VERBATIM = "{% for m in messages[1:] %}{{ m.role ~ ': ' ~ m.content }}{% endfor %}{{ messages | length }}"
+# Literal percent signs around every content: a shape's rendering is kept as a %-format.
+PERCENT = "{% for m in messages %}{{ m.role }} 100%s %: {{ m.content }}%\n{% endfor %}"
 PIECES = [
     "",
     " ",
@@ -37,6 +39,8 @@ PIECES = [
     "é’",
     "😀",
     "x",
+    "%s",
+    "%",
 ]
 
 
@@ -68,14 +72,25 @@ def test_the_platform_s_templates_render_by_shape(tokenizer):
         writes_contents_verbatim(t)
         for t in (tokenizer.chat_template, ALPACA_TEMPLATE, QUESTION_ANSWER_TEMPLATE)
     )
-    assert writes_contents_verbatim(VERBATIM)
+    assert writes_contents_verbatim(VERBATIM) and writes_contents_verbatim(PERCENT)
     assert not any(writes_contents_verbatim(t) for t in NOT_VERBATIM[:-1])
 
 
 @pytest.mark.parametrize("generation", [False, True])
-def test_rendering_by_shape_gives_jinja_s_text(tokenizer, generation):
+@pytest.mark.parametrize("markers", [True, False], ids=["some contents hold the marker", "none does"])
+def test_rendering_by_shape_gives_jinja_s_text(tokenizer, generation, markers):
     rows = conversations(300, seed=int(generation))
-    templates = [tokenizer.chat_template, ALPACA_TEMPLATE, QUESTION_ANSWER_TEMPLATE, VERBATIM, *NOT_VERBATIM]
+    if not markers:
+        rows = [[{**m, "content": m["content"].replace("\ue000", "")} for m in row] for row in rows]
+    assert any("\ue000" in m["content"] for row in rows for m in row) == markers
+    templates = [
+        tokenizer.chat_template,
+        ALPACA_TEMPLATE,
+        QUESTION_ANSWER_TEMPLATE,
+        VERBATIM,
+        PERCENT,
+        *NOT_VERBATIM,
+    ]
     for template in templates:
         jinja = tokenizer.apply_chat_template(
             rows, tokenize=False, add_generation_prompt=generation, chat_template=template

@@ -70,12 +70,15 @@ class TiktokenTwin:
         self._encoding = encoding
         self._texts = texts
 
-    def encode(self, texts: list[str]) -> list[list[int] | None]:
-        """Each text's ids, or None for a text the library must encode."""
-        return [
-            self._encoding.encode(text, allowed_special="all") if self._texts.fullmatch(text) else None
-            for text in texts
-        ]
+    def encode(self, texts: list[str], special_free: bool = False) -> list[list[int] | None]:
+        """Each text's ids, or None for a text the library must encode. `special_free`: no text holds a
+        special token (pieces cut at them), so none is looked for (tiktoken's ordinary encoding)."""
+        encode = self._encoding.encode_ordinary if special_free else self._encode_with_special
+        fits = self._texts.fullmatch
+        return [encode(text) if fits(text) else None for text in texts]
+
+    def _encode_with_special(self, text: str) -> list[int]:
+        return self._encoding.encode(text, allowed_special="all")
 
 
 _twins: "weakref.WeakKeyDictionary[Any, TiktokenTwin | None]" = weakref.WeakKeyDictionary()

@@ -19,6 +19,7 @@ import operator
 import re
 from collections.abc import Sequence
 from functools import reduce
+from itertools import chain
 from typing import Any
 
 from services.data.records import Message
@@ -30,13 +31,16 @@ IGNORE_INDEX = -100
 # A message's (role, content): what makes two conversations tokenize alike. itemgetter builds the pair in C
 # (a generator of tuples cost ~0.5 s per 100,000 rows).
 role_and_content = operator.itemgetter("role", "content")
+# A split text's pieces between special tokens: its even places (re.split with a capturing group).
+_pieces_of = operator.itemgetter(slice(0, None, 2))
 
 
-def encode_texts(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+def encode_texts(tokenizer: Any, texts: list[str], special_free: bool = False) -> list[list[int]]:
     """Each text's ids as the tokenizer gives them, with no special tokens added: by the tokenizer's tiktoken
-    twin where it has one and the text suits it, else by the tokenizer."""
+    twin where it has one and the text suits it, else by the tokenizer. `special_free`: the caller knows no
+    text holds a special token."""
     twin = twin_of(tokenizer)
-    ids = twin.encode(texts) if twin is not None else [None] * len(texts)
+    ids = twin.encode(texts, special_free) if twin is not None else [None] * len(texts)
     left = [index for index, encoded in enumerate(ids) if encoded is None]
     for index, encoded in zip(left, _library_ids(tokenizer, [texts[i] for i in left]), strict=True):
         ids[index] = encoded
@@ -72,9 +76,9 @@ def encode_rendered(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     # Leftmost, longest first, as the tokenizer matches them; the group keeps the tokens in split's result.
     contents = sorted(special_ids, key=len, reverse=True)
     splitter = re.compile("(" + "|".join(map(re.escape, contents)) + ")")
-    parts = [splitter.split(text) for text in texts]  # pieces at even places, special tokens at odd ones
-    pieces = list(dict.fromkeys(piece for text_parts in parts for piece in text_parts[0::2]))
-    ids_of = dict(zip(pieces, encode_texts(tokenizer, pieces), strict=True)) | special_ids
+    parts = list(map(splitter.split, texts))  # pieces at even places, special tokens at odd ones
+    pieces = list(dict.fromkeys(chain.from_iterable(map(_pieces_of, parts))))
+    ids_of = dict(zip(pieces, encode_texts(tokenizer, pieces, special_free=True), strict=True)) | special_ids
     # reduce(iadd) extends one new list by each piece's ids in C; a chain of the pieces copied id by id (2x).
     return [reduce(operator.iadd, map(ids_of.__getitem__, text_parts), []) for text_parts in parts]
 
