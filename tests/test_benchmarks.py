@@ -54,7 +54,9 @@ def test_every_benchmark_runs_at_tiny_settings(tmp_path, lamini_docs):
     serve = results["serve_throughput"]
     assert serve["dtypes"] == (["float32", "bfloat16"] if native_bf16 else ["float32"])
     for dtype in serve["dtypes"]:
-        assert serve["systems"][f"gateway_{dtype}"]["levels"]["1"]["generated_tokens"] > 0
+        gateway = serve["systems"][f"gateway_{dtype}"]
+        assert gateway["levels"]["1"]["generated_tokens"] > 0
+        assert len(gateway["rounds_tokens_per_second"]["1"]) == serve["rounds"] == 1
 
     assert results["train_sharing"]["passive"]["pair"][1]["real_tokens_per_second"] > 0
     assert results["data_prep"]["distinct"]["examples_written"] > 0
