@@ -355,6 +355,53 @@ def test_spawned_children_and_grandchildren_die_with_a_process_killed_with_sigki
         parent.wait()
 
 
+_REPORTS_OPENMP_CPUS = """
+import ctypes, multiprocessing, os, sys
+from pathlib import Path
+from services.inference.engine.parent_death import children_die_with_this_process
+
+def report(libgomp, queue):
+    queue.put(ctypes.CDLL(libgomp).omp_get_num_procs())
+
+if __name__ == "__main__":
+    libgomp = sys.argv[2]
+    # What vLLM's CPU executor sets before it spawns a Worker.
+    os.environ["LD_PRELOAD"] = libgomp
+    os.environ["GOMP_CPU_AFFINITY"] = " ".join(map(str, sorted(os.sched_getaffinity(0))))
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    with children_die_with_this_process(Path(sys.argv[1])):
+        context.Process(target=report, args=(libgomp, queue)).start()
+    print(queue.get(timeout=60))
+"""
+
+
+def torch_libgomp() -> Path | None:
+    import torch
+
+    return next((Path(torch.__file__).parent / "lib").glob("libgomp*.so*"), None)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell one from all")
+def test_openmp_in_a_launched_child_sees_all_the_cpus_its_parent_may_use(tmp_path):
+    """libgomp pins the launcher that loads it to one CPU; the child must not start with that pin."""
+    libgomp = torch_libgomp()
+    if libgomp is None:
+        pytest.skip("this torch build has no libgomp")
+    script = tmp_path / "spawns_like_vllm_cpu.py"
+    script.write_text(_REPORTS_OPENMP_CPUS)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    seen = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "run"), str(libgomp)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert int(seen.stdout) == len(os.sched_getaffinity(0))
+
+
 # vLLM: the gateway in its own process, so it and its engine can be killed for real.
 
 
