@@ -254,6 +254,52 @@ def start_trainer(data_dir: Path) -> object:
     return running
 
 
+def gateway_environment(
+    base_env: dict[str, str], work: Path, trainer_address: str, engine: str, dtype: str
+) -> tuple[str, dict[str, str]]:
+    """Our gateway's URL and environment: its own data root under `work`, the model from the trainer at
+    `trainer_address`, no API key, the context vLLM's server gets too."""
+    http_port = free_port()
+    env = {
+        **base_env,
+        "FT_INFERENCE_DATA_DIR": str(work / f"var-{dtype}"),
+        "FT_INFERENCE_HTTP_PORT": str(http_port),
+        "FT_INFERENCE_PORT": str(free_port()),
+        "FT_INFERENCE_TRAINER_ADDRESS": trainer_address,
+        "FT_INFERENCE_ENGINE": engine,
+        "FT_INFERENCE_DTYPE": dtype,
+        "FT_INFERENCE_REQUIRE_API_KEY": "false",
+        "FT_INFERENCE_MAX_MODEL_LEN": "1024",
+        "FT_INFERENCE_CACHE_DIR": str(work / "gateway-cache"),
+        "FT_INFERENCE_LOG_LEVEL": "WARNING",
+    }
+    return f"http://127.0.0.1:{http_port}", env
+
+
+def vllm_server_command(dtype: str) -> tuple[str, list[str]]:
+    """vLLM's own OpenAI server's URL and command, with the gateway's engine settings (eager, same context)."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(MODEL_DIR),
+        "--served-model-name",
+        "vllm-direct",
+        "--max-model-len",
+        "1024",
+        "--dtype",
+        dtype,
+        "--enforce-eager",
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+    ]
+    return f"http://127.0.0.1:{port}", command
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -326,47 +372,15 @@ def main() -> None:
                 print(f"(b) our gateway, engine {args.engine}, {dtype}", flush=True)
                 trainer = start_trainer(work / f"var-{dtype}")
                 stack.callback(trainer.stop, grace=1)
-                http_port = free_port()
-                env = {
-                    **base_env,
-                    "FT_INFERENCE_DATA_DIR": str(work / f"var-{dtype}"),
-                    "FT_INFERENCE_HTTP_PORT": str(http_port),
-                    "FT_INFERENCE_PORT": str(free_port()),
-                    "FT_INFERENCE_TRAINER_ADDRESS": trainer.address,
-                    "FT_INFERENCE_ENGINE": args.engine,
-                    "FT_INFERENCE_DTYPE": dtype,
-                    "FT_INFERENCE_REQUIRE_API_KEY": "false",
-                    "FT_INFERENCE_MAX_MODEL_LEN": "1024",
-                    "FT_INFERENCE_CACHE_DIR": str(work / "gateway-cache"),
-                    "FT_INFERENCE_LOG_LEVEL": "WARNING",
-                }
-                url = f"http://127.0.0.1:{http_port}"
+                url, env = gateway_environment(base_env, work, trainer.address, args.engine, dtype)
                 command = [sys.executable, "-m", "services.inference.server"]
                 name = f"gateway_{dtype}"
                 ready[name] = stack.enter_context(serving(command, env, url, "/readyz", name))
                 servers[name] = (url, "prod")
             if "vllm" not in args.skip:
                 print(f"(c) vLLM's OpenAI server, {dtype}", flush=True)
-                port = free_port()
-                command = [
-                    sys.executable,
-                    "-m",
-                    "vllm.entrypoints.openai.api_server",
-                    "--model",
-                    str(MODEL_DIR),
-                    "--served-model-name",
-                    "vllm-direct",
-                    "--max-model-len",
-                    "1024",
-                    "--dtype",
-                    dtype,
-                    "--enforce-eager",
-                    "--port",
-                    str(port),
-                    "--host",
-                    "127.0.0.1",
-                ]
-                url, name = f"http://127.0.0.1:{port}", f"vllm_server_{dtype}"
+                url, command = vllm_server_command(dtype)
+                name = f"vllm_server_{dtype}"
                 ready[name] = stack.enter_context(serving(command, base_env, url, "/health", name))
                 servers[name] = (url, "vllm-direct")
             for name, measured in measure_in_turns(servers, args).items():
