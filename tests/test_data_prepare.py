@@ -13,6 +13,7 @@ from ftcommon.chat_format import ALPACA_TEMPLATE, QUESTION_ANSWER_TEMPLATE, trai
 from services.data.splitting import SPLITS
 from services.data.tokenization import (
     IGNORE_INDEX,
+    PieceIds,
     cuts_at_special_tokens,
     encode_rendered,
     training_examples,
@@ -263,3 +264,24 @@ def test_texts_cut_at_special_tokens_tokenize_as_they_do_whole(tokenizer):
     ]
     whole = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
     assert encode_rendered(tokenizer, texts) == [e.ids for e in whole]
+
+
+def test_pieces_kept_from_the_previous_batch_give_the_ids_of_texts_tokenized_whole(tokenizer):
+    """A PieceIds hands one batch's pieces to the next (prepare's batches share system prompts and answers):
+    texts of batches that share pieces with the batch before, and with the one before that only, still get
+    the ids the tokenizer gives them whole, and the same ids as without it."""
+    answers = ["Under /var/log.", " Leading space.", "Shared by all.", "Only in the first and third."]
+
+    def chat(question: str, answer: str) -> str:
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        return tokenizer.apply_chat_template(messages, tokenize=False)
+
+    batches = [
+        [chat("Where?", answers[0]), chat("Which?", answers[2]), chat("Why?", answers[3])],
+        [chat("Where?", answers[1]), chat("What?", answers[2]), "<|im_start|>no end"],
+        [chat("Where?", answers[3]), chat("When?", answers[2]), chat("Where?", answers[0])],
+    ]
+    pieces = PieceIds()
+    for texts in batches:
+        whole = [e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
+        assert encode_rendered(tokenizer, texts, pieces) == whole == encode_rendered(tokenizer, texts)

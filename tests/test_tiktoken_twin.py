@@ -58,6 +58,24 @@ def test_the_twin_encodes_every_text_as_the_library_does(tokenizer):
     assert encode_texts(tokenizer, texts + chats) == library_ids(tokenizer, texts + chats)
 
 
+def test_special_free_texts_encoded_in_one_call_get_each_their_own_ids(tokenizer):
+    """Prepare's pieces between special tokens go to tiktoken joined by a separator token and are cut apart
+    again: empty pieces, pieces ending or starting in spaces and line breaks (where the pattern's look-ahead
+    could join them across a cut), and pieces left to the library keep their places."""
+    generator = random.Random(23)
+    plain = [c for c in ALPHABET if "<|" not in c and "|>" not in c]
+    texts = ["", "", " ", "\n", "a ", " b", "x\n\n", "😀", ""]
+    texts += ["".join(generator.choices(plain, k=generator.randint(0, 40))) for _ in range(3000)]
+    assert encode_texts(tokenizer, texts, special_free=True) == library_ids(tokenizer, texts)
+    assert encode_texts(tokenizer, [], special_free=True) == []
+
+
+def test_a_text_given_as_special_free_that_holds_a_special_token_is_refused(tokenizer):
+    every_special = "".join(token.content for token in tokenizer.added_tokens_decoder.values())
+    with pytest.raises(ValueError, match="separator"):
+        twin_of(tokenizer).encode(["a", f"b{every_special}c", "d"], special_free=True)
+
+
 def test_a_twin_handed_to_another_process_encodes_as_the_library_does(tokenizer, default_model_dir: Path):
     """The data service hands its twin to its encoding helper (pickled), for the helper's own tokenizer."""
     texts = [

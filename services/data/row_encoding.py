@@ -30,7 +30,7 @@ from ftcommon import prepared_layout
 from services.data.collection_pause import collection_paused
 from services.data.records import Message
 from services.data.tiktoken_twin import TiktokenTwin, adopt_twin, twin_of
-from services.data.tokenization import IGNORE_INDEX, preference_examples, training_examples
+from services.data.tokenization import IGNORE_INDEX, PieceIds, preference_examples, training_examples
 
 logger = logging.getLogger(__name__)
 
@@ -65,17 +65,22 @@ class EncodingRecipe:
     keep_truncated: bool
 
 
-def encode_batch(tokenizer: Any, recipe: EncodingRecipe, rows: Sequence[Row]) -> list[RowEncoding]:
-    """The rows' encodings; a batch holds one kind of row (plain conversations or preference pairs)."""
+def encode_batch(
+    tokenizer: Any, recipe: EncodingRecipe, rows: Sequence[Row], pieces: PieceIds | None = None
+) -> list[RowEncoding]:
+    """The rows' encodings; a batch holds one kind of row (plain conversations or preference pairs).
+    `pieces`: text pieces earlier batches of the same prepare encoded with this tokenizer (tokenization.py)."""
     messages = [row[0] for row in rows]
     if rows and rows[0][1] is not None:
         rejected = [row[1] or "" for row in rows]
-        pairs = preference_examples(tokenizer, messages, rejected, recipe.end_of_turn, recipe.chat_template)
+        pairs = preference_examples(
+            tokenizer, messages, rejected, recipe.end_of_turn, recipe.chat_template, pieces
+        )
         return [
             _row_encoding(recipe, [chosen, other], row[0], text)
             for (chosen, other), row, text in zip(pairs, rows, rejected, strict=True)
         ]
-    examples = training_examples(tokenizer, messages, recipe.end_of_turn, recipe.chat_template)
+    examples = training_examples(tokenizer, messages, recipe.end_of_turn, recipe.chat_template, pieces)
     return [
         _row_encoding(recipe, [example], row[0], None) for example, row in zip(examples, rows, strict=True)
     ]
@@ -153,6 +158,7 @@ def encode_batches(
     mine = list(range(len(batches)))  # batches not yet handed out; the helper pops the front, this the back
     in_flight: dict[Future[list[RowEncoding]], int] = {}
     helper_alive = helper is not None
+    pieces = PieceIds()
     while mine or in_flight:
         while (
             helper is not None and helper_alive and helper.ready() and len(in_flight) < _HELPER_QUEUE and mine
@@ -165,7 +171,7 @@ def encode_batches(
             mine.pop(0)
         if mine:
             index = mine.pop()
-            results[index] = encode_batch(tokenizer, recipe, batches[index])
+            results[index] = encode_batch(tokenizer, recipe, batches[index], pieces)
             batch_done(len(batches[index]))
         else:
             wait(in_flight, return_when=FIRST_COMPLETED)
@@ -183,6 +189,8 @@ def encode_batches(
 
 
 _helper_tokenizer: Any = None
+# The helper's own PieceIds: a helper lives for one prepare, so its pieces are that prepare's.
+_helper_pieces = PieceIds()
 
 
 def _start_helper(parent_pid: int, tokenizer_class: type, tokenizer_dir: str) -> None:
@@ -216,4 +224,4 @@ def _encode_in_helper(recipe: EncodingRecipe, rows: list[Row]) -> list[RowEncodi
     # As prepare's own encoding, with the collector paused (collection_pause.py): with it running a batch
     # took the helper 210 ms against 130 ms in the service.
     with collection_paused():
-        return encode_batch(_helper_tokenizer, recipe, rows)
+        return encode_batch(_helper_tokenizer, recipe, rows, _helper_pieces)

@@ -28,6 +28,8 @@ import re
 import weakref
 from typing import Any
 
+import numpy
+
 # What the tokenizers library's ByteLevel pre-tokenizer splits with (use_regex=true).
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # ASCII, Latin-1, Latin Extended-A and -B, General Punctuation (curly quotes, dashes, the Unicode
@@ -66,16 +68,40 @@ class TiktokenTwin:
     """Encodes like the tokenizer it was built from (see the module's docstring) the texts whose characters
     both regex engines agree on."""
 
-    def __init__(self, encoding: Any, texts: re.Pattern[str]) -> None:
+    def __init__(self, encoding: Any, texts: re.Pattern[str], separator: str | None) -> None:
+        """`separator`: a special token no ordinary text encodes to (see `_encode_joined`), or None."""
         self._encoding = encoding
         self._texts = texts
+        self._separator = separator
+        self._separator_id = encoding.encode_single_token(separator) if separator is not None else None
 
     def encode(self, texts: list[str], special_free: bool = False) -> list[list[int] | None]:
         """Each text's ids, or None for a text the library must encode. `special_free`: no text holds a
-        special token (pieces cut at them), so none is looked for (tiktoken's ordinary encoding)."""
-        encode = self._encoding.encode_ordinary if special_free else self._encode_with_special
+        special token (pieces cut at them), so they are encoded together in one call (`_encode_joined`)."""
         fits = self._texts.fullmatch
-        return [encode(text) if fits(text) else None for text in texts]
+        if not special_free or self._separator is None:
+            return [self._encode_with_special(text) if fits(text) else None for text in texts]
+        fitting = [index for index, text in enumerate(texts) if fits(text)]
+        ids: list[list[int] | None] = [None] * len(texts)
+        for index, encoded in zip(fitting, self._encode_joined([texts[i] for i in fitting]), strict=True):
+            ids[index] = encoded
+        return ids
+
+    def _encode_joined(self, texts: list[str]) -> list[list[int]]:
+        """The texts' ids from one encoding of the texts joined by the separator: tiktoken encodes the text
+        between two special tokens on its own, exactly as that text alone, so cutting the ids at the
+        separator's gives each text's. One call instead of one per text (the Python call and each result's
+        list cost 40% of the time: 21,000 pieces 0.26 s against 0.43 s)."""
+        if not texts:
+            return []
+        joined = self._encoding.encode_to_numpy(
+            self._separator.join(texts), allowed_special={self._separator}, disallowed_special=()
+        )
+        ends = numpy.flatnonzero(joined == self._separator_id).tolist()
+        if len(ends) != len(texts) - 1:
+            raise ValueError("a text given as special-free holds the separator special token")
+        flat = joined.tolist()
+        return list(map(flat.__getitem__, map(slice, [0, *(end + 1 for end in ends)], [*ends, len(flat)])))
 
     def _encode_with_special(self, text: str) -> list[int]:
         return self._encoding.encode(text, allowed_special="all")
@@ -106,9 +132,9 @@ def adopt_twin(tokenizer: Any, twin: TiktokenTwin | None) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _encoding_for(tokenizer_json: str) -> tuple[Any, re.Pattern[str]] | None:
-    """The tiktoken Encoding for a tokenizer.json and the texts it encodes alike, or None; built once per
-    tokenizer."""
+def _encoding_for(tokenizer_json: str) -> tuple[Any, re.Pattern[str], str | None] | None:
+    """The tiktoken Encoding for a tokenizer.json, the texts it encodes alike and a special token to join
+    texts with, or None; built once per tokenizer."""
     spec = json.loads(tokenizer_json)
     model, pre_tokenizer = spec.get("model") or {}, spec.get("pre_tokenizer") or {}
     if (
@@ -153,7 +179,10 @@ def _encoding_for(tokenizer_json: str) -> tuple[Any, re.Pattern[str]] | None:
 
     name = "twin-" + hashlib.sha256(tokenizer_json.encode()).hexdigest()[:12]
     encoding = tiktoken.Encoding(name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
-    return encoding, _text_pattern({byte for (byte,) in (key for key in ranks if len(key) == 1)})
+    # A separator's id must be no mergeable token's, or an ordinary text could encode to it.
+    separator = next((t for t, id_ in specials.items() if id_ not in ranks.values()), None)
+    texts = _text_pattern({byte for (byte,) in (key for key in ranks if len(key) == 1)})
+    return encoding, texts, separator
 
 
 def _merged_tokens(merges: list[Any]) -> list[str]:
