@@ -1,5 +1,7 @@
 """PII at prepare over real gRPC: counted per split, redacted with an allow-list, refused in strict mode."""
 
+import random
+
 import grpc
 import pytest
 from data_fixtures import jsonl, prepare, qa_rows, report, split_rows, upload
@@ -7,7 +9,7 @@ from typer.testing import CliRunner
 
 from finetune.v1 import data_pb2
 from ftctl.data import app
-from services.data.pii import MAY_CONTAIN, PATTERNS, scan_text
+from services.data.pii import MAY_CONTAIN, PATTERNS, _may_contain_any, rows_that_may_contain, scan_text
 from services.data.splitting import SPLITS
 
 PERSON = "jane.doe@gmail.com"
@@ -234,3 +236,23 @@ def test_the_quick_tests_never_skip_a_text_a_pattern_matches(secret):
         assert MAY_CONTAIN[kind](text), kind
     assert scan_text(text)
     assert scan_text("Lamini runs on 2 GPUs in 2024, version 1.2.3.") == []
+
+
+@pytest.mark.parametrize("characters", ["ascii", "unicode", "separator"])
+def test_the_prefilter_over_all_rows_picks_exactly_the_rows_each_row_s_own_test_picks(characters):
+    """rows_that_may_contain searches all rows joined (as bytes, ASCII digits mapped to one): it must pick
+    the rows `_may_contain_any` picks, one by one: secrets at a row's start and end (beside the joint), a
+    phone's digits split over two rows, "gh" and "_" in different rows, Unicode digits and spaces, texts
+    holding the character it joins them with."""
+    generator = random.Random(5)
+    pieces = [*SECRETS, "555", "-123", "gh", "_", "@", "sk", "-", "AKI", "A", " ", "\0", "word", "12", "3.4"]
+    if characters == "unicode":
+        pieces += ["\u0663\u0663\u0663-\u0663\u0663\u0663", "\u00e9t\u00e9", "\u2003", "\ud800"]
+    if characters == "separator":
+        pieces += ["\x01"]
+    texts = ["", "gh", "_", *SECRETS]
+    texts += ["".join(generator.choices(pieces, k=generator.randint(0, 6))) for _ in range(3000)]
+    expected = [index for index, text in enumerate(texts) if _may_contain_any(text)]
+    assert 100 < len(expected) < len(texts) - 100, "the rows must be mixed for this test to mean anything"
+    assert rows_that_may_contain(texts) == expected
+    assert rows_that_may_contain([]) == []

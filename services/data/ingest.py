@@ -10,7 +10,7 @@ from typing import Any
 from ftcommon.errors import InvalidArgument
 from services.data.duplicates import DuplicateGroup, find_duplicates
 from services.data.formats import FileFormat, detect_format, read_records
-from services.data.pii import PiiAllowList, PiiFinding, scan_conversation
+from services.data.pii import PiiAllowList, PiiFinding, scan_conversations
 from services.data.records import FACT_ID_FIELD, Conversation, Rejection
 from services.data.schemas import Schema, plan_fields, to_conversation
 from services.data.validation import check_conversation, is_empty_field_rejection
@@ -81,7 +81,9 @@ def ingest(data: bytes, options: IngestOptions, max_row_bytes: int, near_thresho
         raise InvalidArgument(
             f"strict mode rejects the file: {_quote(rejected)}", field=rejected[0].field, row=rejected[0].line
         )
-    pii = [finding for c in kept for finding in scan_conversation(c, options.redact_pii, allow)]
+    pii = [
+        finding for found in scan_conversations(kept, options.redact_pii, allow).values() for finding in found
+    ]
     duplicates = find_duplicates(kept, near_threshold)
     counts = {
         "rows_total": len(records),

@@ -5,9 +5,12 @@ switchboard number): such findings are reported as allowed and never redacted.
 """
 
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import numpy
 
 from ftcommon.errors import InvalidArgument
 from services.data.records import Conversation
@@ -158,6 +161,68 @@ def scan_conversation(
         )
         findings.extend(found)
     return findings
+
+
+def scan_conversations(
+    conversations: Sequence[Conversation], redact: bool, allow: PiiAllowList = PiiAllowList()
+) -> dict[int, list[PiiFinding]]:
+    """scan_conversation of every row that has findings, by its index, with the prefilter run once over all
+    the rows' texts (`rows_that_may_contain`): a prepare's 100,000 lamini_docs rows in 0.5 s instead of
+    1.1 s, where it is one-core work before the first batch is encoded. A row the prefilter lets through
+    for texts that pass only together (a "gh" in one, a "_" in another) has nothing found, as alone."""
+    texts = [message["content"] for conversation in conversations for message in conversation.messages]
+    owners = [index for index, conversation in enumerate(conversations) for _ in conversation.messages]
+    for index, conversation in enumerate(conversations):
+        if conversation.rejected:
+            texts.append(conversation.rejected)
+            owners.append(index)
+    findings = {}
+    for index in sorted({owners[text] for text in rows_that_may_contain(texts)}):
+        if found := scan_conversation(conversations[index], redact, allow):
+            findings[index] = found
+    return findings
+
+
+# The prefilter over many texts at once searches their UTF-8 bytes, where an ASCII byte is always that
+# character, so the substring tests are exact there, and ASCII digits can be mapped to one digit by a table
+# (bytes.translate) for the phone test; str patterns' \d matches every Unicode digit, so texts with other
+# characters are given the phone test one by one too.
+_DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+_PHONE_CORE_OF_ZEROS = re.compile(rb"000[ .-]000")
+# Joins the texts: no prefilter substring or match holds it, so none spans two texts.
+_TEXT_SEPARATOR = "\x01"
+
+
+def rows_that_may_contain(texts: Sequence[str]) -> list[int]:
+    """The indices of the texts `_may_contain_any` is true of, in order, found by searching all of them
+    joined: one substring search per prefix and one digit search instead of six calls per text."""
+    data = _TEXT_SEPARATOR.join(texts).encode("utf-8", "surrogatepass")
+    separators = numpy.flatnonzero(numpy.frombuffer(data, dtype=numpy.uint8) == ord(_TEXT_SEPARATOR))
+    if len(separators) != max(len(texts) - 1, 0):  # a text holds the separator itself
+        return [index for index, text in enumerate(texts) if _may_contain_any(text)]
+    starts = [0, *(separators + 1).tolist()]
+
+    def row_of(position: int) -> int:
+        return bisect_right(starts, position) - 1
+
+    def rows_holding(needle: bytes) -> set[int]:
+        rows, position = set(), data.find(needle)
+        while position != -1:
+            row = row_of(position)
+            rows.add(row)
+            # On from the next text: one hit is enough for a text.
+            position = data.find(needle, starts[row + 1]) if row + 1 < len(starts) else -1
+        return rows
+
+    found = rows_holding(b"@")
+    for prefix in _KEY_PREFIXES:
+        found |= rows_holding(prefix.encode())
+    found |= {row for row in rows_holding(b"_") if "gh" in texts[row]}
+    found |= {
+        row_of(match.start()) for match in _PHONE_CORE_OF_ZEROS.finditer(data.translate(_DIGITS_TO_ZERO))
+    }
+    found |= {i for i, text in enumerate(texts) if not text.isascii() and _PHONE_CORE.search(text)}
+    return sorted(found)
 
 
 def _contents(conversation: Conversation) -> list[str]:

@@ -34,7 +34,7 @@ from services.data.catalog import Catalog, DatasetRecord, VersionRecord
 from services.data.collection_pause import collection_paused
 from services.data.duplicates import DuplicateGroup, line_groups
 from services.data.fact_split import fact_line_groups, split_by_fact_phrasing
-from services.data.pii import PiiAllowList, PiiFinding, pii_counts, scan_conversation
+from services.data.pii import PiiAllowList, PiiFinding, pii_counts, scan_conversations
 from services.data.records import Conversation
 from services.data.refusal_pairs import (
     AnswerGenerator,
@@ -268,12 +268,18 @@ class PrepareRunner:
         )
         # Only the dataset's rows are scanned: the system prompt and refusal rows are the operator's own text.
         allow = PiiAllowList.parse(request.pii.allow, "pii.allow")
-        pii_of = {id(c): scan_conversation(c, request.pii.redact, allow) for c in conversations}
+        pii_of = {
+            id(conversations[i]): found
+            for i, found in scan_conversations(conversations, request.pii.redact, allow).items()
+        }
         by_fact = split_by_fact(request, conversations)
         groups, cross_fact_near_groups = self._group_keys(dataset, conversations, by_fact)
         # Only this dataset's rows are phrasings of its facts; a validation dataset's rows are validation.
         fact_of_row = {id(c): c.fact_id for c in conversations if c.fact_id}
-        pii_of |= {id(c): scan_conversation(c, request.pii.redact, allow) for c in validation_rows}
+        pii_of |= {
+            id(validation_rows[i]): found
+            for i, found in scan_conversations(validation_rows, request.pii.redact, allow).items()
+        }
         conversations += validation_rows
         groups += [f"{_VALIDATION_DATASET_GROUP}{c.line}" for c in validation_rows]
         refusal_rows = self._refusal_rows(request, len(conversations))
