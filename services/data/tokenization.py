@@ -103,7 +103,7 @@ def encode_rendered(tokenizer: Any, texts: list[str], pieces: PieceIds | None = 
     splitter = re.compile("(" + "|".join(map(re.escape, contents)) + ")")
     parts = list(map(splitter.split, texts))  # pieces at even places, special tokens at odd ones
     distinct = list(dict.fromkeys(chain.from_iterable(map(_pieces_of, parts))))
-    ids_of = (pieces or PieceIds()).of(tokenizer, distinct, special_ids)
+    ids_of = (pieces if pieces is not None else PieceIds()).of(tokenizer, distinct, special_ids)
     # reduce(iadd) extends one new list by each piece's ids in C; a chain of the pieces copied id by id (2x).
     return [reduce(operator.iadd, map(ids_of.__getitem__, text_parts), []) for text_parts in parts]
 
