@@ -1,8 +1,16 @@
 """Gateway settings the tests share: free loopback ports, following the test session's trainer."""
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import pytest
+
+from ftcommon.grpc_server import RunningServer
 from services.inference.config import InferenceSettings
+
+if TYPE_CHECKING:
+    from services.inference.server import InferenceServer
 
 
 def loopback_gateway_settings(
@@ -13,3 +21,20 @@ def loopback_gateway_settings(
     return InferenceSettings(
         data_dir=data_root, port=0, http_port=0, trainer_address=trainer_address, **values
     )
+
+
+@pytest.fixture(scope="module", name="inference_server")
+def one_request_at_a_time_gateway(
+    data_root: Path, trainer_server: RunningServer
+) -> Iterator["InferenceServer"]:
+    """The gateway decoding one request at a time, for a module that imports this in place of conftest's
+    `inference_server`: a model evaluated against itself gives the same answers twice only when its two runs
+    decode in the same batch shapes, and dynamic batching shapes them by arrival time (in bfloat16 another
+    batch's padding can tip a greedy token)."""
+    from services.inference.server import build_server
+
+    running = build_server(
+        loopback_gateway_settings(data_root, trainer_server.address, require_api_key=False, max_batch_size=1)
+    )
+    yield running
+    running.stop(grace=1)

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from data_fixtures import prepared_qa_version
-from test_console_evaluations import PAIRS, eval_server, inference_server  # noqa: F401  (fixtures)
+from gateway_support import one_request_at_a_time_gateway  # noqa: F401  (fixture: inference_server)
+from test_console_evaluations import PAIRS, eval_server  # noqa: F401  (fixture: a real eval service)
 
 from finetune.v1 import data_pb2
 from ftcommon.grpc_server import RunningServer
@@ -52,12 +53,11 @@ def console_server(
     data_server: RunningServer,
     trainer_server: RunningServer,
     eval_server: "EvalServer",  # noqa: F811
-    inference_server: "InferenceServer",  # noqa: F811
+    inference_server: "InferenceServer",
 ) -> Iterator[ConsoleServer]:
-    """The console before real services; its gateway is test_console_evaluations' one, which decodes one
-    request at a time, so that the default model evaluated against itself ties on every row (with dynamic
-    batching another batch's padding can tip a greedy token, and a row the candidate "wins" breaks the
-    report's empty win filter below)."""
+    """The console before real services; its gateway decodes one request at a time, so that the default
+    model evaluated against itself ties on every row (a row the candidate "wins" would break the report's
+    empty win filter below)."""
     settings = ConsoleSettings(
         data_dir=tmp_path_factory.mktemp("console"),
         port=0,

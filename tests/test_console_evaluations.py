@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 from data_fixtures import prepared_qa_version
 from fastapi.testclient import TestClient
+from gateway_support import one_request_at_a_time_gateway  # noqa: F401  (fixture: inference_server)
 from test_console import signed_in
 
 from finetune.v1 import common_pb2, data_pb2, eval_pb2, eval_pb2_grpc
@@ -61,22 +62,6 @@ def test_report_filters_by_outcome_on_the_primary_metric_and_by_category() -> No
     assert [m.metric for m in empty.metrics] == ["reference_loss"] and empty.metrics[0].values[
         "tuned"
     ] is None
-
-
-@pytest.fixture(scope="module")
-def inference_server(data_root, trainer_server: RunningServer) -> Iterator["InferenceServer"]:
-    """The gateway decoding one request at a time: the page's ties are "the same answers twice" only when
-    the model's two runs decode in the same batch shapes, and dynamic batching shapes them by arrival time
-    (in bfloat16 a different batch's padding can tip a greedy token)."""
-    from gateway_support import loopback_gateway_settings
-
-    from services.inference.server import build_server
-
-    running = build_server(
-        loopback_gateway_settings(data_root, trainer_server.address, require_api_key=False, max_batch_size=1)
-    )
-    yield running
-    running.stop(grace=1)
 
 
 @pytest.fixture(scope="module")

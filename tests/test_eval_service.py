@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from data_fixtures import jsonl, prepare, prepared_qa_version, upload
+from gateway_support import one_request_at_a_time_gateway  # noqa: F401  (fixture: inference_server)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from finetune.v1 import common_pb2, data_pb2, eval_pb2, eval_pb2_grpc, inference_pb2, inference_pb2_grpc
