@@ -33,6 +33,11 @@ MULTI_TURN = [
     }
     for i in range(12)
 ]
+# The same conversations with their first answer of weight 0 (OpenAI's chat format): context, not trained on.
+FIRST_ANSWER_UNWEIGHTED = [
+    {"messages": [{**m, "weight": 0} if turn == 2 else m for turn, m in enumerate(row["messages"])]}
+    for row in MULTI_TURN
+]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +55,8 @@ def all_rows(data_root: Path, version: data_pb2.PreparedVersion) -> dict[str, li
 
 @pytest.mark.parametrize("template", [None, ALPACA_TEMPLATE, QUESTION_ANSWER_TEMPLATE])
 def test_batched_tokenization_equals_the_shared_training_example(tokenizer, template):
-    conversations = [row["messages"] for row in MULTI_TURN[:3]] + [
+    # A conversation and its copy with an answer of weight 0 encode differently, in one batch.
+    conversations = [row["messages"] for row in MULTI_TURN[:3] + FIRST_ANSWER_UNWEIGHTED[:2]] + [
         [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["answer"]}]
         for r in qa_rows(3)
     ]
@@ -80,11 +86,14 @@ def test_same_inputs_give_the_same_version_and_bytes(data_stub, data_root):
     assert manifest["end_of_turn"] == END_OF_TURN and manifest["template"] == "chat"
 
 
-def test_labels_train_every_assistant_turn_and_nothing_else(data_stub, data_root, tokenizer):
-    dataset = upload(data_stub, jsonl(MULTI_TURN))
+def test_labels_train_every_assistant_turn_but_those_of_weight_0_and_nothing_else(
+    data_stub, data_root, tokenizer
+):
+    dataset = upload(data_stub, jsonl(MULTI_TURN + FIRST_ANSWER_UNWEIGHTED))
     version = version_of(data_stub, prepare(data_stub, dataset_id=dataset.id, max_seq_len=512))
     rows = [row for split in all_rows(data_root, version).values() for row in split]
-    assert len(rows) == len(MULTI_TURN)
+    assert len(rows) == 2 * len(MULTI_TURN)
+    assert sum(any(m.get("weight") == 0 for m in row["messages"]) for row in rows) == len(MULTI_TURN)
     for row in rows:
         runs, current = [], []
         for token, label in zip(row["input_ids"], row["labels"], strict=True):
@@ -97,7 +106,7 @@ def test_labels_train_every_assistant_turn_and_nothing_else(data_stub, data_root
                 current.append(label)
         if current:
             runs.append(current)
-        answers = [m["content"] for m in row["messages"] if m["role"] == "assistant"]
+        answers = [m["content"] for m in row["messages"] if m["role"] == "assistant" and m.get("weight") != 0]
         assert [tokenizer.decode(run) for run in runs] == [answer + END_OF_TURN for answer in answers]
 
 

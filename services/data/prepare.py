@@ -49,7 +49,7 @@ from services.data.row_encoding import EncodingHelper, EncodingRecipe, Outcome, 
 from services.data.split_advice import small_test_split_warning
 from services.data.splitting import SPLITS, assign_splits, shuffled
 from services.data.stats import token_stats
-from services.data.tokenization import role_and_content
+from services.data.tokenization import ConversationKey, conversation_key
 
 logger = logging.getLogger(__name__)
 # msgspec reads a stored row in about half json.loads's time (100,000 rows: 0.5 vs 0.9-1.1 s).
@@ -484,11 +484,13 @@ class PrepareRunner:
         progress: Callable[[float, str, dict[str, float]], None],
         stop_if_asked: Callable[[], None],
     ) -> tuple[list[_Example], int, int]:
-        # Exact duplicates are encoded once for the whole data set, not once per batch.
-        keys = [(tuple(map(role_and_content, c.messages)), c.rejected) for c in conversations]
-        first_of = {key: index for index, key in reversed(list(enumerate(keys)))}
-        distinct = list(first_of)
-        rows = [(conversations[first_of[key]].messages, key[1]) for key in distinct]
+        # Exact duplicates are encoded once for the whole data set, not once per batch: each row's slot is the
+        # place of its (conversation_key, rejected answer) among the distinct ones, and each slot is encoded
+        # from its last row (all of a slot's rows encode alike).
+        keys = [(conversation_key(c.messages), c.rejected) for c in conversations]
+        slot_of: dict[tuple[ConversationKey, str | None], int] = {}
+        slots = [slot_of.setdefault(key, len(slot_of)) for key in keys]
+        rows = [(c.messages, c.rejected) for c in dict(zip(slots, conversations, strict=True)).values()]
         batches = [rows[start : start + TOKENIZE_BATCH] for start in range(0, len(rows), TOKENIZE_BATCH)]
         done = 0
 
@@ -497,9 +499,9 @@ class PrepareRunner:
             done += count
             stop_if_asked()
             progress(
-                0.05 + 0.85 * done / len(distinct),
+                0.05 + 0.85 * done / len(rows),
                 "tokenizing",
-                {"distinct_rows_done": float(done), "distinct_rows_total": float(len(distinct))},
+                {"distinct_rows_done": float(done), "distinct_rows_total": float(len(rows))},
             )
 
         recipe = EncodingRecipe(
@@ -508,12 +510,13 @@ class PrepareRunner:
             request.max_seq_len,
             request.truncation == data_pb2.TRUNCATION_POLICY_TRUNCATE,
         )
-        encoded = encode_batches(tokenizer, recipe, batches, helper, batch_done)
-        encoding_of = dict(zip(distinct, (e for batch in encoded for e in batch), strict=True))
+        encoded = [
+            row for batch in encode_batches(tokenizer, recipe, batches, helper, batch_done) for row in batch
+        ]
         examples: list[_Example] = []
         dropped = truncated = 0
-        for conversation, group, key in zip(conversations, groups, keys, strict=True):
-            encoding = encoding_of[key]
+        for conversation, group, slot in zip(conversations, groups, slots, strict=True):
+            encoding = encoded[slot]
             if encoding.outcome == Outcome.DROPPED:
                 dropped += 1
                 continue

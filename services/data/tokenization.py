@@ -28,9 +28,13 @@ from services.data.tiktoken_twin import twin_of
 
 IGNORE_INDEX = -100
 
-# A message's (role, content): what makes two conversations tokenize alike. itemgetter builds the pair in C
-# (a generator of tuples cost ~0.5 s per 100,000 rows).
-role_and_content = operator.itemgetter("role", "content")
+# A message's (role, content), and its weight: 0 on an assistant turn kept as context and not trained on
+# (OpenAI's chat format), else 1. itemgetter and methodcaller build them in C (a generator of tuples cost
+# ~0.5 s per 100,000 rows).
+_role_and_content = operator.itemgetter("role", "content")
+_weight_of = operator.methodcaller("get", "weight", 1)
+# What makes two conversations encode alike: each message's (role, content), and each message's weight.
+ConversationKey = tuple[tuple[tuple[str, str], ...], tuple[int, ...]]
 # A split text's pieces between special tokens: its even places (re.split with a capturing group).
 _pieces_of = operator.itemgetter(slice(0, None, 2))
 
@@ -108,6 +112,11 @@ def encode_rendered(tokenizer: Any, texts: list[str], pieces: PieceIds | None = 
     return [reduce(operator.iadd, map(ids_of.__getitem__, text_parts), []) for text_parts in parts]
 
 
+def conversation_key(messages: Sequence[Message]) -> ConversationKey:
+    """What makes two conversations encode alike (equal keys, equal examples)."""
+    return tuple(map(_role_and_content, messages)), tuple(map(_weight_of, messages))
+
+
 def training_examples(
     tokenizer: Any,
     conversations: Sequence[Sequence[Message]],
@@ -118,7 +127,7 @@ def training_examples(
     """One (input_ids, labels) per conversation. Equal conversations share the same two lists (callers
     copy before changing them): a data set with many exact duplicates is tokenized once per distinct row.
     `pieces`: pieces encoded by earlier calls for the same tokenizer (see PieceIds)."""
-    keys = [tuple(map(role_and_content, conversation)) for conversation in conversations]
+    keys = list(map(conversation_key, conversations))
     distinct = list(dict.fromkeys(keys))
     encoded = dict(
         zip(
@@ -130,7 +139,7 @@ def training_examples(
 
 def _distinct_examples(
     tokenizer: Any,
-    conversations: list[tuple[tuple[str, str], ...]],
+    conversations: list[ConversationKey],
     end_of_turn: str,
     chat_template: str,
     pieces: PieceIds | None,
@@ -138,15 +147,15 @@ def _distinct_examples(
     end_of_turn_id = tokenizer.convert_tokens_to_ids(end_of_turn)
     # Every rendering a conversation needs: the whole of it, and around each assistant turn the
     # prompt before it (with the generation header) and the conversation through it; for the last
-    # turn that is the whole conversation, rendered once.
-    full_parts = [[{"role": r, "content": c} for r, c in conversation] for conversation in conversations]
+    # turn that is the whole conversation, rendered once. A turn of weight 0 is neither.
+    full_parts = [[{"role": r, "content": c} for r, c in messages] for messages, _ in conversations]
     prompt_parts: list[list[Message]] = []
     through_parts: list[list[Message]] = []
     turns: list[list[tuple[int, int | None]]] = []  # per conversation: (prompt index, through index or None)
-    for messages in full_parts:
+    for messages, (_, weights) in zip(full_parts, conversations, strict=True):
         spans: list[tuple[int, int | None]] = []
         for turn, message in enumerate(messages):
-            if message["role"] != "assistant":
+            if message["role"] != "assistant" or not weights[turn]:
                 continue
             prompt_parts.append(messages[:turn])
             through = None
@@ -170,9 +179,12 @@ def _distinct_examples(
             end = len(full) if through_index is None else len(through_ids[through_index])
             if full[:start] != prompt:
                 raise ValueError("the chat template does not render conversations as prefixes of each other")
-            segment = full[start:end]
-            stop = segment.index(end_of_turn_id) + 1 if end_of_turn_id in segment else len(segment)
-            labels[start : start + stop] = segment[:stop]
+            # The answer's ids are labelled through its end-of-turn token: one search, one copy.
+            try:
+                stop = full.index(end_of_turn_id, start, end) + 1
+            except ValueError:
+                stop = end
+            labels[start:stop] = full[start:stop]
         examples.append((full, labels))
     return examples
 
