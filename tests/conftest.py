@@ -101,15 +101,10 @@ def data_stub(data_server: "DataServer") -> Iterator[data_pb2_grpc.DataServiceSt
 @pytest.fixture(scope="session")
 def inference_server(data_root: Path, trainer_server: RunningServer) -> Iterator["InferenceServer"]:
     """The gateway on loopback (gRPC and HTTP on free ports) with the transformers engine: it starts in seconds."""
-    from gateway_support import loopback_gateway_settings
+    from gateway_support import running_gateway
 
-    from services.inference.server import build_server
-
-    running = build_server(
-        loopback_gateway_settings(data_root, trainer_server.address, require_api_key=False)
-    )
-    yield running
-    running.stop(grace=1)
+    with running_gateway(data_root, trainer_server.address) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

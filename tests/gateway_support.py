@@ -1,6 +1,7 @@
 """Gateway settings the tests share: free loopback ports, following the test session's trainer."""
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,22 @@ def loopback_gateway_settings(
     )
 
 
+@contextmanager
+def running_gateway(
+    data_root: Path, trainer_address: str, **overrides: object
+) -> Iterator["InferenceServer"]:
+    """A gateway on loopback that asks for no API key (loopback_gateway_settings), stopped on exit."""
+    from services.inference.server import build_server
+
+    running = build_server(
+        loopback_gateway_settings(data_root, trainer_address, require_api_key=False, **overrides)
+    )
+    try:
+        yield running
+    finally:
+        running.stop(grace=1)
+
+
 @pytest.fixture(scope="module", name="inference_server")
 def one_request_at_a_time_gateway(
     data_root: Path, trainer_server: RunningServer
@@ -31,10 +48,5 @@ def one_request_at_a_time_gateway(
     `inference_server`: a model evaluated against itself gives the same answers twice only when its two runs
     decode in the same batch shapes, and dynamic batching shapes them by arrival time (in bfloat16 another
     batch's padding can tip a greedy token)."""
-    from services.inference.server import build_server
-
-    running = build_server(
-        loopback_gateway_settings(data_root, trainer_server.address, require_api_key=False, max_batch_size=1)
-    )
-    yield running
-    running.stop(grace=1)
+    with running_gateway(data_root, trainer_server.address, max_batch_size=1) as running:
+        yield running
