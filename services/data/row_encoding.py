@@ -15,6 +15,7 @@ multiprocessing does, so a program that runs the data service in its own process
 """
 
 import enum
+import gc
 import logging
 import os
 import threading
@@ -27,10 +28,15 @@ from multiprocessing import get_context
 from typing import Any, NamedTuple
 
 from ftcommon import prepared_layout
-from services.data.collection_pause import collection_paused
 from services.data.records import Message
 from services.data.tiktoken_twin import TiktokenTwin, adopt_twin, twin_of
-from services.data.tokenization import IGNORE_INDEX, PieceIds, preference_examples, training_examples
+from services.data.tokenization import (
+    IGNORE_INDEX,
+    PieceIds,
+    conversation_key,
+    distinct_examples,
+    preference_examples,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +76,9 @@ class EncodingRecipe:
 def encode_batch(
     tokenizer: Any, recipe: EncodingRecipe, rows: Sequence[Row], pieces: PieceIds | None = None
 ) -> list[RowEncoding]:
-    """The rows' encodings; a batch holds one kind of row (plain conversations or preference pairs).
-    `pieces`: text pieces earlier batches of the same prepare encoded with this tokenizer (tokenization.py)."""
+    """The rows' encodings; a batch holds one kind of row (plain conversations or preference pairs), each
+    row distinct (prepare encodes one row of each set of exact duplicates). `pieces`: text pieces earlier
+    batches of the same prepare encoded with this tokenizer (tokenization.py)."""
     messages = [row[0] for row in rows]
     if rows and rows[0][1] is not None:
         rejected = [row[1] or "" for row in rows]
@@ -82,7 +89,8 @@ def encode_batch(
             _row_encoding(recipe, [chosen, other], row[0], text)
             for (chosen, other), row, text in zip(pairs, rows, rejected, strict=True)
         ]
-    examples = training_examples(tokenizer, messages, recipe.end_of_turn, recipe.chat_template, pieces)
+    keys = list(map(conversation_key, messages))
+    examples = distinct_examples(tokenizer, keys, recipe.end_of_turn, recipe.chat_template, pieces)
     return [
         _row_encoding(recipe, [example], row[0], None) for example, row in zip(examples, rows, strict=True)
     ]
@@ -196,6 +204,11 @@ _helper_pieces = PieceIds()
 
 
 def _start_helper(parent_pid: int, tokenizer_class: type, tokenizer_dir: str) -> None:
+    # The collector stays off for the helper's life, which is one prepare, as it is paused for prepare's own
+    # encoding (collection_pause.py): with it on, a batch took the helper 210 ms against 130. Off for the
+    # whole process, not around each batch's encoding: unpickling a batch (~20,000 new containers) comes
+    # before that and walked the helper's piece ids too (whole encodings 5% slower, six alternating rounds).
+    gc.disable()
     threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
     _load_tokenizer(tokenizer_class, tokenizer_dir)
 
@@ -223,7 +236,4 @@ def _take_twin(twin: TiktokenTwin | None) -> None:
 
 
 def _encode_in_helper(recipe: EncodingRecipe, rows: list[Row]) -> list[RowEncoding]:
-    # As prepare's own encoding, with the collector paused (collection_pause.py): with it running a batch
-    # took the helper 210 ms against 130 ms in the service.
-    with collection_paused():
-        return encode_batch(_helper_tokenizer, recipe, rows, _helper_pieces)
+    return encode_batch(_helper_tokenizer, recipe, rows, _helper_pieces)
