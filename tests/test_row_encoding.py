@@ -118,13 +118,15 @@ def test_batches_of_a_helper_that_dies_are_encoded_here(default_model_dir: Path,
 def test_a_helper_ends_when_its_parent_is_killed(default_model_dir: Path, tmp_path: Path):
     script = tmp_path / "parent.py"
     script.write_text(
-        "import multiprocessing, os, signal, sys\n"
+        "import multiprocessing, os, signal, sys, time\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
         "from transformers import AutoTokenizer\n"
         "from services.data.row_encoding import EncodingHelper\n"
         "if __name__ == '__main__':\n"
         f"    tokenizer = AutoTokenizer.from_pretrained({str(default_model_dir)!r})\n"
         f"    helper = EncodingHelper(tokenizer, {str(default_model_dir)!r})\n"
+        "    while not helper.ready():\n"
+        "        time.sleep(0.05)\n"
         "    print(*[child.pid for child in multiprocessing.active_children()], flush=True)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
     )

@@ -7,24 +7,32 @@ encoding halves of the rows took 4.5 s against 4.6 s in one), processes do share
 processes: 2.5 s and 3.7 s against 4.8 s). So a helper process takes batches from the front while this one
 takes them from the back, until they meet. The helper hands back finished bodies, not token id lists:
 unpickling 100,000 rows' ids costs 1.1 s in the receiving process, their bodies' text a tenth of that.
-It is spawned, not forked (the service's gRPC threads make fork unsafe), and loads the tokenizer while
-this process loads and scans the rows. A helper that dies leaves its batches to this process: the job
-finishes, one core slower. Spawning imports the program's main module again in the helper, as
-multiprocessing does, so a program that runs the data service in its own process must start it under
-`if __name__ == "__main__":` (the service's and the benchmarks' entry points do).
+The helper is not forked from this process (the service's gRPC threads make fork unsafe) but from
+multiprocessing's fork server: a single-threaded process, one per service process, started with the first
+helper, that imports the tokenizer's module and the main module of a program run with `python -m` once (it
+then holds ~150 MB). A helper forked from it is ready in 0.4-0.6 s (loading the tokenizer) against 2.8-3.6 s
+spawned afresh under the data service's entry point (importing transformers 1.2 s, the service's modules
+1.4 s, both again for every prepare), so it is ready by the time this process has loaded and scanned the
+rows. A helper that dies leaves its batches to this process: the job finishes, one core slower. A main
+module run as a script is run again in each helper, as multiprocessing does, so a program that runs the data
+service in its own process must start it under `if __name__ == "__main__":` (the service's and the
+benchmarks' entry points do).
 """
 
+import contextlib
 import enum
 import gc
 import logging
 import os
+import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from multiprocessing import get_context
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
 from typing import Any, NamedTuple
 
 from ftcommon import prepared_layout
@@ -44,7 +52,6 @@ logger = logging.getLogger(__name__)
 Row = tuple[list[Message], str | None]
 # Batches a helper holds at once: one it works on, one waiting, so it never idles between them.
 _HELPER_QUEUE = 2
-_ORPHAN_CHECK_SECONDS = 0.5
 
 
 class Outcome(enum.IntEnum):
@@ -127,29 +134,51 @@ class EncodingHelper:
     def __init__(self, tokenizer: Any, tokenizer_dir: str) -> None:
         """`tokenizer`: this process's, loaded from tokenizer_dir; the helper loads one of its class from
         there and takes this one's tiktoken twin."""
+        context = _fork_server(type(tokenizer))
+        # The helper holds the read end of a pipe whose only write end is this process's: it sees the pipe
+        # close when this process ends, however it ends (its parent is the fork server, not this process).
+        parent_alive, self._alive = context.Pipe(duplex=False)
         self._pool = ProcessPoolExecutor(
             max_workers=1,
-            mp_context=get_context("spawn"),
+            mp_context=context,
             initializer=_start_helper,
-            initargs=(os.getpid(), type(tokenizer), tokenizer_dir),
+            initargs=(parent_alive, type(tokenizer), tokenizer_dir),
         )
-        # Starts the process (and its tokenizer loading) now, while the caller loads the rows. The twin
-        # (600 KB) goes as a task, written to the helper by the pool's thread: as an initializer's argument
-        # this thread would write it, blocked until the helper had imported the tokenizer's class (0.8 s).
-        self._started = self._pool.submit(_take_twin, twin_of(tokenizer))
+        self._twin_taken: Future[None] | None = None  # the first task; set by the starting thread
+        self._start_tried = threading.Event()
+        # Started by a thread of its own, so that the caller goes on loading the rows: starting a helper
+        # waits for the fork server to be up, which the first time means its imports (1.2-2.6 s).
+        threading.Thread(target=self._start, args=(twin_of(tokenizer), parent_alive), daemon=True).start()
+
+    def _start(self, twin: TiktokenTwin | None, parent_alive: Connection) -> None:
+        try:
+            # The process starts with the first task; the twin (600 KB) goes as that task, not as an
+            # initializer's argument, which would be written before the helper had imported anything.
+            self._twin_taken = self._pool.submit(_take_twin, twin)
+        except RuntimeError:  # the caller was done before the helper started
+            pass
+        except (OSError, BrokenProcessPool) as error:  # no process to be had: ready() stays false
+            logger.warning("prepare encodes on one core: no helper process (%s)", error)
+        finally:
+            parent_alive.close()  # the helper, if started, has its own copy
+            self._start_tried.set()
 
     def __enter__(self) -> "EncodingHelper":
         return self
 
     def __exit__(self, *_: object) -> None:
-        # Not waited for: a helper still loading its tokenizer (a job with few distinct rows) ends by itself.
+        # Not waited for: closing the pipe ends the helper at once, even one still loading its tokenizer (a
+        # job with few distinct rows).
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._alive.close()
 
     def ready(self) -> bool:
         """Whether the helper has loaded its tokenizer (and not died doing so)."""
-        return self._started.done() and self._started.exception() is None
+        taken = self._twin_taken
+        return taken is not None and taken.done() and taken.exception() is None
 
     def submit(self, recipe: EncodingRecipe, rows: Sequence[Row]) -> "Future[list[RowEncoding]]":
+        self._start_tried.wait()  # the twin goes first
         return self._pool.submit(_encode_in_helper, recipe, list(rows))
 
 
@@ -203,22 +232,35 @@ _helper_tokenizer: Any = None
 _helper_pieces = PieceIds()
 
 
-def _start_helper(parent_pid: int, tokenizer_class: type, tokenizer_dir: str) -> None:
+def _fork_server(tokenizer_class: type) -> BaseContext:
+    """multiprocessing's forkserver context, its server importing the tokenizer's module and the main module
+    of a program run with `python -m` (a helper would import that module again: multiprocessing prepares
+    each child so). The list only counts when the server starts, with the first helper of this process."""
+    context = get_context("forkserver")
+    main_module = getattr(sys.modules["__main__"].__spec__, "name", "")
+    preload = [tokenizer_class.__module__]
+    if main_module and not main_module.endswith("__main__"):
+        preload.append(main_module)
+    context.set_forkserver_preload(preload)
+    return context
+
+
+def _start_helper(parent_alive: Connection, tokenizer_class: type, tokenizer_dir: str) -> None:
     # The collector stays off for the helper's life, which is one prepare, as it is paused for prepare's own
     # encoding (collection_pause.py): with it on, a batch took the helper 210 ms against 130. Off for the
     # whole process, not around each batch's encoding: unpickling a batch (~20,000 new containers) comes
     # before that and walked the helper's piece ids too (whole encodings 5% slower, six alternating rounds).
     gc.disable()
-    threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), daemon=True).start()
+    threading.Thread(target=_exit_when_orphaned, args=(parent_alive,), daemon=True).start()
     _load_tokenizer(tokenizer_class, tokenizer_dir)
 
 
-def _exit_when_orphaned(parent_pid: int) -> None:
-    """Ends the helper when its parent is gone: a pool's worker holds both ends of its task queue, so a parent
-    killed outright (SIGKILL, out of memory) would otherwise leave it waiting forever with the tokenizer
-    loaded (~400 MB)."""
-    while os.getppid() == parent_pid:
-        time.sleep(_ORPHAN_CHECK_SECONDS)
+def _exit_when_orphaned(parent_alive: Connection) -> None:
+    """Ends the helper when the process that started it is gone: a pool's worker holds both ends of its task
+    queue, so a parent killed outright (SIGKILL, out of memory) would otherwise leave it waiting forever with
+    the tokenizer loaded (~400 MB). Nothing is ever sent on the pipe: reading returns only at its end."""
+    with contextlib.suppress(EOFError, OSError):
+        parent_alive.recv_bytes()
     os._exit(1)
 
 
